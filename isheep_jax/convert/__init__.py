@@ -1,0 +1,1 @@
+"""Checkpoint conversion: Hugging Face safetensors and llama.cpp GGUF."""

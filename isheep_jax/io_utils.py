@@ -1,0 +1,69 @@
+"""File I/O used everywhere: atomic writes, JSON/JSONL with errors that name the file.
+
+All paths go through `etils.epath`, so a run directory may be local or `gs://...`.
+Atomicity: write to a temporary sibling, then rename; a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, Iterable, Iterator
+
+from etils import epath
+
+
+class DataError(ValueError):
+    """Malformed input data; the message names the file and, where known, the line."""
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    return epath.Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary sibling and a rename."""
+    path = as_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(text)
+        tmp.rename(path)
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = as_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yields (line_number, object) for each non-blank line; bad JSON names file and line."""
+    path = as_path(path)
+    with path.open("r") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    return [obj for _, obj in iter_jsonl(path)]

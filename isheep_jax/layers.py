@@ -1,0 +1,89 @@
+"""Pure building blocks of the transformer: RMSNorm math, RoPE, masks, attention.
+
+RoPE uses the Hugging Face half-split (`rotate_half`) layout, so Hugging Face weights
+convert without permuting Q/K (llama.cpp's GGUF files are un-permuted on import).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# A large finite negative: fully masked rows (padding queries) stay finite, never NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype: Any) -> jax.Array:
+    """RMSNorm computed in f32 like Hugging Face's LlamaRMSNorm, cast to `dtype`."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y.astype(dtype) * scale.astype(dtype))
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> np.ndarray:
+    """Inverse frequencies [head_dim // 2], with Llama-3 or linear scaling as in transformers."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if not scaling:
+        return inv.astype(np.float32)
+    kind = scaling.get("rope_type")
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return (inv / factor).astype(np.float32)
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old_ctx / low, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"unsupported rope_type {kind!r}")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [batch, length, heads, head_dim] by positions [batch, length] (half-split)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(emb) + rotated * jnp.sin(emb)).astype(x.dtype)
+
+
+def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
+    """[batch, 1, T, T] mask: causal, within one segment, never a padding key (segment 0)."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    valid_key = (segment_ids != 0)[:, None, :]
+    return (causal[None] & same & valid_key)[:, None]
+
+
+def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) -> jax.Array:
+    """[batch, 1, T, S] mask for T new queries at slots cache_index.. over a cache of S slots."""
+    s = kv_valid.shape[1]
+    q_slot = cache_index + jnp.arange(num_queries)
+    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
+    return (causal[None] & kv_valid[:, None, :])[:, None]
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    q [batch, T, heads, D]; k, v [batch, S, kv_heads, D]; mask [batch, 1, T, S] bool.
+    Returns [batch, T, heads, D]. Softmax in f32.
+    """
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(d).astype(np.float32)
+    scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)  # mask -> [B, 1, 1, T, S]
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
