@@ -75,15 +75,15 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention.
 
-    q [batch, T, heads, D]; k, v [batch, S, kv_heads, D]; mask [batch, 1, T, S] bool.
+    q [batch, T, heads, D]; k, v [batch, kv_heads, S, D]; mask [batch, 1, T, S] bool.
     Returns [batch, T, heads, D]. Softmax in f32.
     """
     b, t, h, d = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, t, kvh, h // kvh, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    kvh = k.shape[1]
+    q = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(d).astype(np.float32)
     scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)  # mask -> [B, 1, 1, T, S]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, d)

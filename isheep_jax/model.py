@@ -28,23 +28,28 @@ _KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class KVCache(NamedTuple):
-    """Decoding state. k, v [layers, batch, slots, kv_heads, head_dim]; valid [batch, slots]."""
+    """Decoding state. k, v: one [batch, kv_heads, slots, head_dim] array per layer;
+    valid [batch, slots]. Slots sit next to head_dim so attention reads the cache as a
+    plain batched matmul (no per-step transpose of the whole cache).
+    """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     valid: jax.Array
     index: jax.Array  # int32 scalar: the slot the next token is written to (same for all rows)
 
-    @staticmethod
-    def logical_axes() -> "KVCache":
-        kv = ("layers", "batch", "cache_length", "act_kv_heads", "kv")
-        return KVCache(kv, kv, ("batch", "cache_length"), ())
+    def constrained(self) -> "KVCache":
+        """The cache with its logical sharding applied (batch over data/fsdp, kv heads over tensor)."""
+        kv = ("batch", "act_kv_heads", "cache_length", "kv")
+        return KVCache(tuple(constrain(x, kv) for x in self.k), tuple(constrain(x, kv) for x in self.v),
+                       constrain(self.valid, ("batch", "cache_length")), self.index)
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
-    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     dt = jnp.dtype(cfg.dtype)
-    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt),
+    zeros = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers)),
                    jnp.zeros((batch, slots), bool), jnp.zeros((), jnp.int32))
 
 
@@ -91,7 +96,8 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, k_cache=None, v_cache=None, cache_index=None):
+    def __call__(self, x, positions, mask, cache=None, cache_index=None):
+        """cache: this layer's (k, v), each [B, K, S, D]; the new slots are written in place."""
         cfg = self.cfg
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = Projection(cfg, (e,), (h, d), ("embed", "heads", "kv"), cfg.qkv_bias, name="q_proj")(x)
@@ -101,15 +107,15 @@ class Attention(nn.Module):
         inv_freq = layers.rope_inv_freq(d, cfg.rope_theta, cfg.rope_scaling_dict)
         q = layers.apply_rope(q, positions, inv_freq)
         k = layers.apply_rope(k, positions, inv_freq)
-        if k_cache is not None:
-            # Write the new keys/values at slots [cache_index, cache_index + T).
-            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 1)
-            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
-            k, v = k_cache, v_cache
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
+        if cache is not None:
+            cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, 2)
+                          for c, new in zip(cache, (k, v)))
+            k, v = cache
         out = layers.attention(q, k, v, mask)
         out = constrain(out, ("batch", "length", "act_heads", "kv"))
         y = Projection(cfg, (h, d), (e,), ("heads", "kv", "embed"), cfg.o_bias, name="o_proj")(out)
-        return y, k_cache, v_cache
+        return y, cache
 
 
 class MLP(nn.Module):
@@ -129,67 +135,19 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache_index, kv):
-        k_cache, v_cache = kv if kv is not None else (None, None)
-        h, k_cache, v_cache = Attention(self.cfg, name="attn")(
-            RMSNorm(self.cfg, name="input_norm")(x), positions, mask, k_cache, v_cache, cache_index)
+    def __call__(self, carry, positions, mask, cache_index):
+        x, cache = carry
+        h, cache = Attention(self.cfg, name="attn")(
+            RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index)
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attn_norm")(x))
         x = constrain(x, ("batch", "length", "act_embed"))
-        return x, (None if k_cache is None else (k_cache, v_cache))
+        return (x, cache), None
 
 
 def _remat_policy(name: str):
     return {"full": jax.checkpoint_policies.nothing_saveable,
             "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}[name]
-
-
-class Transformer(nn.Module):
-    """tokens [batch, T] -> logits [batch, T, vocab] (f32), and the updated cache if given."""
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        cfg = self.cfg
-        dt = jnp.dtype(cfg.dtype)
-        embedding = Embed(cfg, name="embed")()
-        x = jnp.take(embedding, tokens, axis=0).astype(dt)
-        x = constrain(x, ("batch", "length", "act_embed"))
-
-        if cache is None:
-            mask, cache_index, kv = layers.segment_causal_mask(segment_ids), None, None
-        else:
-            valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
-            mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
-            cache_index, kv = cache.index, (cache.k, cache.v)
-
-        layer_cls = DecoderLayer
-        if cfg.remat_policy != "none":
-            layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy), prevent_cse=False)
-        stack = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x, new_kv = stack(cfg, name="layers")(x, positions, mask, cache_index, kv)
-        x = RMSNorm(cfg, name="final_norm")(x)
-
-        if cfg.tie_embeddings:
-            logits = jnp.einsum("bte,ve->btv", x, embedding.astype(dt))
-        else:
-            logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"),
-                                name="lm_head")(x)
-        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
-
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(new_kv[0], new_kv[1], valid, cache.index + tokens.shape[1])
-        return logits, new_cache
 
 
 class Embed(nn.Module):
@@ -199,3 +157,95 @@ class Embed(nn.Module):
     def __call__(self) -> jax.Array:
         return _param(self, "embedding", (self.cfg.vocab_size, self.cfg.hidden_size), ("vocab", "embed"),
                       nn.initializers.normal(stddev=1.0))
+
+
+def embed_tokens(cfg: ModelConfig, embedding: jax.Array, tokens: jax.Array) -> jax.Array:
+    x = jnp.take(embedding, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
+    return constrain(x, ("batch", "length", "act_embed"))
+
+
+def tied_logits(cfg: ModelConfig, x: jax.Array, embedding: jax.Array) -> jax.Array:
+    dt = jnp.dtype(cfg.dtype)
+    return jnp.einsum("bte,ve->btv", x.astype(dt), embedding.astype(dt))
+
+
+def _gather_positions(x: jax.Array, logits_index: jax.Array | None) -> jax.Array:
+    if logits_index is None:
+        return x
+    return jnp.take_along_axis(x, logits_index[:, None, None].astype(jnp.int32), axis=1)
+
+
+def _finish_logits(logits: jax.Array) -> jax.Array:
+    return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+
+class Transformer(nn.Module):
+    """Full forward: tokens [batch, T] -> logits [batch, T, vocab] f32 (training, scoring).
+
+    segment_ids [batch, T]: 0 marks padding; packed examples carry distinct ids and never
+    attend to each other. logits_index [batch]: logits only at that position of each row
+    ([batch, 1, vocab]), so a long prompt never materialises [batch, T, vocab] logits.
+    Cached decoding uses `decode_forward` on the same parameters, unstacked.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 logits_index: jax.Array | None = None) -> jax.Array:
+        cfg = self.cfg
+        embedding = Embed(cfg, name="embed")()
+        x = embed_tokens(cfg, embedding, tokens)
+        mask = layers.segment_causal_mask(segment_ids)
+        layer_cls = DecoderLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy), prevent_cse=False)
+        stack = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        (x, _), _ = stack(cfg, name="layers")((x, None), positions, mask, None)
+        x = RMSNorm(cfg, name="final_norm")(_gather_positions(x, logits_index))
+        if cfg.tie_embeddings:
+            return _finish_logits(tied_logits(cfg, x, embedding))
+        return _finish_logits(Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"),
+                                         name="lm_head")(x))
+
+
+def unstack_layers(params: Any) -> Any:
+    """Params with `layers` as a tuple of per-layer trees (the layout `decode_forward` takes).
+
+    Decoding runs the layers unrolled so each layer's KV cache is its own buffer, updated in
+    place; a cache stacked over layers in a scan carry is copied whole at every layer on
+    XLA:CPU (measured 20x slower).
+    """
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    out = dict(params)
+    out["layers"] = tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(n))
+    return out
+
+
+def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
+                   segment_ids: jax.Array, cache: KVCache, logits_index: jax.Array | None = None
+                   ) -> tuple[jax.Array, KVCache]:
+    """Cached forward of T new tokens (prefill or one decode step) on unstacked params."""
+    x = embed_tokens(cfg, params["embed"]["embedding"], tokens)
+    valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
+    mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
+    ks, vs = [], []
+    for layer_params, k, v in zip(params["layers"], cache.k, cache.v):
+        (x, (k, v)), _ = DecoderLayer(cfg).apply({"params": layer_params}, (x, (k, v)), positions, mask,
+                                                cache.index)
+        ks.append(k)
+        vs.append(v)
+    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index))
+    if cfg.tie_embeddings:
+        logits = tied_logits(cfg, x, params["embed"]["embedding"])
+    else:
+        logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab")).apply(
+            {"params": params["lm_head"]}, x)
+    return _finish_logits(logits), KVCache(tuple(ks), tuple(vs), valid, cache.index + tokens.shape[1])

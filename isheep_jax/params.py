@@ -17,12 +17,13 @@ from jax.sharding import Mesh
 
 from isheep_jax import sharding
 from isheep_jax.config import ModelConfig
-from isheep_jax.model import KVCache, Transformer
+from isheep_jax.model import Transformer
 
 Params = Any  # nested dict of arrays (unboxed)
 
 
 def _dummy_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
+    """tokens, positions, segment_ids of shape [1, 1]."""
     tok = jnp.zeros((1, 1), jnp.int32)
     return tok, tok, jnp.ones((1, 1), jnp.int32)
 
@@ -70,11 +71,10 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, segment_ids: jax.Array | None = None,
-            positions: jax.Array | None = None, cache: KVCache | None = None
-            ) -> tuple[jax.Array, KVCache | None]:
-    """Logits [batch, T, vocab] f32 (and the new cache). segment_ids 0 marks padding."""
+            positions: jax.Array | None = None, logits_index: jax.Array | None = None) -> jax.Array:
+    """Full forward: logits [batch, T, vocab] f32. segment_ids 0 marks padding."""
     if segment_ids is None:
         segment_ids = jnp.ones_like(tokens, jnp.int32)
     if positions is None:
         positions = positions_from_segments(segment_ids)
-    return Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids, cache)
+    return Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids, logits_index)

@@ -1,0 +1,190 @@
+"""Batch driver for the sampler: thousands of prompts in, completions out in input order.
+
+Prompts are sorted by length and cut into batches; batch size, prompt length and token
+capacity are rounded up to buckets so a long job compiles a handful of times. Each row's
+random stream is keyed by (seed, row id), so outputs do not depend on batching, sort
+order or mesh, and a resumed job reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import time
+from typing import Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from isheep_jax import sampler, sharding
+from isheep_jax.config import ModelConfig
+from isheep_jax.model import unstack_layers
+from isheep_jax.params import Params
+from isheep_jax.tokenizer import Tokenizer
+
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+CAPACITY_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+FINISH_NAMES = {sampler.RUNNING: "length", sampler.EOS: "eos", sampler.STOP: "stop"}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings of one stage (temperature <= 0 is greedy; see sampling.py for order)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int = 0
+    stop_strings: tuple[str, ...] = ()
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]  # generated tokens, EOS excluded, cut after a stop string's tokens
+    text: str  # decoded text, cut before any stop string
+    finish_reason: str  # 'eos' | 'stop' | 'length'
+    logprobs: list[float]  # per generated token, raw model distribution
+    prompt_tokens: int
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    i = bisect.bisect_left(buckets, n)
+    if i == len(buckets):
+        raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+    return buckets[i]
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _stop_array(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> np.ndarray:
+    """Stop strings as right-aligned token-id rows ([S, L], -1 = padding) for the device check."""
+    seqs = [tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
+    seqs = [s for s in seqs if s]
+    width = max((len(s) for s in seqs), default=1)
+    arr = np.full((len(seqs), width), -1, np.int32)
+    for i, s in enumerate(seqs):
+        arr[i, width - len(s):] = s
+    return arr
+
+
+def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class Generator:
+    """Holds a model + tokenizer on a mesh and samples batches of prompts."""
+
+    def __init__(self, cfg: ModelConfig, params: Params, tokenizer: Tokenizer, mesh: Mesh | None = None,
+                 extra_eos_ids: Sequence[int] = ()):
+        # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
+        # caller may drop the stacked params afterwards to free their memory.
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.params = jax.jit(unstack_layers)(params)
+        self.mesh = mesh or sharding.make_mesh()
+        eos = set(cfg.eos_token_ids) | set(extra_eos_ids)
+        if tokenizer.eos_id is not None:
+            eos.add(tokenizer.eos_id)
+        self.eos_ids = np.asarray(sorted(eos) or [-1], np.int32)
+        self.pad_id = tokenizer.pad_id
+
+    def encode_prompts(self, prompts: Sequence[str | Sequence[int]], add_special_tokens: bool = True
+                       ) -> list[list[int]]:
+        texts = [p for p in prompts if isinstance(p, str)]
+        encoded = iter(self.tokenizer.encode_batch(texts, add_special_tokens) if texts else [])
+        out = [list(next(encoded)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        for i, ids in enumerate(out):
+            if not ids:
+                raise ValueError(f"prompt {i} is empty after tokenisation")
+        return out
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], settings: SamplingSettings,
+                 row_ids: Sequence[int] | None = None, add_special_tokens: bool = True,
+                 progress: bool | str = True) -> list[Completion]:
+        """Samples a completion for every prompt; results come back in input order.
+
+        row_ids: stable ids keying each row's random stream (default: the prompt index).
+        Chat prompts already rendered with their template should pass add_special_tokens=False.
+        """
+        ids = self.encode_prompts(prompts, add_special_tokens)
+        row_ids = list(range(len(ids))) if row_ids is None else list(row_ids)
+        if len(row_ids) != len(ids):
+            raise ValueError(f"{len(row_ids)} row_ids for {len(ids)} prompts")
+        capacity = bucket(settings.max_new_tokens, CAPACITY_BUCKETS)
+        too_long = [i for i, x in enumerate(ids) if len(x) + capacity > self.cfg.max_position_embeddings]
+        if too_long:
+            raise ValueError(f"prompts {too_long[:5]} (+{len(too_long) - 5 if len(too_long) > 5 else 0}) "
+                             f"plus {capacity} new tokens exceed max_position_embeddings="
+                             f"{self.cfg.max_position_embeddings}")
+        stop_arr = _stop_array(self.tokenizer, settings.stop_strings)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list[Completion | None] = [None] * len(ids)
+        base_key = jax.random.key(settings.seed)
+        bar = tqdm(total=len(ids), desc=progress if isinstance(progress, str) else "sampling",
+                   unit="prompt", disable=not progress, leave=False)
+        new_tokens, t0 = 0, time.perf_counter()
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start: start + settings.batch_size]
+            out = self._run_batch([ids[i] for i in chunk], [row_ids[i] for i in chunk], settings,
+                                  capacity, stop_arr, base_key)
+            for i, c in zip(chunk, out):
+                results[i] = c
+                new_tokens += len(c.token_ids)
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.1f}")
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _run_batch(self, batch_ids: list[list[int]], rows: list[int], settings: SamplingSettings,
+                   capacity: int, stop_arr: np.ndarray, base_key: jax.Array) -> list[Completion]:
+        n = len(batch_ids)
+        b = min(_pow2_at_least(n), _pow2_at_least(settings.batch_size))
+        p = bucket(max(len(x) for x in batch_ids), PROMPT_BUCKETS)
+        tokens = np.full((b, p), self.pad_id, np.int32)
+        mask = np.zeros((b, p), bool)
+        for r, x in enumerate(batch_ids):
+            tokens[r, p - len(x):] = x
+            mask[r, p - len(x):] = True
+        mask[n:, -1] = True  # filler rows: one token so they are well defined
+        row_keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(
+            jnp.asarray(rows + [0] * (b - n), jnp.uint32))
+        batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
+        with sharding.activation_sharding(self.mesh):
+            out = sampler.decode(
+                self.cfg, self.params, jax.device_put(tokens, batch_sharding),
+                jax.device_put(mask, batch_sharding), row_keys, jnp.asarray(self.eos_ids),
+                jnp.asarray(stop_arr), jnp.int32(settings.max_new_tokens),
+                jnp.float32(settings.temperature), jnp.int32(settings.top_k), jnp.float32(settings.top_p),
+                jnp.int32(self.pad_id), capacity=capacity)
+        toks, lps, lens, fin = jax.device_get(out)
+        return [self._completion(toks[r, : lens[r]], lps[r, : lens[r]], int(fin[r]), len(batch_ids[r]),
+                                 settings.stop_strings) for r in range(n)]
+
+    def _completion(self, toks: np.ndarray, lps: np.ndarray, finish: int, prompt_tokens: int,
+                    stop_strings: Sequence[str]) -> Completion:
+        toks, lps = toks.tolist(), lps.tolist()
+        reason = FINISH_NAMES[finish]
+        if reason == "eos":
+            toks, lps = toks[:-1], lps[:-1]
+        text, stopped = _cut_at_stop(self.tokenizer.decode(toks), stop_strings)
+        if stopped:
+            reason = "stop"
+        return Completion(token_ids=toks, text=text, finish_reason=reason, logprobs=lps,
+                          prompt_tokens=prompt_tokens)
