@@ -1,0 +1,161 @@
+"""The KV-cache sampler against transformers' generate and against our own full forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_hf_model
+from isheep_jax import checkpoint, params as P, sampling, sharding
+from isheep_jax.convert import hf
+from isheep_jax.generate import Generator, SamplingSettings
+from isheep_jax.tokenizer import Tokenizer
+
+GREEDY = SamplingSettings(max_new_tokens=12, temperature=0.0, batch_size=8)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"sampler-{request.param}")
+    hf_dir = make_hf_model(str(root / "hf"), request.param, num_key_value_heads=2, eos_token_id=None)
+    hf.import_hf(hf_dir, str(root / "ours"))
+    cfg, params = checkpoint.load_model(str(root / "ours"))
+    return hf_dir, cfg, params, Tokenizer(hf_dir)
+
+
+def _mixed_prompts(n: int = 10, vocab: int = 320) -> list[list[int]]:
+    rng = np.random.RandomState(0)
+    lengths = [1, 40, 3, 17, 9, 25, 2, 33, 5, 12][:n]
+    return [rng.randint(5, vocab, size=k).tolist() for k in lengths]
+
+
+def test_greedy_matches_transformers_generate(tiny):
+    from transformers import AutoModelForCausalLM
+
+    hf_dir, cfg, params, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    prompts = _mixed_prompts()
+    gen = Generator(cfg, params, tok)
+    gen.eos_ids = np.asarray([-1], np.int32)  # the random model has no EOS: compare all 12 tokens
+    out = gen.generate(prompts, GREEDY, progress=False)
+    for prompt, completion in zip(prompts, out):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        assert completion.token_ids == ref
+        assert completion.finish_reason == "length"
+
+
+def test_cached_decoding_equals_full_forward_at_every_step(tiny):
+    """Per-token log-probs from the cached loop equal a full forward over prompt + output."""
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(6)
+    out = Generator(cfg, params, tok).generate(
+        prompts, SamplingSettings(max_new_tokens=10, temperature=1.0, top_p=1.0, seed=3, batch_size=8),
+        progress=False)
+    for prompt, c in zip(prompts, out):
+        seq = jnp.asarray([prompt + c.token_ids])
+        logp = jax.nn.log_softmax(P.forward(cfg, params, seq)[0], axis=-1)
+        n = len(prompt)
+        want = [float(logp[n - 1 + i, t]) for i, t in enumerate(c.token_ids)]
+        np.testing.assert_allclose(c.logprobs[: len(want)], want, atol=2e-5)
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
+def test_meshes_give_the_same_tokens(tiny, mesh_shape):
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(8)
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7, batch_size=8)
+    one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ref = Generator(cfg, jax.device_put(params, sharding.replicated(one)), tok, mesh=one).generate(
+        prompts, settings, progress=False)
+    mesh = sharding.make_mesh(*mesh_shape)
+    sharded = jax.device_put(params, P.param_shardings(cfg, mesh))
+    got = Generator(cfg, sharded, tok, mesh=mesh).generate(prompts, settings, progress=False)
+    assert [c.token_ids for c in got] == [c.token_ids for c in ref]
+
+
+def test_eos_and_stop_strings_end_rows(tiny):
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(4)
+    gen = Generator(cfg, params, tok)
+    gen.eos_ids = np.asarray([-1], np.int32)
+    free = gen.generate(prompts, GREEDY, progress=False)
+    # EOS: declare the 4th generated token of row 0 an EOS token.
+    eos_tok = free[0].token_ids[3]
+    gen.eos_ids = np.asarray([eos_tok], np.int32)
+    ended = gen.generate(prompts, GREEDY, progress=False)
+    first = free[0].token_ids.index(eos_tok)
+    assert ended[0].finish_reason == "eos" and ended[0].token_ids == free[0].token_ids[:first]
+    for f, e in zip(free, ended):
+        assert e.token_ids == (f.token_ids[: f.token_ids.index(eos_tok)] if eos_tok in f.token_ids else f.token_ids)
+    # Stop string: a piece of row 1's text; nothing after it is returned.
+    gen.eos_ids = np.asarray([-1], np.int32)
+    text = free[1].text
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert stop
+    stopped = gen.generate(prompts, SamplingSettings(max_new_tokens=12, temperature=0.0, stop_strings=(stop,)),
+                           progress=False)
+    assert stopped[1].finish_reason == "stop"
+    assert stopped[1].text == text[: text.find(stop)]
+    assert stop not in stopped[1].text
+
+
+def test_tiny_top_p_equals_greedy_and_seeds_reproduce(tiny):
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(6)
+    gen = Generator(cfg, params, tok)
+    greedy = gen.generate(prompts, GREEDY, progress=False)
+    nucleus = gen.generate(prompts, SamplingSettings(max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=5),
+                           progress=False)
+    assert [c.token_ids for c in nucleus] == [c.token_ids for c in greedy]
+    s = SamplingSettings(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=11, batch_size=4)
+    a, b = gen.generate(prompts, s, progress=False), gen.generate(prompts, s, progress=False)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    c = gen.generate(prompts, SamplingSettings(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=12),
+                     progress=False)
+    assert [x.token_ids for x in c] != [x.token_ids for x in a]
+    # A row's output depends on (seed, row id), not on the batch it shares.
+    alone = gen.generate([prompts[2]], s, row_ids=[2], progress=False)
+    assert alone[0].token_ids == a[2].token_ids
+
+
+def test_max_new_tokens_is_traced_and_respected(tiny):
+    _, cfg, params, tok = tiny
+    gen = Generator(cfg, params, tok)
+    gen.eos_ids = np.asarray([-1], np.int32)
+    for n in (3, 5, 9):  # one capacity bucket: no recompilation between these
+        out = gen.generate(_mixed_prompts(3), SamplingSettings(max_new_tokens=n, temperature=0.0), progress=False)
+        assert all(len(c.token_ids) == n and c.finish_reason == "length" for c in out)
+
+
+def test_top_k_and_top_p_masks():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]))
+    np.testing.assert_array_equal(sampling.top_k_mask(logits, jnp.int32(2))[0], [True, True, False, False])
+    np.testing.assert_array_equal(sampling.top_k_mask(logits, jnp.int32(0))[0], [True] * 4)
+    probs = jax.nn.softmax(logits)
+    np.testing.assert_array_equal(sampling.top_p_mask(probs, jnp.float32(0.8))[0], [True, True, False, False])
+    np.testing.assert_array_equal(sampling.top_p_mask(probs, jnp.float32(0.81))[0], [True, True, True, False])
+    np.testing.assert_array_equal(sampling.top_p_mask(probs, jnp.float32(0.3))[1], [True] * 4)  # ties kept
+    keys = jax.random.split(jax.random.key(0), 2000)
+    draws = sampling.sample_tokens(jnp.repeat(logits[:1], 2000, 0), keys, jnp.float32(1.0), jnp.int32(0),
+                                   jnp.float32(1.0))
+    freq = np.bincount(np.asarray(draws), minlength=4) / 2000
+    np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.04)
+
+
+def test_smollm2_greedy_matches_transformers(smollm2_dir, smollm2_torch):
+    cfg, params = checkpoint.load_model(smollm2_dir)
+    tok = Tokenizer(checkpoint.tokenizer_dir(smollm2_dir))
+    questions = ["What is the capital of France?", "Write a haiku about the sea.", "What is 2+2?"]
+    prompts = [tok.render_prompt(q, "chat") for q in questions]
+    out = Generator(cfg, params, tok).generate(prompts, SamplingSettings(max_new_tokens=24, temperature=0.0),
+                                               add_special_tokens=False, progress=False)
+    assert "Paris" in out[0].text and out[0].finish_reason == "eos"
+    for prompt, c in zip(prompts, out):
+        ids = tok.encode(prompt, add_special_tokens=False)
+        with torch.no_grad():
+            ref = smollm2_torch.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):]
+        ref = [t for t in ref.tolist() if t != tok.eos_id]
+        assert c.token_ids == ref
