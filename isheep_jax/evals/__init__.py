@@ -1,0 +1,1 @@
+"""Evaluations: IFEval-compatible verifiable instructions, pairwise win-rate, held-out data."""
