@@ -1,0 +1,84 @@
+"""Sampler throughput: our jit sampler vs transformers `generate`, SmolLM2-135M-Instruct, f32, CPU.
+
+Same model weights (the embedded GGUF, dequantised), same chat-templated prompts, same
+batch, 128 new tokens forced on both sides (EOS disabled), temperature 1, top-p 0.95.
+Our compile time is excluded (one warm-up call per shape) and printed separately.
+
+    python benchmarks/bench_sampler.py [--batches 1 8 32 64] [--new_tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--new_tokens", type=int, default=128)
+    ap.add_argument("--skip_torch", action="store_true")
+    args = ap.parse_args()
+
+    import jax
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from isheep_jax import checkpoint
+    from isheep_jax.cli import smollm2_checkpoint
+    from isheep_jax.demo_model import smollm2_gguf_path
+    from isheep_jax.generate import Generator, SamplingSettings
+    from isheep_jax.seed_pool import load_seed_pool
+    from isheep_jax.tokenizer import Tokenizer
+
+    model_dir = smollm2_checkpoint()
+    cfg, params = checkpoint.load_model(model_dir)
+    tok = Tokenizer(checkpoint.tokenizer_dir(model_dir))
+    gen = Generator(cfg, params, tok)
+    gen.eos_ids = np.asarray([-1], np.int32)  # force exactly new_tokens tokens
+    seeds = load_seed_pool()
+    questions = [t.instruction for t in seeds]
+    n = args.new_tokens
+
+    if not args.skip_torch:
+        torch.set_num_threads(os.cpu_count() or 1)
+        path = smollm2_gguf_path()
+        hf_model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                        dtype=torch.float32).eval()
+        hf_tok = AutoTokenizer.from_pretrained(checkpoint.tokenizer_dir(model_dir), padding_side="left")
+
+    rows = []
+    for b in args.batches:
+        prompts = [tok.render_prompt(q, "chat") for q in questions[:b]]
+        s = SamplingSettings(max_new_tokens=n, temperature=1.0, top_p=0.95, batch_size=b, seed=1)
+        t0 = time.perf_counter()
+        gen.generate(prompts, s, add_special_tokens=False, progress=False)  # compile + run
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = gen.generate(prompts, s, add_special_tokens=False, progress=False)
+        ours = sum(len(c.token_ids) for c in out) / (time.perf_counter() - t0)
+        theirs = float("nan")
+        if not args.skip_torch:
+            enc = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                r = hf_model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_p=0.95,
+                                      temperature=1.0, pad_token_id=hf_tok.pad_token_id)
+                theirs = (r.shape[1] - enc["input_ids"].shape[1]) * b / (time.perf_counter() - t0)
+        rows.append((b, ours, theirs, first))
+        print(f"batch {b}: ours {ours:.1f} tok/s, transformers {theirs:.1f} tok/s", flush=True)
+
+    print(f"\nSmolLM2-135M-Instruct f32, {n} new tokens, T=1 top-p 0.95; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, jax {jax.__version__}, torch {torch.__version__}")
+    print("| batch | isheep_jax tok/s | transformers tok/s | ratio | first call (compile + run) s |")
+    print("|---:|---:|---:|---:|---:|")
+    for b, ours, theirs, first in rows:
+        print(f"| {b} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | {first:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
