@@ -55,7 +55,7 @@ class SamplingSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
-    token_ids: list[int]  # generated tokens, EOS excluded, cut after a stop string's tokens
+    token_ids: list[int]  # generated tokens, EOS excluded (a stop string's tokens may end it)
     text: str  # decoded text, cut before any stop string
     finish_reason: str  # 'eos' | 'stop' | 'length'
     logprobs: list[float]  # per generated token, raw model distribution
