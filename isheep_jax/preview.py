@@ -77,7 +77,10 @@ def run_preview(gen: Generator, seeds: list[SeedTask], run_dir: str, s: PreviewS
     for c, a in zip(candidates, answers):
         row = {**c, "response": a.text, "finish_reason": a.finish_reason}
         reason = response_filter.filter_response(a.text, c["instruction"], c["input"], a.finish_reason)
-        (dropped.append({**row, "stage": "respond", "reason": reason}) if reason else pairs.append(row))
+        if reason:
+            dropped.append({**row, "stage": "respond", "reason": reason})
+        else:
+            pairs.append(row)
     io_utils.write_jsonl(os.path.join(run_dir, "responses.jsonl"), pairs)
 
     rating_prompts = [tok.render_prompt(assessment.build_rating_prompt(kind, p["instruction"], p["input"],
@@ -93,7 +96,10 @@ def run_preview(gen: Generator, seeds: list[SeedTask], run_dir: str, s: PreviewS
         assessed.append(row)
         hist.update(v.score for v in scores.values() if v.score is not None)
         reason = assessment.score_filter(scores["quality"], scores["following"], s.score_threshold)
-        (dropped.append({**row, "stage": "assess", "reason": reason}) if reason else kept.append(row))
+        if reason:
+            dropped.append({**row, "stage": "assess", "reason": reason})
+        else:
+            kept.append(row)
     io_utils.write_jsonl(os.path.join(run_dir, "assessments.jsonl"), assessed)
     io_utils.write_jsonl(os.path.join(run_dir, "kept.jsonl"), kept)
     io_utils.write_jsonl(os.path.join(run_dir, "dropped.jsonl"), dropped)
