@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from isheep_jax import sampling
 from isheep_jax.config import ModelConfig
 from isheep_jax.model import KVCache, decode_forward, init_cache
+from isheep_jax.params import positions_from_segments
 
 RUNNING, EOS, STOP = 0, 1, 2  # finish codes; RUNNING at the end means 'length'
 
@@ -62,7 +63,7 @@ def decode(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Ar
     cache = init_cache(cfg, b, p + capacity).constrained()
     seg = prompt_mask.astype(jnp.int32)
     prompt_len = jnp.sum(seg, axis=1)
-    positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+    positions = positions_from_segments(seg)
     logits, cache = decode_forward(cfg, params, prompt, positions, seg, cache,
                                    logits_index=jnp.full((b,), p - 1))
     cache = cache.constrained()
