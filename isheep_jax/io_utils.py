@@ -29,7 +29,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.write_text(text)
-        tmp.rename(path)
+        tmp.replace(path)  # overwrites, like os.replace (rename refuses an existing target)
     except OSError as e:
         raise OSError(f"cannot write {path}: {e.strerror or e}") from e
 

@@ -1,0 +1,55 @@
+"""Training metrics: one JSON object per logged step (machine-readable), plus TensorBoard
+event files when TensorFlow is importable (it is wherever SeqIO is)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+from isheep_jax import io_utils
+
+
+class MetricsWriter:
+    """Appends rows to `path` (JSONL) and scalars to `tb_dir`.
+
+    `truncate_after(step)` drops rows of steps a resumed run will redo, so the file
+    always describes one consistent run.
+    """
+
+    def __init__(self, path: str | os.PathLike, tb_dir: str | os.PathLike | None = None):
+        self.path = io_utils.as_path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+        if tb_dir is not None:
+            try:
+                import tensorflow as tf
+                self._tb = tf.summary.create_file_writer(os.fspath(tb_dir))
+            except ImportError:  # TensorBoard files are a convenience; JSONL is the record
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        rows = [r for _, r in io_utils.iter_jsonl(self.path) if r.get("step", 0) <= step]
+        io_utils.write_jsonl(self.path, rows)
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        row = {"step": int(step), **{k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            import tensorflow as tf
+            with self._tb.as_default(step=int(step)):
+                for k, v in values.items():
+                    if not isinstance(v, str):
+                        tf.summary.scalar(k, float(v))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    return [r for _, r in io_utils.iter_jsonl(path)] if io_utils.as_path(path).exists() else []
