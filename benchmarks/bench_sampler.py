@@ -29,7 +29,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from isheep_jax import checkpoint
-    from isheep_jax.cli import smollm2_checkpoint
+    from isheep_jax.demo_model import smollm2_checkpoint
     from isheep_jax.demo_model import smollm2_gguf_path
     from isheep_jax.generate import Generator, SamplingSettings
     from isheep_jax.seed_pool import load_seed_pool

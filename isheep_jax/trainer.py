@@ -160,7 +160,6 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
                                 f"settings (fingerprint {restored['meta'].get('fingerprint')} != {fingerprint}); "
                                 "use a new work directory or delete it")
         state = TrainState(*restored["state"])
-        writer.truncate_after(start)
         log.info("resuming training at step %d of %d", start, steps)
     else:
         start = 0
@@ -168,6 +167,7 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
         opt_state = jax.jit(optimizer.init, out_shardings=shard.opt_state)(params)
         state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), shard.step), params, opt_state)
 
+    writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
     batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
     step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules)
     meta = {"fingerprint": fingerprint, "seed": tc.seed, "total_steps": steps, "num_rows": data.num_rows}

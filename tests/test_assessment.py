@@ -72,6 +72,8 @@ def test_bad_kind():
         ("Overall this is a solid answer. Score: 8", 8, None),
         ("I'd give it an 8 because it is accurate.", 8, None),
         ("`10`||ok", 10, "ok"),
+        ("The response is 10 out of 10.", 10, None),  # seen from SmolLM2-135M
+        ("Clear and correct, so 7/10 overall.", 7, None),
     ],
 )
 def test_parse_score_near_misses(text, score, explanation):
@@ -100,6 +102,8 @@ def test_parse_score_out_of_range(text, raw):
         "1st place would go to this answer",
         "Version 1.2.3 of the tool is described well.",
         "It does not give 3 examples.",
+        "It has 3 errors in 10 lines.",
+        "The answer to the task is: 10",
         None,
         42,
         b"8||good",

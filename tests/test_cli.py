@@ -13,7 +13,7 @@ def test_help_lists_commands(capsys):
         cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("import-hf", "import-gguf", "export-hf", "sample", "demo"):
+    for cmd in ("import-hf", "import-gguf", "export-hf", "sample", "run", "demo", "status", "report"):
         assert cmd in out
 
 
@@ -38,3 +38,35 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "config.json" in err and "GPT2LMHeadModel" in err
     assert cli.main(["import-gguf", str(tmp_path / "missing.gguf"), str(tmp_path / "ck2")]) == 2
     assert "missing.gguf: no such GGUF file" in capsys.readouterr().err
+
+
+def test_run_argument_errors(tmp_path, capsys):
+    assert cli.main(["run", "--run_dir", str(tmp_path / "r"), "--gin_file", "no/such.gin"]) == 2
+    assert "gin file 'no/such.gin' not found" in capsys.readouterr().err
+    assert cli.main(["run", "--run_dir", str(tmp_path / "r"), "--bogus"]) == 2
+    assert "unknown argument '--bogus'" in capsys.readouterr().err
+    assert cli.main(["status", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_gin_flags_become_bindings():
+    assert cli._split_gin_flags(["--gin.LoopConfig.iterations=3", "--gin.synth/SamplingSettings.top_p=0.9"]) == [
+        "LoopConfig.iterations = 3", "synth/SamplingSettings.top_p = 0.9"]
+
+
+@pytest.mark.parametrize("name", ["runs/demo_cpu.gin", "runs/isheep_paper.gin"])
+def test_run_presets_parse(name):
+    import gin
+
+    from isheep_jax.loop import LoopConfig
+    from isheep_jax.optim import OptimizerConfig
+    from isheep_jax.trainer import TrainConfig
+
+    cli.parse_gin([name], ["LoopConfig.base_model = 'some/dir'"])
+    lc, tc, oc = LoopConfig(), TrainConfig(), OptimizerConfig()
+    assert lc.base_model == "some/dir" and lc.k_demos == 5 and lc.rouge_threshold == 0.7
+    assert lc.synth_sampling.top_p == 0.95 and lc.respond_sampling.temperature == 1.0
+    assert tc.num_epochs == 2.0 and oc.learning_rate == 1e-5
+    if "paper" in name:
+        assert lc.score_threshold == 8 and lc.respond_sampling.max_new_tokens == 1000 and lc.assessor == "base"
+    gin.clear_config()

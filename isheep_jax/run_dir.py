@@ -1,0 +1,148 @@
+"""The run directory: manifest, per-iteration artifact paths, and chunked resumable sampling.
+
+    RUN/manifest.json           resolved gin config, its hash, history of (forced) restarts
+    RUN/config.gin              the resolved gin config as text
+    RUN/metrics.jsonl           one row per finished iteration (machine-readable summary)
+    RUN/iter_<i>/chunks/<stage>/<n>.jsonl   raw model outputs, one file per chunk of prompts
+    RUN/iter_<i>/instructions.jsonl ... kept.jsonl, dropped.jsonl, train/, summary.json
+
+Every file is written atomically (temporary sibling + rename), and each stage's last
+artifact is its completion marker, so a killed run resumes at the first missing one;
+sampling stages resume at the first missing chunk. Sampling is keyed per row (seed,
+row id), so a chunk computed after a restart is identical to one computed before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from isheep_jax import io_utils
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synthesize", "respond", "assess", "filter", "train", "summary")
+
+
+class RunError(ValueError):
+    """The run directory cannot be used as asked (other config, unwritable, inconsistent)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationPaths:
+    root: Any  # epath.Path of RUN/iter_<i>
+
+    def __getattr__(self, name: str):  # instructions, responses, ... -> RUN/iter_i/<name>.jsonl
+        if name in ("instructions", "responses", "assessments", "kept", "dropped"):
+            return self.root / f"{name}.jsonl"
+        raise AttributeError(name)
+
+    @property
+    def summary(self):
+        return self.root / "summary.json"
+
+    @property
+    def train_dir(self):
+        return self.root / "train"
+
+    @property
+    def model_dir(self):
+        return self.root / "train" / "model"
+
+    @property
+    def train_skipped(self):
+        return self.root / "train_skipped.json"
+
+    def dropped_stage(self, stage: str):
+        return self.root / f"dropped_{stage}.jsonl"
+
+    def chunks(self, stage: str):
+        return self.root / "chunks" / stage
+
+    def stage_done(self, stage: str) -> bool:
+        from isheep_jax import checkpoint
+
+        marker = {"synthesize": self.instructions, "respond": self.responses, "assess": self.assessments,
+                  "filter": self.kept, "summary": self.summary}
+        if stage == "train":
+            return checkpoint.is_complete(self.model_dir) or self.train_skipped.exists()
+        return marker[stage].exists()
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = io_utils.as_path(os.path.abspath(root) if "://" not in str(root) else root)
+
+    @property
+    def manifest_path(self):
+        return self.root / "manifest.json"
+
+    @property
+    def metrics_path(self):
+        return self.root / "metrics.jsonl"
+
+    def iteration(self, i: int) -> IterationPaths:
+        return IterationPaths(self.root / f"iter_{i}")
+
+    def open(self, config_str: str, force: bool = False) -> dict:
+        """Creates the run, or checks that an existing one was made with the same config."""
+        digest = hashlib.sha256(config_str.encode()).hexdigest()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create run directory {self.root}: {e.strerror or e}") from e
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if self.manifest_path.exists():
+            manifest = io_utils.read_json(self.manifest_path)
+            if manifest.get("config_sha256") != digest:
+                if not force:
+                    raise RunError(
+                        f"{self.root} was started with another config (sha256 {manifest.get('config_sha256', '?')[:12]} "
+                        f"!= {digest[:12]}); see {self.root / 'config.gin'}. Resume with the same gin files and "
+                        "flags, use a new run directory, or pass --force to continue with the new config.")
+                manifest.setdefault("history", []).append({"time": now, "event": "forced config change",
+                                                           "from": manifest["config_sha256"], "to": digest})
+                manifest.update(config=config_str, config_sha256=digest)
+            else:
+                manifest.setdefault("history", []).append({"time": now, "event": "resumed"})
+        else:
+            manifest = {"config": config_str, "config_sha256": digest, "created": now, "history": []}
+        io_utils.write_text_atomic(self.root / "config.gin", config_str)
+        io_utils.write_json(self.manifest_path, manifest)
+        return manifest
+
+    def iterations_present(self) -> list[int]:
+        if not self.root.exists():
+            return []
+        return sorted(int(p.name[5:]) for p in self.root.iterdir() if p.name.startswith("iter_") and p.name[5:].isdigit())
+
+
+def sample_in_chunks(chunk_dir, prompts: Sequence[str], chunk_size: int,
+                     generate: Callable[[Sequence[str], Sequence[int]], list[dict]], desc: str) -> list[dict]:
+    """Results for every prompt, computing only chunks not already on disk.
+
+    `generate(prompts, row_ids)` returns one JSON-able dict per prompt; row ids are global
+    prompt indices so the random stream of a row never depends on chunking or restarts.
+    A chunk file whose length is wrong (a different config) is an error, not silently reused.
+    """
+    out: list[dict] = []
+    n_chunks = math.ceil(len(prompts) / chunk_size)
+    for c in range(n_chunks):
+        lo, hi = c * chunk_size, min(len(prompts), (c + 1) * chunk_size)
+        path = chunk_dir / f"{c:05d}.jsonl"
+        if path.exists():
+            rows = io_utils.read_jsonl(path)
+            if len(rows) != hi - lo:
+                raise RunError(f"{path}: has {len(rows)} rows, expected {hi - lo}; the chunk belongs to another "
+                               "config. Delete the chunks directory to recompute it.")
+        else:
+            rows = generate(prompts[lo:hi], list(range(lo, hi)))
+            io_utils.write_jsonl(path, rows)
+        out.extend(rows)
+        log.info("%s: chunk %d/%d done", desc, c + 1, n_chunks)
+    return out
