@@ -1,12 +1,17 @@
-"""`isheep` command line: import / export checkpoints, sample, and the demo pass."""
+"""`isheep` command line: import / export checkpoints, sample, run the loop, evaluate, report."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+
+# TensorFlow (under SeqIO) logs C++ start-up chatter at import; keep warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def _cmd_import_hf(a: argparse.Namespace) -> None:
     from isheep_jax.convert import hf
@@ -57,7 +62,7 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
     """Parses gin files (searched in the cwd and the repo's gin_configs/) and KEY=VALUE bindings."""
     import gin
 
-    from isheep_jax import loop, optim, trainer  # noqa: F401  (register the configurables)
+    from isheep_jax import evaluate, loop, optim, plan, trainer  # noqa: F401  (register the configurables)
 
     gin.clear_config()
     gin.add_config_file_search_path(GIN_DIR)  # for `include 'models/...'` inside gin files
@@ -102,6 +107,53 @@ def _cmd_status(a: argparse.Namespace) -> None:
         chunks = ", ".join(f"{k} {v}" for k, v in info["chunks_on_disk"].items())
         print(f"iteration {i}: done {', '.join(info['done']) or 'nothing'}" + (f" (chunks: {chunks})" if chunks else ""))
     print(f"next: {st['next'] or 'nothing (all started iterations are finished; rerun `isheep run` to go on)'}")
+
+
+def _cmd_eval(a: argparse.Namespace) -> None:
+    from isheep_jax import evaluate
+    from isheep_jax.loop import resolve_model
+
+    parse_gin(a.gin_file, a.gin_bindings)
+    ec = evaluate.EvalConfig()
+    if a.suite:
+        ec = dataclasses.replace(ec, suites=tuple(s.strip() for s in a.suite.split(",") if s.strip()))
+    spec = evaluate.ModelSpec(resolve_model(a.checkpoint), a.prompt_style)
+    reference = judge = None
+    if a.reference:
+        reference = (evaluate.ModelSpec(resolve_model(a.reference), a.reference_style),
+                     os.path.join(a.out, "reference"))
+    if a.judge:
+        judge = evaluate.ModelSpec(resolve_model(a.judge), a.judge_style)
+    results = evaluate.evaluate(spec, a.out, ec, reference=reference, judge=judge)
+    print(evaluate.format_headline(a.checkpoint, evaluate.headline(results)))
+    print(f"results in {os.path.join(a.out, 'eval.json')}")
+
+
+def _cmd_plan(a: argparse.Namespace) -> None:
+    import gin
+
+    from isheep_jax import plan
+    from isheep_jax.config import ModelConfig
+    from isheep_jax.trainer import TrainConfig
+
+    parse_gin(a.gin_file, a.gin_bindings)
+    cfg, tc, pc = ModelConfig(), TrainConfig(), plan.PlanConfig()
+    if tc.compute_dtype:
+        cfg = cfg.replace(dtype=tc.compute_dtype)
+    shape = []
+    for axis, default in (("data", 1), ("fsdp", -1), ("tensor", 1)):
+        try:
+            shape.append(int(gin.query_parameter(f"make_mesh.{axis}")))
+        except ValueError:  # not bound
+            shape.append(default)
+    if -1 in shape:
+        raise ValueError("isheep plan needs every mesh size (data, fsdp, tensor) bound, e.g. --gin_file "
+                         "meshes/v5p_128.gin; -1 (fill the devices) has no meaning without devices")
+    seq_len = tc.max_prompt_len + tc.max_response_len
+    p = plan.make_plan(cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc)
+    print(plan.format_plan(p, cfg, tuple(shape), pc.chip, (tc.batch_size, tc.micro_batches, seq_len)))
+    print("compiler figure: not computed; the table is the analytic plan (ahead-of-time compilation for a "
+          "TPU topology with libtpu is not implemented yet)")
 
 
 def _cmd_report(a: argparse.Namespace) -> None:
@@ -156,6 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run_dir", default="runs/demo")
     s.add_argument("--force", action="store_true")
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("eval", help="IFEval-style accuracy, held-out loss and win-rate of one checkpoint")
+    s.add_argument("--checkpoint", required=True, help="checkpoint directory, or 'embedded:smollm2'")
+    s.add_argument("--out", required=True, help="eval directory (resumable; eval.json holds the results)")
+    s.add_argument("--suite", default="", help="comma-separated subset of ifeval,heldout_loss,winrate "
+                   "(default: EvalConfig.suites)")
+    s.add_argument("--prompt_style", default="chat", help="'raw' (base model), 'chat', 'chatml' or 'llama3'")
+    s.add_argument("--reference", default="", help="checkpoint the win-rate compares against")
+    s.add_argument("--reference_style", default="chat")
+    s.add_argument("--judge", default="", help="judge checkpoint (default: the reference)")
+    s.add_argument("--judge_style", default="chat")
+    s.add_argument("--gin_file", action="append", default=[], help="may repeat; binds EvalConfig")
+    s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("plan", help="per-device memory of training and sampling for a model preset and mesh")
+    s.add_argument("--gin_file", action="append", default=[], help="model, mesh and run gin files; may repeat")
+    s.set_defaults(fn=_cmd_plan)
 
     s = sub.add_parser("status", help="what a run has done and what comes next")
     s.add_argument("run_dir")

@@ -9,6 +9,7 @@ order or mesh, and a resumed job reproduces an uninterrupted one.
 from __future__ import annotations
 
 import bisect
+import gc
 import dataclasses
 import time
 from typing import Sequence
@@ -188,3 +189,37 @@ class Generator:
             reason = "stop"
         return Completion(token_ids=toks, text=text, finish_reason=reason, logprobs=lps,
                           prompt_tokens=prompt_tokens)
+
+
+class GeneratorCache:
+    """Holds the Generator of one checkpoint at a time: a 7B model and its unstacked copy
+    are plenty of memory, so switching models frees the previous one first."""
+
+    def __init__(self, mesh: Mesh | None = None):
+        self.mesh, self.dir, self.gen = mesh, None, None
+
+    def get(self, model_dir: str) -> Generator:
+        from isheep_jax import checkpoint
+
+        if self.dir != model_dir:
+            self.release()
+            cfg, params = checkpoint.load_model(model_dir, self.mesh)
+            self.gen = Generator(cfg, params, Tokenizer(checkpoint.tokenizer_dir(model_dir)), self.mesh)
+            del params
+            self.dir = model_dir
+        return self.gen
+
+    def release(self) -> None:
+        self.dir, self.gen = None, None
+        gc.collect()
+
+
+def completion_rows(gen: Generator, prompts: Sequence[str], row_ids: Sequence[int], settings: SamplingSettings,
+                    chat: bool, desc: str) -> list[dict]:
+    """JSON-able results of rendered prompts (what the run's chunk files store).
+
+    `chat`: the prompts were rendered with a chat template, which already holds the special
+    tokens the tokenizer would otherwise add (BOS).
+    """
+    outs = gen.generate(prompts, settings, row_ids=row_ids, add_special_tokens=not chat, progress=desc)
+    return [{"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)} for o in outs]

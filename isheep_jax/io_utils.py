@@ -65,5 +65,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
+def read_jsonl(path: str | os.PathLike, missing_ok: bool = False) -> list[Any]:
+    """All objects of a JSONL file; [] for a missing file when missing_ok."""
+    if missing_ok and not as_path(path).exists():
+        return []
     return [obj for _, obj in iter_jsonl(path)]

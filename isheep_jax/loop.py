@@ -8,9 +8,7 @@ stage, row), a resumed run produces the same data as an uninterrupted one.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import gc
 import logging
 import os
 import random
@@ -20,10 +18,10 @@ from typing import Any
 import gin
 
 from isheep_jax import assessment, checkpoint, io_utils, response_filter, synthesis
-from isheep_jax.generate import SamplingSettings
+from isheep_jax.generate import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.prompt_templates import load_template
 from isheep_jax.rouge import RougeDeduper
-from isheep_jax.run_dir import IterationPaths, RunDir, RunError, sample_in_chunks
+from isheep_jax.run_dir import STAGES, IterationPaths, RunDir, RunError, sample_in_chunks
 from isheep_jax.seed_pool import SeedTask, load_seed_pool
 
 log = logging.getLogger(__name__)
@@ -46,12 +44,18 @@ class LoopConfig:
     rouge_threshold: float = 0.7
     score_threshold: int = 8  # keep scores strictly above
     require_both_scores: bool = True
+    # Text that opens the judge's answer (after the rendered prompt), e.g. 'Rating:'; it is
+    # part of what the score parser reads. '' = none, as in the paper.
+    rating_prefill: str = ""
     base_prompt_style: str = "raw"  # how the base model is prompted: 'raw' | 'chat' | builtin template
     tuned_prompt_style: str = "chat"  # how trained models are prompted (and trained)
     assessor: str = "base"  # 'base' | 'current'
     train_from: str = "base"  # 'base' | 'previous'
     train_data: str = "latest"  # 'latest' | 'cumulative'
     stop_when_empty: bool = True  # an iteration with no kept pairs ends the run (else the model carries over)
+    # Evaluate each trained model (and the base model once) with EvalConfig: IFEval-style
+    # accuracy, held-out loss, win-rate against the base model judged by the base model.
+    evaluate: bool = False
     chunk_size: int = 64  # prompts per resumable sampling chunk
     synth_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
     respond_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
@@ -80,34 +84,8 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
-class _Models:
-    """Holds one Generator at a time (a 7B model and its unstacked copy is plenty of memory)."""
-
-    def __init__(self, mesh):
-        self.mesh, self.dir, self.gen = mesh, None, None
-
-    def get(self, model_dir: str):
-        from isheep_jax.generate import Generator
-        from isheep_jax.tokenizer import Tokenizer
-
-        if self.dir != model_dir:
-            self.gen = None
-            gc.collect()
-            cfg, params = checkpoint.load_model(model_dir, self.mesh)
-            self.gen = Generator(cfg, params, Tokenizer(checkpoint.tokenizer_dir(model_dir)), self.mesh)
-            del params
-            self.dir = model_dir
-        return self.gen
-
-    def release(self):
-        self.dir, self.gen = None, None
-        gc.collect()
-
-
 def _completions(gen, prompts, row_ids, settings: SamplingSettings, seed: int, chat: bool, desc: str) -> list[dict]:
-    outs = gen.generate(prompts, dataclasses.replace(settings, seed=seed), row_ids=row_ids,
-                        add_special_tokens=not chat, progress=desc)
-    return [{"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)} for o in outs]
+    return completion_rows(gen, prompts, row_ids, dataclasses.replace(settings, seed=seed), chat, desc)
 
 
 class Loop:
@@ -126,7 +104,7 @@ class Loop:
         if len(self.seeds) < lc.k_demos:
             raise ValueError(f"seed pool has {len(self.seeds)} tasks, fewer than k_demos={lc.k_demos}")
         self.base_dir = resolve_model(lc.base_model)
-        self.models = _Models(self.mesh)
+        self.models = GeneratorCache(self.mesh)
 
     # ------------------------------------------------------------------ helpers
     def _seed(self, i: int, stage: int) -> int:
@@ -204,7 +182,7 @@ class Loop:
         style = self._style(judge)
         tok = self.models.get(judge).tokenizer if pairs else None
         prompts = [tok.render_prompt(assessment.build_rating_prompt(kind, p["instruction"], p["input"], p["response"]),
-                                     style) for p in pairs for kind in assessment.KINDS]
+                                     style) + lc.rating_prefill for p in pairs for kind in assessment.KINDS]
         outs = sample_in_chunks(it.chunks("assess"), prompts, lc.chunk_size, lambda p, ids: _completions(
             self.models.get(judge), p, ids, lc.rate_sampling, self._seed(i, _ASSESS), style != "raw", "assess"),
             "assess")
@@ -212,9 +190,9 @@ class Loop:
         for n, p in enumerate(pairs):
             row = dict(p)
             for j, kind in enumerate(assessment.KINDS):
-                res = assessment.parse_score(outs[len(assessment.KINDS) * n + j]["text"])
-                row.update({f"{kind}_score": res.score, f"{kind}_reason": res.reason,
-                            f"{kind}_rating": outs[len(assessment.KINDS) * n + j]["text"]})
+                rating = lc.rating_prefill + outs[len(assessment.KINDS) * n + j]["text"]
+                res = assessment.parse_score(rating)
+                row.update({f"{kind}_score": res.score, f"{kind}_reason": res.reason, f"{kind}_rating": rating})
             rows.append(row)
         io_utils.write_jsonl(it.assessments, rows)
 
@@ -261,6 +239,22 @@ class Loop:
         init = self.base_dir if lc.train_from == "base" else model_dir
         trainer.train(init, data, it.train_dir, self.tc, self.oc, self.mesh)
 
+    def evaluate(self, i: int, it: IterationPaths) -> None:
+        from isheep_jax import evaluate
+
+        if not self.lc.evaluate:
+            io_utils.write_json(it.eval_skipped, {"reason": "LoopConfig.evaluate is False"})
+            return
+        if not checkpoint.is_complete(it.model_dir):
+            io_utils.write_json(it.eval_skipped, {"reason": "no model was trained in this iteration"})
+            return
+        ec = evaluate.EvalConfig()
+        base = evaluate.ModelSpec(self.base_dir, self.lc.base_prompt_style)
+        log.info("evaluating the base model (once per run) -> %s", self.run.base_eval_dir)
+        evaluate.evaluate(base, self.run.base_eval_dir, ec, cache=self.models)
+        evaluate.evaluate(evaluate.ModelSpec(str(it.model_dir), self.lc.tuned_prompt_style), it.eval_dir, ec,
+                          reference=(base, self.run.base_eval_dir), judge=base, cache=self.models)
+
     # ------------------------------------------------------------------ driver
     def run_iteration(self, i: int) -> dict:
         it = self.run.iteration(i)
@@ -271,7 +265,8 @@ class Loop:
                  ("respond", lambda: self.respond(i, it, model_dir)),
                  ("assess", lambda: self.assess(i, it, model_dir)),
                  ("filter", lambda: self.filter(i, it)),
-                 ("train", lambda: self.train(i, it, model_dir))]
+                 ("train", lambda: self.train(i, it, model_dir)),
+                 ("eval", lambda: self.evaluate(i, it))]
         for stage, fn in steps:
             if it.stage_done(stage):
                 continue
@@ -294,7 +289,7 @@ class Loop:
             summary = io_utils.read_json(it.summary) if it.stage_done("summary") else None
             if summary is None:
                 summary = self.run_iteration(i)
-                rows = [r for _, r in io_utils.iter_jsonl(self.run.metrics_path)] if self.run.metrics_path.exists() else []
+                rows = io_utils.read_jsonl(self.run.metrics_path, missing_ok=True)
                 io_utils.write_jsonl(self.run.metrics_path, [r for r in rows if r.get("iteration") != i] + [summary])
                 print(format_summary(summary), flush=True)
             summaries.append(summary)
@@ -324,11 +319,11 @@ def status(run_dir: str) -> dict[str, Any]:
     out: dict[str, Any] = {"iterations": {}, "next": None}
     for i in run.iterations_present():
         it = run.iteration(i)
-        done = [s for s in ("synthesize", "respond", "assess", "filter", "train", "summary") if it.stage_done(s)]
+        done = [s for s in STAGES if it.stage_done(s)]
         chunks = {s: len(list(it.chunks(s).iterdir())) for s in ("synthesize", "respond", "assess")
                   if it.chunks(s).exists()}
         out["iterations"][i] = {"done": done, "chunks_on_disk": chunks}
         if out["next"] is None and "summary" not in done:
-            nxt = next(s for s in ("synthesize", "respond", "assess", "filter", "train", "summary") if s not in done)
+            nxt = next(s for s in STAGES if s not in done)
             out["next"] = f"iteration {i}: {nxt}"
     return out

@@ -1,5 +1,5 @@
 """Training metrics: one JSON object per logged step (machine-readable), plus TensorBoard
-event files when TensorFlow is importable (it is wherever SeqIO is)."""
+event files when TensorFlow and TensorBoard are importable (both are dependencies)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,17 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         if tb_dir is not None:
-            try:
+            try:  # tf.summary needs both packages; TensorBoard files are a convenience, JSONL is the record
+                import tensorboard  # noqa: F401
                 import tensorflow as tf
                 self._tb = tf.summary.create_file_writer(os.fspath(tb_dir))
-            except ImportError:  # TensorBoard files are a convenience; JSONL is the record
+            except ImportError:
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        rows = [r for _, r in io_utils.iter_jsonl(self.path) if r.get("step", 0) <= step]
+        rows = [r for r in io_utils.read_jsonl(self.path) if r.get("step", 0) <= step]
         io_utils.write_jsonl(self.path, rows)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
@@ -52,4 +53,4 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    return [r for _, r in io_utils.iter_jsonl(path)] if io_utils.as_path(path).exists() else []
+    return io_utils.read_jsonl(path, missing_ok=True)

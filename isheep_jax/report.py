@@ -8,24 +8,21 @@ from typing import Any
 
 from isheep_jax import io_utils
 from isheep_jax.metrics import read_metrics
-from isheep_jax.run_dir import IterationPaths, RunDir, RunError
-
-
-def _rows(path) -> list[dict]:
-    return io_utils.read_jsonl(path) if path.exists() else []
+from isheep_jax.run_dir import STAGES, IterationPaths, RunDir, RunError
 
 
 def _chunk_tokens(it: IterationPaths, stage: str) -> int:
     d = it.chunks(stage)
     if not d.exists():
         return 0
-    return sum(r.get("num_tokens", 0) for p in sorted(d.iterdir()) for r in _rows(p))
+    return sum(r.get("num_tokens", 0) for p in sorted(d.iterdir()) for r in io_utils.read_jsonl(p))
 
 
 def iteration_summary(it: IterationPaths, i: int, model_dir: str, stage_seconds: dict[str, float]) -> dict[str, Any]:
     """Counts, drop reasons, score histograms and training results of one iteration."""
-    instructions, responses = _rows(it.instructions), _rows(it.responses)
-    assessments, kept, dropped = _rows(it.assessments), _rows(it.kept), _rows(it.dropped)
+    instructions, responses, assessments, kept, dropped = (
+        io_utils.read_jsonl(p, missing_ok=True) for p in (it.instructions, it.responses, it.assessments, it.kept,
+                                                          it.dropped))
     by_stage = collections.Counter(d["stage"] for d in dropped)
     hist = {kind: dict(sorted(collections.Counter(
         str(r[f"{kind}_score"]) for r in assessments if r.get(f"{kind}_score") is not None).items(),
@@ -49,7 +46,16 @@ def iteration_summary(it: IterationPaths, i: int, model_dir: str, stage_seconds:
         "trained_model": str(it.model_dir) if train_rows else None,
         "generated_tokens": {s: _chunk_tokens(it, s) for s in ("synthesize", "respond", "assess")},
         "stage_seconds": stage_seconds,
+        "eval": _eval_headline(it.eval_dir),
+        "eval_base": _eval_headline(it.root.parent / "eval_base"),
     }
+
+
+def _eval_headline(eval_dir) -> dict[str, Any] | None:
+    from isheep_jax.evaluate import headline
+
+    path = eval_dir / "eval.json"
+    return headline(io_utils.read_json(path)) if path.exists() else None
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -67,11 +73,60 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  train: {s['train_steps']} steps, loss {s['train_loss_first']:.4f} -> {s['train_loss_last']:.4f}")
     else:
         lines.append("  train: skipped (no kept pairs)")
+    if s.get("eval"):
+        from isheep_jax.evaluate import format_headline
+        if s.get("eval_base"):
+            lines.append(format_headline("eval base model", s["eval_base"]))
+        lines.append(format_headline(f"eval after iteration {s['iteration']}", s["eval"]))
     secs = s.get("stage_seconds", {})
     toks = s.get("generated_tokens", {})
     lines.append("  seconds: " + ", ".join(
-        f"{k} {v:.0f}" + (f" ({toks[k] / v:.0f} tok/s)" if toks.get(k) and v else "") for k, v in secs.items()))
+        f"{k} {secs[k]:.0f}" + (f" ({toks[k] / secs[k]:.0f} tok/s)" if toks.get(k) and secs[k] else "")
+        for k in STAGES if k in secs))
     return "\n".join(lines)
+
+
+def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[str]:
+    """Table and plot of the base model's and each trained model's evaluation (if any ran)."""
+    from isheep_jax.evaluate import format_win_rate
+
+    evals = [("base model", 0, _eval_headline(run.base_eval_dir))] + [
+        (f"after iteration {s['iteration']}", s["iteration"] + 1, _eval_headline(run.iteration(s["iteration"]).eval_dir))
+        for s in summaries]
+    evals = [e for e in evals if e[2]]
+    if not evals:
+        return []
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    md = ["## Evaluation", "",
+          "IFEval-style accuracy (%) at prompt and instruction level, strict and loose; response-token loss on "
+          "held-out pairs; win rate (%) against the base model's answers, judged by the base model with both "
+          "answer orders, ties counted half, with a 95 % bootstrap interval.", "",
+          "| model | IFEval prompt strict | prompt loose | instruction strict | instruction loose | held-out loss "
+          "| win rate vs base |", "|---|---|---|---|---|---|---|"]
+    for name, _, h in evals:
+        wr = format_win_rate(h)
+        loss = "-" if h["heldout_loss"] is None else f"{h['heldout_loss']:.4f}"
+        md.append(f"| {name} | {pct(h['ifeval_prompt_strict'])} | {pct(h['ifeval_prompt_loose'])} | "
+                  f"{pct(h['ifeval_instruction_strict'])} | {pct(h['ifeval_instruction_loose'])} | {loss} | {wr} |")
+    md.append("")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
+    xs = [x for _, x, _ in evals]
+    for key, label in (("ifeval_prompt_strict", "prompt strict"), ("ifeval_instruction_loose", "instruction loose")):
+        ys = [h[key] for _, _, h in evals]
+        if any(y is not None for y in ys):
+            ax1.plot(xs, [100 * y if y is not None else float("nan") for y in ys], marker="o", label=label)
+    ax1.set_title("IFEval-style accuracy (%)"), ax1.set_xlabel("model (0 = base, i = after iteration i-1)")
+    ax1.legend()
+    ax2.plot(xs, [h["heldout_loss"] if h["heldout_loss"] is not None else float("nan") for _, _, h in evals],
+             marker="o")
+    ax2.set_title("held-out loss"), ax2.set_xlabel("model (0 = base, i = after iteration i-1)")
+    for ax in (ax1, ax2):
+        ax.set_xticks(xs)
+    fig.tight_layout(), fig.savefig(str(out / "eval.png")), plt.close(fig)
+    return md + ["![evaluation](eval.png)", ""]
 
 
 def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
@@ -105,10 +160,13 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
         fig.tight_layout(), fig.savefig(str(out / "kept_fraction.png")), plt.close(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
+        width = 0.8 / len(summaries)
         for ax, kind in zip(axes, ("quality", "following")):
-            for s in summaries:
+            for n, s in enumerate(summaries):  # grouped bars over the whole 1-10 scale
                 h = s["score_histogram"][kind]
-                ax.plot([int(k) for k in h], list(h.values()), marker="o", label=f"iter {s['iteration']}")
+                ax.bar([k + (n - (len(summaries) - 1) / 2) * width for k in range(1, 11)],
+                       [h.get(str(k), 0) for k in range(1, 11)], width=width, label=f"iter {s['iteration']}")
+            ax.set_xticks(range(1, 11)), ax.set_xlim(0.5, 10.5)
             ax.set_title(f"{kind} scores"), ax.set_xlabel("score")
         axes[0].set_ylabel("pairs"), axes[-1].legend()
         fig.tight_layout(), fig.savefig(str(out / "scores.png")), plt.close(fig)
@@ -121,12 +179,13 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
         ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("Train loss"), ax.legend()
         fig.tight_layout(), fig.savefig(str(out / "train_loss.png")), plt.close(fig)
         md += ["![kept fraction](kept_fraction.png) ![scores](scores.png) ![train loss](train_loss.png)", ""]
+        md += _evaluation_section(run, summaries, out, plt)
 
         for s in summaries:
             md += [f"## Iteration {s['iteration']}", "", "Dropped by reason:", ""]
             md += [f"- `{r}`: {n}" for r, n in s["dropped_by_reason"].items()] or ["- none"]
             md += ["", "Example kept pairs:", ""]
-            for row in _rows(run.iteration(s["iteration"]).kept)[:examples_per_iteration]:
+            for row in io_utils.read_jsonl(run.iteration(s["iteration"]).kept, missing_ok=True)[:examples_per_iteration]:
                 md += [f"> **Instruction:** {row['instruction']}" + (f"  \n> **Input:** {row['input']}" if row['input'] else ""),
                        f"> **Response:** {row['response'][:500]}",
                        f"> *scores: quality {row['quality_score']}, following {row['following_score']}*", ""]

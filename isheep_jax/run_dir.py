@@ -4,7 +4,8 @@
     RUN/config.gin              the resolved gin config as text
     RUN/metrics.jsonl           one row per finished iteration (machine-readable summary)
     RUN/iter_<i>/chunks/<stage>/<n>.jsonl   raw model outputs, one file per chunk of prompts
-    RUN/iter_<i>/instructions.jsonl ... kept.jsonl, dropped.jsonl, train/, summary.json
+    RUN/iter_<i>/instructions.jsonl ... kept.jsonl, dropped.jsonl, train/, eval/, summary.json
+    RUN/eval_base/              the base model's evaluation (when LoopConfig.evaluate)
 
 Every file is written atomically (temporary sibling + rename), and each stage's last
 artifact is its completion marker, so a killed run resumes at the first missing one;
@@ -26,7 +27,7 @@ from isheep_jax import io_utils
 
 log = logging.getLogger(__name__)
 
-STAGES = ("synthesize", "respond", "assess", "filter", "train", "summary")
+STAGES = ("synthesize", "respond", "assess", "filter", "train", "eval", "summary")
 
 
 class RunError(ValueError):
@@ -58,6 +59,14 @@ class IterationPaths:
     def train_skipped(self):
         return self.root / "train_skipped.json"
 
+    @property
+    def eval_dir(self):
+        return self.root / "eval"
+
+    @property
+    def eval_skipped(self):
+        return self.root / "eval_skipped.json"
+
     def dropped_stage(self, stage: str):
         return self.root / f"dropped_{stage}.jsonl"
 
@@ -71,6 +80,8 @@ class IterationPaths:
                   "filter": self.kept, "summary": self.summary}
         if stage == "train":
             return checkpoint.is_complete(self.model_dir) or self.train_skipped.exists()
+        if stage == "eval":
+            return (self.eval_dir / "eval.json").exists() or self.eval_skipped.exists()
         return marker[stage].exists()
 
 
@@ -85,6 +96,11 @@ class RunDir:
     @property
     def metrics_path(self):
         return self.root / "metrics.jsonl"
+
+    @property
+    def base_eval_dir(self):
+        """The base model's evaluation: its numbers, and the reference answers of every win-rate."""
+        return self.root / "eval_base"
 
     def iteration(self, i: int) -> IterationPaths:
         return IterationPaths(self.root / f"iter_{i}")

@@ -45,12 +45,15 @@ def user_text(instruction: str, input_text: str = "") -> str:
 
 
 def read_pairs(paths: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
-    """Columns instruction / input / response from kept-pair JSONL files, validated."""
+    """Columns instruction / input / response from pair JSONL files (kept pairs, or Alpaca rows
+    whose response is called `output`), validated."""
     cols: dict[str, list[str]] = {"instruction": [], "input": [], "response": []}
     for path in paths:
         for lineno, row in io_utils.iter_jsonl(path):
             if not isinstance(row, dict):
                 raise io_utils.DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            if "response" not in row and "output" in row:  # Alpaca format names the response 'output'
+                row = {**row, "response": row["output"]}
             for key in ("instruction", "response"):
                 if not isinstance(row.get(key), str) or not row[key].strip():
                     raise io_utils.DataError(f"{path}:{lineno}: missing or empty string field {key!r}")

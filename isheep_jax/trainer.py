@@ -33,7 +33,6 @@ from isheep_jax import checkpoint, io_utils, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.metrics import MetricsWriter, read_metrics
 from isheep_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
-from isheep_jax.params import Params
 from isheep_jax.sft_data import MODEL_KEYS, SFTArrays
 from isheep_jax.train_step import TrainState, compile_train_step, state_shardings
 

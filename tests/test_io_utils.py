@@ -18,3 +18,9 @@ def test_bad_jsonl_line_is_named(tmp_path):
     path.write_text('{"a": 1}\n{oops\n')
     with pytest.raises(io_utils.DataError, match=r"x.jsonl:2: invalid JSON"):
         io_utils.read_jsonl(path)
+
+
+def test_read_jsonl_missing_file(tmp_path):
+    assert io_utils.read_jsonl(tmp_path / "none.jsonl", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError):
+        io_utils.read_jsonl(tmp_path / "none.jsonl")

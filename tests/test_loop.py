@@ -23,14 +23,17 @@ E2E_BINDINGS = [
     "--gin.rate/SamplingSettings.max_new_tokens=16", "--gin.LoopConfig.score_threshold=0",
     "--gin.TrainConfig.max_steps=2", "--gin.TrainConfig.num_epochs=8", "--gin.TrainConfig.batch_size=2", "--gin.TrainConfig.save_every_steps=1",
     "--gin.OptimizerConfig.learning_rate=1e-4",
+    # A few prompts of each evaluation suite (the demo config turns evaluation on).
+    "--gin.EvalConfig.ifeval_limit=4", "--gin.EvalConfig.winrate_limit=2",
+    "--gin.eval/SamplingSettings.max_new_tokens=16", "--gin.judge/SamplingSettings.max_new_tokens=4",
 ]
 ARTIFACTS = ("instructions", "responses", "assessments", "kept", "dropped")
 
 
-def _isheep(run_dir, env_extra=None):
+def _isheep(run_dir, env_extra=None, bindings=()):
     env = {**os.environ, **(env_extra or {})}
     cmd = [sys.executable, "-m", "isheep_jax.cli", "run", "--gin_file", "runs/demo_cpu.gin", "--run_dir", str(run_dir),
-           *E2E_BINDINGS]
+           *E2E_BINDINGS, *bindings]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -147,6 +150,15 @@ def test_end_to_end_artifacts_are_consistent(reference_run):
     manifest = json.loads((reference_run / "manifest.json").read_text())
     assert "LoopConfig.synthesis_prompts = 4" in manifest["config"] and len(manifest["config_sha256"]) == 64
     assert status(str(reference_run))["next"] is None
+    # Evaluation of the base model once and of the trained model, in the summary too.
+    base_eval = json.loads((reference_run / "eval_base" / "eval.json").read_text())
+    trained_eval = json.loads((it / "eval" / "eval.json").read_text())
+    assert base_eval["model"] == summary["model"] and trained_eval["model"] == str(it / "train" / "model")
+    assert trained_eval["ifeval"]["prompt_level"]["total"] == 4 and trained_eval["heldout_loss"]["pairs"] > 0
+    wr = trained_eval["winrate"]
+    assert wr["wins"] + wr["ties"] + wr["losses"] + wr["invalid"] == 2 and wr["reference"] == summary["model"]
+    assert summary["eval"]["heldout_loss"] == trained_eval["heldout_loss"]["loss"]
+    assert summary["eval_base"]["heldout_loss"] == base_eval["heldout_loss"]["loss"]
 
 
 def _base_dir(run_dir):
@@ -156,10 +168,12 @@ def _base_dir(run_dir):
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_run(reference_run, tmp_path, smollm2_dir):
-    """SIGKILL during synthesis, assessment, training and a checkpoint save; resume each time."""
+    """SIGKILL during synthesis, assessment, training and a checkpoint save; resume each time.
+    (Evaluation is off here: its resume is tested in test_evaluate.py.)"""
     run_dir = tmp_path / "run"
     it = run_dir / "iter_0"
     env = _cache_env(smollm2_dir)
+    no_eval = ["--gin.LoopConfig.evaluate=False"]
     kill_points = [
         ("synthesis", lambda: (it / "chunks" / "synthesize" / "00000.jsonl").exists()),
         ("assessment", lambda: (it / "chunks" / "assess" / "00000.jsonl").exists()),
@@ -169,11 +183,11 @@ def test_kill_and_resume_gives_the_same_run(reference_run, tmp_path, smollm2_dir
     ]
     killed = []
     for name, point in kill_points:
-        if _kill_when(_isheep(run_dir, env), point):
+        if _kill_when(_isheep(run_dir, env, no_eval), point):
             killed.append(name)
             assert not (it / "summary.json").exists()
     assert len(killed) >= 3, killed  # the run got interrupted at (nearly) every point
-    out = _finish(_isheep(run_dir, env))
+    out = _finish(_isheep(run_dir, env, no_eval))
     assert "iteration 0" in out
     for name in ARTIFACTS:
         assert io_utils.read_jsonl(it / f"{name}.jsonl") == io_utils.read_jsonl(
@@ -193,8 +207,33 @@ def test_report_and_status_of_a_finished_run(reference_run, capsys):
     path = write_report(str(reference_run))
     text = open(path).read()
     assert "| 0 |" in text and "Example kept pairs" in text
-    for png in ("kept_fraction.png", "scores.png", "train_loss.png"):
+    assert "## Evaluation" in text and "| base model |" in text and "| after iteration 0 |" in text
+    for png in ("kept_fraction.png", "scores.png", "train_loss.png", "eval.png"):
         assert (reference_run / "report" / png).stat().st_size > 1000
     assert cli.main(["status", str(reference_run)]) == 0
     out = capsys.readouterr().out
-    assert "iteration 0: done synthesize, respond, assess, filter, train, summary" in out and "next: nothing" in out
+    assert "iteration 0: done synthesize, respond, assess, filter, train, eval, summary" in out and "next: nothing" in out
+
+
+def test_empty_iteration_is_reported_and_never_trained(tmp_path):
+    """A random tiny model writes no parseable instruction: nothing survives, nothing is trained.
+    With stop_when_empty=False the loop carries the model over to the next iteration."""
+    from conftest import make_hf_model
+    from isheep_jax.convert import hf
+    from isheep_jax.generate import SamplingSettings
+    from isheep_jax.loop import Loop
+
+    hf_dir = make_hf_model(str(tmp_path / "hf"), "llama", max_position_embeddings=4096)
+    hf.import_hf(hf_dir, str(tmp_path / "base"))
+    small = SamplingSettings(max_new_tokens=8, batch_size=4)
+    lc = LoopConfig(base_model=str(tmp_path / "base"), iterations=2, synthesis_prompts=2, stop_when_empty=False,
+                    synth_sampling=small, respond_sampling=small, rate_sampling=small)
+    RunDir(tmp_path / "run").open("test")
+    summaries = Loop(lc, str(tmp_path / "run")).run_all()
+    assert [s["iteration"] for s in summaries] == [0, 1]
+    for s in summaries:
+        assert s["pairs_kept"] == 0 and not s["trained"] and s["model"] == str(tmp_path / "base")
+        assert (tmp_path / "run" / f"iter_{s['iteration']}" / "train_skipped.json").exists()
+    lc_stop = LoopConfig(**{**lc.__dict__, "stop_when_empty": True, "iterations": 3})
+    RunDir(tmp_path / "run2").open("test")
+    assert len(Loop(lc_stop, str(tmp_path / "run2")).run_all()) == 1

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from isheep_jax.rouge import RougeDeduper, f_measure, lcs_length, rouge_l, rouge_l_tokens, tokenize
+from isheep_jax.rouge import RougeDeduper, f_measure, lcs_length, rouge_l, tokenize
 
 
 def dp_lcs(a, b):

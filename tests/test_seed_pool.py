@@ -187,7 +187,7 @@ def test_malformed_line_names_line_and_problem(tmp_path, bad_line, problem):
     text = si_line() + "\n\n" + bad_line + "\n"
     err = error_for(tmp_path, text)
     assert err.line == 3
-    assert f":3: " in str(err)
+    assert ":3: " in str(err)
     assert problem in str(err)
 
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start `isheep run` on a slice with one gin file; logs go to ~/isheep.log on each worker.
+#   tpu_scripts/launch.sh --name isheep-7b --zone us-east5-a --type v5e-64 \
+#       --gin_file runs/isheep_paper.gin --run_dir gs://BUCKET/runs/qwen7b [--gin.X=Y ...] [--dry-run]
+source "$(dirname "$0")/common.sh"
+NAME="" ZONE="" TYPE="" GIN_FILE="" RUN_DIR="" PROJECT=""; GIN=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --name) NAME="${2:-}"; shift 2 ;;
+    --zone) ZONE="${2:-}"; shift 2 ;;
+    --type) TYPE="${2:-}"; shift 2 ;;
+    --gin_file) GIN_FILE="${2:-}"; shift 2 ;;
+    --run_dir) RUN_DIR="${2:-}"; shift 2 ;;
+    --project) PROJECT="${2:-}"; shift 2 ;;
+    --gin.*=*) GIN+=("$1"); shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    *) die "unknown argument '$1'" ;;
+  esac
+done
+check_name "$NAME"; check_zone "$ZONE"
+[[ -n "$TYPE" ]] || die "--type is required (the slice's type, e.g. v5e-64)"
+accelerator_type "$TYPE" >/dev/null
+[[ -n "$GIN_FILE" ]] || die "--gin_file is required"
+[[ -n "$RUN_DIR" ]] || die "--run_dir is required"
+HOSTS="$(num_hosts "$TYPE")"
+if [[ "$HOSTS" -gt 1 ]]; then
+  die "$TYPE has $HOSTS hosts: multi-host runs are not supported yet (jax.distributed coordination is open work); use a single-host slice (v4-8, v5p-8, v5e-8, v6e-8)"
+fi
+if [[ "$HOSTS" -eq 1 && "$RUN_DIR" != gs://* ]]; then
+  echo "note: --run_dir '$RUN_DIR' is local to the worker; a gs:// path survives the VM" >&2
+fi
+args="--gin_file $(printf '%q' "$GIN_FILE") --run_dir $(printf '%q' "$RUN_DIR")"
+for g in "${GIN[@]+"${GIN[@]}"}"; do args+=" $(printf '%q' "$g")"; done
+cmd="nohup isheep run $args > ~/isheep.log 2>&1 &"
+extra=(); pf="$(project_flag)"; [[ -n "$pf" ]] && extra+=("$pf")
+run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$cmd" "${extra[@]}"
