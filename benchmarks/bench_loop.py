@@ -45,8 +45,9 @@ def main() -> None:
             s = json.load(f)
         items = {"synthesize": f"{s['candidates_parsed']} candidates", "respond": f"{s['instructions']} responses",
                  "assess": f"{2 * s['responses']} ratings", "filter": f"{s['pairs_kept']} kept",
-                 "train": f"{s['train_steps']} steps"}
-        for stage in ("synthesize", "respond", "assess", "filter", "train"):
+                 "train": f"{s['train_steps']} steps",
+                 "eval": ("base model + " if i == 0 and s.get("eval_base") else "") + "trained model"}
+        for stage in ("synthesize", "respond", "assess", "filter", "train", "eval"):
             if stage not in s["stage_seconds"]:
                 continue
             secs = s["stage_seconds"][stage]

@@ -39,17 +39,23 @@ def is_complete(model_dir: str | os.PathLike) -> bool:
 def save_model(model_dir: str | os.PathLike, params: Params, cfg: ModelConfig,
                tokenizer_dir: str | os.PathLike | None = None, extra: dict[str, Any] | None = None) -> None:
     """Saves params + config (+ tokenizer files). An existing complete checkpoint is refused."""
+    from isheep_jax import distributed
+
     path = io_utils.as_path(os.path.abspath(model_dir) if "://" not in str(model_dir) else model_dir)
     if is_complete(path):
         raise CheckpointError(f"{path}: a complete checkpoint already exists; refusing to overwrite")
-    if path.exists():  # an incomplete leftover from a killed save
-        shutil.rmtree(str(path))
-    path.mkdir(parents=True)
+    # Every process saves its own params shards; io_utils writes (and waits for) the small files
+    # once; the rest is process 0's.
+    if distributed.is_writer():
+        if path.exists():  # an incomplete leftover from a killed save
+            shutil.rmtree(str(path))
+        path.mkdir(parents=True)
+    distributed.barrier(f"save_model {path}")
     cfg.save(str(path / "config.json"))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
     ckptr.wait_until_finished()
-    if tokenizer_dir is not None:
+    if tokenizer_dir is not None and distributed.is_writer():
         copy_tokenizer_files(tokenizer_dir, path / "tokenizer")
     io_utils.write_json(path / "model.json", {"format": FORMAT, "created": time.time(), **(extra or {})})
 

@@ -138,8 +138,7 @@ def _cmd_plan(a: argparse.Namespace) -> None:
 
     parse_gin(a.gin_file, a.gin_bindings)
     cfg, tc, pc = ModelConfig(), TrainConfig(), plan.PlanConfig()
-    if tc.compute_dtype:
-        cfg = cfg.replace(dtype=tc.compute_dtype)
+    cfg = cfg.replace(**{k: v for k, v in (("dtype", tc.compute_dtype), ("remat_policy", tc.remat_policy)) if v})
     shape = []
     for axis, default in (("data", 1), ("fsdp", -1), ("tensor", 1)):
         try:
@@ -258,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:
         pass
-    _enable_compilation_cache()
     args, rest = build_parser().parse_known_args(argv)
     try:
+        from isheep_jax import distributed
+        distributed.initialize_from_env()  # before anything touches the devices
+        _enable_compilation_cache()
         args.gin_bindings = _split_gin_flags(rest)
         args.fn(args)
     except Exception as e:  # our errors name the file and problem: one line, exit code 2

@@ -28,7 +28,7 @@ import gin
 import jax
 import numpy as np
 
-from isheep_jax import checkpoint, io_utils
+from isheep_jax import checkpoint, distributed, io_utils
 from isheep_jax.evals import ifeval, winrate
 from isheep_jax.generate import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.run_dir import sample_in_chunks
@@ -130,7 +130,7 @@ def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
     arrays = {k: np.concatenate([v, np.zeros((padded - rows, v.shape[1]), v.dtype)]) for k, v in data.arrays.items()}
     sums, counts = [], []
     for lo in range(0, padded, b):
-        s, c = loss_fn(params, {k: v[lo: lo + b] for k, v in arrays.items()})
+        s, c = distributed.to_host(loss_fn(params, {k: v[lo: lo + b] for k, v in arrays.items()}))
         sums.append(np.asarray(s).ravel())
         counts.append(np.asarray(c).ravel())
     del params

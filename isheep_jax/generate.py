@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from isheep_jax import sampler, sharding
+from isheep_jax import distributed, sampler, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.model import unstack_layers
 from isheep_jax.params import Params
@@ -169,12 +169,12 @@ class Generator:
         batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
         with sharding.activation_sharding(self.mesh):
             out = sampler.decode(
-                self.cfg, self.params, jax.device_put(tokens, batch_sharding),
-                jax.device_put(mask, batch_sharding), row_keys, jnp.asarray(self.eos_ids),
+                self.cfg, self.params, distributed.put_global(tokens, batch_sharding),
+                distributed.put_global(mask, batch_sharding), row_keys, jnp.asarray(self.eos_ids),
                 jnp.asarray(stop_arr), jnp.int32(settings.max_new_tokens),
                 jnp.float32(settings.temperature), jnp.int32(settings.top_k), jnp.float32(settings.top_p),
                 jnp.int32(self.pad_id), capacity=capacity)
-        toks, lps, lens, fin = jax.device_get(out)
+        toks, lps, lens, fin = distributed.to_host(out)
         return [self._completion(toks[r, : lens[r]], lps[r, : lens[r]], int(fin[r]), len(batch_ids[r]),
                                  settings.stop_strings) for r in range(n)]
 

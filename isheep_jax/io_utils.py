@@ -23,15 +23,24 @@ def as_path(path: str | os.PathLike) -> epath.Path:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary sibling and a rename."""
+    """Writes `text` to `path` through a temporary sibling and a rename.
+
+    In a multi-process run (every process computes the same text) process 0 writes and the
+    others wait for it, so a later read sees the file everywhere (the run directory must
+    then be shared, e.g. gs://).
+    """
+    from isheep_jax import distributed  # (imports jax: kept out of this module's import)
+
     path = as_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(text)
-        tmp.replace(path)  # overwrites, like os.replace (rename refuses an existing target)
-    except OSError as e:
-        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+    if distributed.is_writer():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp.write_text(text)
+            tmp.replace(path)  # overwrites, like os.replace (rename refuses an existing target)
+        except OSError as e:
+            raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+    distributed.barrier(f"write {path}")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -56,6 +56,7 @@ class LoopConfig:
     # Evaluate each trained model (and the base model once) with EvalConfig: IFEval-style
     # accuracy, held-out loss, win-rate against the base model judged by the base model.
     evaluate: bool = False
+    eval_judge: str = ""  # '' = the base model judges the win-rate; else a checkpoint (chat-prompted)
     chunk_size: int = 64  # prompts per resumable sampling chunk
     synth_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
     respond_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
@@ -252,8 +253,9 @@ class Loop:
         base = evaluate.ModelSpec(self.base_dir, self.lc.base_prompt_style)
         log.info("evaluating the base model (once per run) -> %s", self.run.base_eval_dir)
         evaluate.evaluate(base, self.run.base_eval_dir, ec, cache=self.models)
+        judge = evaluate.ModelSpec(resolve_model(self.lc.eval_judge), "chat") if self.lc.eval_judge else base
         evaluate.evaluate(evaluate.ModelSpec(str(it.model_dir), self.lc.tuned_prompt_style), it.eval_dir, ec,
-                          reference=(base, self.run.base_eval_dir), judge=base, cache=self.models)
+                          reference=(base, self.run.base_eval_dir), judge=judge, cache=self.models)
 
     # ------------------------------------------------------------------ driver
     def run_iteration(self, i: int) -> dict:

@@ -14,14 +14,18 @@ class MetricsWriter:
     """Appends rows to `path` (JSONL) and scalars to `tb_dir`.
 
     `truncate_after(step)` drops rows of steps a resumed run will redo, so the file
-    always describes one consistent run.
+    always describes one consistent run. In a multi-process run only process 0 writes.
     """
 
     def __init__(self, path: str | os.PathLike, tb_dir: str | os.PathLike | None = None):
+        from isheep_jax.distributed import is_writer
+
         self.path = io_utils.as_path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = is_writer()
         self._tb = None
-        if tb_dir is not None:
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tb_dir is not None and self.enabled:
             try:  # tf.summary needs both packages; TensorBoard files are a convenience, JSONL is the record
                 import tensorboard  # noqa: F401
                 import tensorflow as tf
@@ -30,12 +34,14 @@ class MetricsWriter:
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         rows = [r for r in io_utils.read_jsonl(self.path) if r.get("step", 0) <= step]
         io_utils.write_jsonl(self.path, rows)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step), **{k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")

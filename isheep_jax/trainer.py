@@ -23,18 +23,17 @@ from typing import Any, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from isheep_jax import checkpoint, io_utils, sharding
+from isheep_jax import checkpoint, distributed, io_utils, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.metrics import MetricsWriter, read_metrics
 from isheep_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from isheep_jax.sft_data import MODEL_KEYS, SFTArrays
-from isheep_jax.train_step import TrainState, compile_train_step, state_shardings
+from isheep_jax.train_step import TrainState, batch_sharding, compile_train_step, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,7 @@ class TrainConfig:
     num_epochs: float = 2.0
     max_steps: int = 0  # > 0 caps the number of steps
     compute_dtype: str = ""  # '' keeps the model config's dtype
+    remat_policy: str = ""  # '' keeps the model config's; 'none' | 'dots' | 'full' (see `isheep plan`)
     seed: int = 0
     save_every_steps: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
@@ -140,7 +140,7 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
         raise TrainingError("no training rows")
     mesh = mesh or sharding.make_mesh()
     base_cfg = checkpoint.load_config(init_model_dir)
-    cfg = base_cfg.replace(dtype=tc.compute_dtype) if tc.compute_dtype else base_cfg
+    cfg = base_cfg.replace(**{k: v for k, v in (("dtype", tc.compute_dtype), ("remat_policy", tc.remat_policy)) if v})
     steps = total_steps(data.num_rows, tc)
     optimizer = make_optimizer(oc, steps)
     schedule = learning_rate_schedule(oc, steps)
@@ -164,24 +164,26 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
         start = 0
         _, params = checkpoint.load_model(init_model_dir, mesh, rules, dtype=cfg.dtype)
         opt_state = jax.jit(optimizer.init, out_shardings=shard.opt_state)(params)
-        state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), shard.step), params, opt_state)
+        state = TrainState(distributed.put_global(np.zeros((), np.int32), shard.step), params, opt_state)
 
     writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
     batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
     step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules)
+    b_shard = batch_sharding(mesh, batch_shape, rules)
     meta = {"fingerprint": fingerprint, "seed": tc.seed, "total_steps": steps, "num_rows": data.num_rows}
 
     def save(s: int, st: TrainState) -> None:
         mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(st), meta=ocp.args.JsonSave(
             {**meta, "step": s})), force=True)
 
-    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not progress or not distributed.is_writer(),
+               dynamic_ncols=True)
     loss = None
     t_last = time.perf_counter()
     for s in range(start, steps):
         rows = batch_rows(data.num_rows, tc.batch_size, s, tc.seed, tc.num_epochs)
         batch = make_batch(data, rows, tc.micro_batches)
-        state, m = step_fn(state, batch)
+        state, m = step_fn(state, {k: distributed.put_global(v, b_shard) for k, v in batch.items()})
         loss = float(m["loss"])  # one scalar per step: the NaN guard and the log need it anyway
         now = time.perf_counter()
         if not math.isfinite(loss):

@@ -57,7 +57,7 @@ def test_isheep_plan_72b_on_v5p_128(capsys):
     from isheep_jax import cli
 
     assert cli.main(["plan", "--gin_file", "models/qwen15_72b.gin", "--gin_file", "meshes/v5p_128.gin",
-                     "--gin.ModelConfig.remat_policy='full'", "--gin.TrainConfig.batch_size=64",
+                     "--gin.TrainConfig.remat_policy='full'", "--gin.TrainConfig.batch_size=64",
                      "--gin.TrainConfig.max_prompt_len=1024", "--gin.TrainConfig.max_response_len=1024"]) == 0
     out = capsys.readouterr().out
     assert "72.29B params" in out and "data 1 x fsdp 16 x tensor 4 = 64 v5p chips" in out

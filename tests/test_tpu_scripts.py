@@ -40,6 +40,10 @@ def test_install_launch_logs_stop_delete():
     remote = cmd[-1]
     assert "--worker=all" in cmd and remote.startswith("--command=nohup isheep run --gin_file runs/isheep_paper.gin")
     assert "--run_dir gs://bucket/runs/q7 --gin.LoopConfig.iterations=3" in remote and "~/isheep.log" in remote
+    # A multi-host slice: every worker joins one jax.distributed run.
+    cmd = _command(_run("launch.sh", *BASE, "--type", "v5e-64", "--gin_file", "runs/isheep_paper.gin",
+                        "--run_dir", "gs://bucket/runs/q7", "--dry-run"))
+    assert cmd[-1].startswith("--command=ISHEEP_COORDINATOR=auto nohup isheep run") and "--worker=all" in cmd
     cmd = _command(_run("logs.sh", *BASE, "--worker", "3", "--dry-run"))
     assert "--worker=3" in cmd and cmd[-1] == "--command=tail -n 200 -f ~/isheep.log"
     assert "pkill -f 'isheep run'" in _command(_run("stop.sh", *BASE, "--dry-run"))[-1]
@@ -55,7 +59,8 @@ def test_install_launch_logs_stop_delete():
     ("create.sh", [*BASE, "--type", "v5p-8", "--bogus"], "unknown argument '--bogus'"),
     ("install.sh", BASE, "--source is required"),
     ("launch.sh", [*BASE, "--type", "v5p-8", "--run_dir", "gs://b/r"], "--gin_file is required"),
-    ("launch.sh", [*BASE, "--type", "v5p-128", "--gin_file", "g", "--run_dir", "r"], "multi-host runs are not supported"),
+    ("launch.sh", [*BASE, "--type", "v5p-128", "--gin_file", "g", "--run_dir", "runs/x"],
+     "v5p-128 has 16 hosts: --run_dir must be a gs:// path"),
     ("logs.sh", [*BASE, "--worker", "x"], "must be a worker number"),
 ])
 def test_bad_arguments_are_rejected(script, args, message):

@@ -23,14 +23,17 @@ accelerator_type "$TYPE" >/dev/null
 [[ -n "$GIN_FILE" ]] || die "--gin_file is required"
 [[ -n "$RUN_DIR" ]] || die "--run_dir is required"
 HOSTS="$(num_hosts "$TYPE")"
+env_prefix=""
 if [[ "$HOSTS" -gt 1 ]]; then
-  die "$TYPE has $HOSTS hosts: multi-host runs are not supported yet (jax.distributed coordination is open work); use a single-host slice (v4-8, v5p-8, v5e-8, v6e-8)"
-fi
-if [[ "$HOSTS" -eq 1 && "$RUN_DIR" != gs://* ]]; then
+  # Every host runs the same program as one process of a jax.distributed run; process 0 writes
+  # the artifacts, so all hosts must see one run directory.
+  [[ "$RUN_DIR" == gs://* ]] || die "$TYPE has $HOSTS hosts: --run_dir must be a gs:// path all hosts share"
+  env_prefix="ISHEEP_COORDINATOR=auto "
+elif [[ "$RUN_DIR" != gs://* ]]; then
   echo "note: --run_dir '$RUN_DIR' is local to the worker; a gs:// path survives the VM" >&2
 fi
 args="--gin_file $(printf '%q' "$GIN_FILE") --run_dir $(printf '%q' "$RUN_DIR")"
 for g in "${GIN[@]+"${GIN[@]}"}"; do args+=" $(printf '%q' "$g")"; done
-cmd="nohup isheep run $args > ~/isheep.log 2>&1 &"
+cmd="${env_prefix}nohup isheep run $args > ~/isheep.log 2>&1 &"
 extra=(); pf="$(project_flag)"; [[ -n "$pf" ]] && extra+=("$pf")
 run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$cmd" "${extra[@]}"
