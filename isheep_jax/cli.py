@@ -31,22 +31,13 @@ def _cmd_export_hf(a: argparse.Namespace) -> None:
     print(f"exported {a.model} -> {a.out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
-def _load_generator(model: str):
-    from isheep_jax import checkpoint
-    from isheep_jax.generate import Generator
-    from isheep_jax.tokenizer import Tokenizer
-
-    from isheep_jax.demo_model import smollm2_checkpoint
-
-    model = smollm2_checkpoint() if model == "smollm2" else model
-    cfg, params = checkpoint.load_model(model)
-    return Generator(cfg, params, Tokenizer(checkpoint.tokenizer_dir(model)))
-
-
 def _cmd_sample(a: argparse.Namespace) -> None:
     from isheep_jax.generate import SamplingSettings
 
-    gen = _load_generator(a.model)
+    from isheep_jax.generate import GeneratorCache
+    from isheep_jax.loop import resolve_model
+
+    gen = GeneratorCache().get(resolve_model("embedded:smollm2" if a.model == "smollm2" else a.model))
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     rendered = [gen.tokenizer.render_prompt(p, a.style) for p in prompts]
     settings = SamplingSettings(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,

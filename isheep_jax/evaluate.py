@@ -248,19 +248,20 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def _pct(v: float | None) -> str:
+def percent(v: float | None) -> str:
+    """A fraction as percent with one decimal; '-' for a metric that did not run."""
     return "-" if v is None else f"{100 * v:.1f}"
 
 
 def format_win_rate(h: dict[str, Any]) -> str:
     """'62.5 [40.0, 80.0]' (percent, with the interval), plus how many pairs the judge left unreadable."""
     ci = h.get("win_rate_ci")
-    text = "-" if h.get("win_rate") is None else f"{_pct(h['win_rate'])} [{_pct(ci[0])}, {_pct(ci[1])}]"
+    text = "-" if h.get("win_rate") is None else f"{percent(h['win_rate'])} [{percent(ci[0])}, {percent(ci[1])}]"
     return text + (f" ({h['win_rate_invalid']} unparseable)" if h.get("win_rate_invalid") else "")
 
 
 def format_headline(name: str, h: dict[str, Any]) -> str:
     loss = "-" if h.get("heldout_loss") is None else f"{h['heldout_loss']:.4f}"
-    return (f"  {name}: IFEval prompt strict/loose {_pct(h['ifeval_prompt_strict'])}/{_pct(h['ifeval_prompt_loose'])}, "
-            f"instruction strict/loose {_pct(h['ifeval_instruction_strict'])}/{_pct(h['ifeval_instruction_loose'])}; "
+    return (f"  {name}: IFEval prompt strict/loose {percent(h['ifeval_prompt_strict'])}/{percent(h['ifeval_prompt_loose'])}, "
+            f"instruction strict/loose {percent(h['ifeval_instruction_strict'])}/{percent(h['ifeval_instruction_loose'])}; "
             f"held-out loss {loss}; win rate vs reference {format_win_rate(h)}")

@@ -88,7 +88,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[str]:
     """Table and plot of the base model's and each trained model's evaluation (if any ran)."""
-    from isheep_jax.evaluate import format_win_rate
+    from isheep_jax.evaluate import format_win_rate, percent
 
     evals = [("base model", 0, _eval_headline(run.base_eval_dir))] + [
         (f"after iteration {s['iteration']}", s["iteration"] + 1, _eval_headline(run.iteration(s["iteration"]).eval_dir))
@@ -96,9 +96,6 @@ def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[st
     evals = [e for e in evals if e[2]]
     if not evals:
         return []
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f}"
 
     md = ["## Evaluation", "",
           "IFEval-style accuracy (%) at prompt and instruction level, strict and loose; response-token loss on "
@@ -109,8 +106,8 @@ def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[st
     for name, _, h in evals:
         wr = format_win_rate(h)
         loss = "-" if h["heldout_loss"] is None else f"{h['heldout_loss']:.4f}"
-        md.append(f"| {name} | {pct(h['ifeval_prompt_strict'])} | {pct(h['ifeval_prompt_loose'])} | "
-                  f"{pct(h['ifeval_instruction_strict'])} | {pct(h['ifeval_instruction_loose'])} | {loss} | {wr} |")
+        md.append(f"| {name} | {percent(h['ifeval_prompt_strict'])} | {percent(h['ifeval_prompt_loose'])} | "
+                  f"{percent(h['ifeval_instruction_strict'])} | {percent(h['ifeval_instruction_loose'])} | {loss} | {wr} |")
     md.append("")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
     xs = [x for _, x, _ in evals]

@@ -65,6 +65,16 @@ def make_hf_model(folder: str, arch: str = "llama", seed: int = 0, **overrides) 
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _gin_cleared_after_each_test():
+    """Tests that parse gin files (directly or through `isheep` commands run in-process) must
+    not leave bindings behind: ModelConfig and make_mesh are gin-configurable, so a stray
+    `ModelConfig.dtype = 'bfloat16'` would change every later test's models."""
+    yield
+    import gin
+    gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> str:
     return make_tokenizer_folder(str(tmp_path_factory.mktemp("tok")))
