@@ -62,7 +62,8 @@ def test_install_launch_logs_stop_delete():
     ("launch.sh", [*BASE, "--type", "v5p-128", "--gin_file", "g", "--run_dir", "runs/x"],
      "v5p-128 has 16 hosts: --run_dir must be a gs:// path"),
     ("logs.sh", [*BASE, "--worker", "x"], "must be a worker number"),
+    ("stop.sh", ["--zone", "us-east5-a", "--name"], "--name needs a value"),
 ])
 def test_bad_arguments_are_rejected(script, args, message):
-    proc = _run(script, *args, "--dry-run")
+    proc = _run(script, "--dry-run", *args)
     assert proc.returncode == 2 and message in proc.stderr and not proc.stdout

@@ -53,4 +53,29 @@ num_hosts() {
   esac
 }
 
-project_flag() { if [[ -n "${PROJECT:-}" ]]; then echo "--project=$PROJECT"; fi; }
+# `gcloud ARGS`, with --project when one was given; printed, and run unless --dry-run.
+gcloud_run() {
+  if [[ -n "$PROJECT" ]]; then run gcloud "$@" "--project=$PROJECT"; else run gcloud "$@"; fi
+}
+
+# Parses the flags every script takes (--name, --zone, --project, --dry-run) and checks
+# --name / --zone; a script's own flags go to its `handle_arg`, which sets USED to the
+# number of words it consumed (0 = not its flag).
+NAME="" ZONE="" PROJECT=""
+handle_arg() { USED=0; }
+parse_args() {
+  while [[ $# -gt 0 ]]; do
+    USED=0
+    case "$1" in
+      --name) NAME="${2:-}"; USED=2 ;;
+      --zone) ZONE="${2:-}"; USED=2 ;;
+      --project) PROJECT="${2:-}"; USED=2 ;;
+      --dry-run) DRY_RUN=1; USED=1 ;;
+      *) handle_arg "$@" ;;
+    esac
+    [[ "$USED" -gt 0 ]] || die "unknown argument '$1'"
+    [[ $# -ge "$USED" ]] || die "$1 needs a value"
+    shift "$USED"
+  done
+  check_name "$NAME"; check_zone "$ZONE"
+}

@@ -3,21 +3,16 @@
 #   tpu_scripts/launch.sh --name isheep-7b --zone us-east5-a --type v5e-64 \
 #       --gin_file runs/isheep_paper.gin --run_dir gs://BUCKET/runs/qwen7b [--gin.X=Y ...] [--dry-run]
 source "$(dirname "$0")/common.sh"
-NAME="" ZONE="" TYPE="" GIN_FILE="" RUN_DIR="" PROJECT=""; GIN=()
-while [[ $# -gt 0 ]]; do
+TYPE="" GIN_FILE="" RUN_DIR=""; GIN=()
+handle_arg() {
   case "$1" in
-    --name) NAME="${2:-}"; shift 2 ;;
-    --zone) ZONE="${2:-}"; shift 2 ;;
-    --type) TYPE="${2:-}"; shift 2 ;;
-    --gin_file) GIN_FILE="${2:-}"; shift 2 ;;
-    --run_dir) RUN_DIR="${2:-}"; shift 2 ;;
-    --project) PROJECT="${2:-}"; shift 2 ;;
-    --gin.*=*) GIN+=("$1"); shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    *) die "unknown argument '$1'" ;;
+    --type) TYPE="${2:-}"; USED=2 ;;
+    --gin_file) GIN_FILE="${2:-}"; USED=2 ;;
+    --run_dir) RUN_DIR="${2:-}"; USED=2 ;;
+    --gin.*=*) GIN+=("$1"); USED=1 ;;
   esac
-done
-check_name "$NAME"; check_zone "$ZONE"
+}
+parse_args "$@"
 [[ -n "$TYPE" ]] || die "--type is required (the slice's type, e.g. v5e-64)"
 accelerator_type "$TYPE" >/dev/null
 [[ -n "$GIN_FILE" ]] || die "--gin_file is required"
@@ -35,5 +30,4 @@ fi
 args="--gin_file $(printf '%q' "$GIN_FILE") --run_dir $(printf '%q' "$RUN_DIR")"
 for g in "${GIN[@]+"${GIN[@]}"}"; do args+=" $(printf '%q' "$g")"; done
 cmd="${env_prefix}nohup isheep run $args > ~/isheep.log 2>&1 &"
-extra=(); pf="$(project_flag)"; [[ -n "$pf" ]] && extra+=("$pf")
-run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$cmd" "${extra[@]}"
+gcloud_run compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$cmd"
