@@ -41,7 +41,7 @@ def save_model(model_dir: str | os.PathLike, params: Params, cfg: ModelConfig,
     """Saves params + config (+ tokenizer files). An existing complete checkpoint is refused."""
     from isheep_jax import distributed
 
-    path = io_utils.as_path(os.path.abspath(model_dir) if "://" not in str(model_dir) else model_dir)
+    path = io_utils.absolute(model_dir)
     if is_complete(path):
         raise CheckpointError(f"{path}: a complete checkpoint already exists; refusing to overwrite")
     # Every process saves its own params shards; io_utils writes (and waits for) the small files
@@ -93,7 +93,7 @@ def load_model(model_dir: str | os.PathLike, mesh: Mesh | None = None,
     abstract, names = abstract_params(cfg)
     shardings = sharding.tree_shardings(names, abstract, mesh, rules)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    path = io_utils.as_path(os.path.abspath(model_dir) if "://" not in str(model_dir) else model_dir)
+    path = io_utils.absolute(model_dir)
     try:
         params = ocp.StandardCheckpointer().restore(path / "params", target)
     except Exception as e:  # orbax raises several types; name the directory either way

@@ -206,7 +206,7 @@ def evaluate(spec: ModelSpec, out_dir, ec: EvalConfig, reference: tuple[ModelSpe
     judge defaults to the reference model. Without a reference the win-rate suite only
     writes this model's answers. An existing eval.json is returned as is.
     """
-    out = io_utils.as_path(os.path.abspath(out_dir) if "://" not in str(out_dir) else out_dir)
+    out = io_utils.absolute(out_dir)
     done = out / "eval.json"
     if done.exists():
         return io_utils.read_json(done)
@@ -225,7 +225,7 @@ def evaluate(spec: ModelSpec, out_dir, ec: EvalConfig, reference: tuple[ModelSpe
             results["winrate"] = {"skipped": "no reference model (this model's answers are the reference)"}
         else:
             ref_spec, ref_dir = reference
-            ref_out = io_utils.as_path(os.path.abspath(ref_dir) if "://" not in str(ref_dir) else ref_dir)
+            ref_out = io_utils.absolute(ref_dir)
             ref_answers = winrate_answers(cache, ref_spec, ref_out, ec)
             results["winrate"] = {**judge_pairs(cache, judge or ref_spec, out, ec, answers, ref_answers),
                                   "reference": ref_spec.model_dir}

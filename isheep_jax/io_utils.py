@@ -22,6 +22,12 @@ def as_path(path: str | os.PathLike) -> epath.Path:
     return epath.Path(path)
 
 
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """A local path made absolute (stable in manifests and across a changed cwd); URLs such as
+    gs://... as they are."""
+    return as_path(path if "://" in str(path) else os.path.abspath(path))
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` through a temporary sibling and a rename.
 

@@ -87,7 +87,7 @@ class IterationPaths:
 
 class RunDir:
     def __init__(self, root: str | os.PathLike):
-        self.root = io_utils.as_path(os.path.abspath(root) if "://" not in str(root) else root)
+        self.root = io_utils.absolute(root)
 
     @property
     def manifest_path(self):

@@ -129,7 +129,7 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
           tc: TrainConfig = TrainConfig(), oc: OptimizerConfig = OptimizerConfig(), mesh: Mesh | None = None,
           rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES, progress: bool = True) -> TrainResult:
     """Fine-tunes the model in `init_model_dir` on `data`; resumes from WORK/checkpoints if present."""
-    work = io_utils.as_path(os.path.abspath(work_dir) if "://" not in str(work_dir) else work_dir)
+    work = io_utils.absolute(work_dir)
     out_dir = work / "model"
     metrics_path = work / "metrics.jsonl"
     if checkpoint.is_complete(out_dir):
