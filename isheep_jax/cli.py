@@ -123,13 +123,13 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 def _cmd_plan(a: argparse.Namespace) -> None:
     import gin
 
-    from isheep_jax import plan
+    from isheep_jax import plan, sharding
     from isheep_jax.config import ModelConfig
     from isheep_jax.trainer import TrainConfig
 
     parse_gin(a.gin_file, a.gin_bindings)
     cfg, tc, pc = ModelConfig(), TrainConfig(), plan.PlanConfig()
-    cfg = cfg.replace(**{k: v for k, v in (("dtype", tc.compute_dtype), ("remat_policy", tc.remat_policy)) if v})
+    cfg = tc.model_config(cfg)
     shape = []
     for axis, default in (("data", 1), ("fsdp", -1), ("tensor", 1)):
         try:
@@ -142,8 +142,22 @@ def _cmd_plan(a: argparse.Namespace) -> None:
     seq_len = tc.max_prompt_len + tc.max_response_len
     p = plan.make_plan(cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc)
     print(plan.format_plan(p, cfg, tuple(shape), pc.chip, (tc.batch_size, tc.micro_batches, seq_len)))
-    print("compiler figure: not computed; the table is the analytic plan (ahead-of-time compilation for a "
-          "TPU topology with libtpu is not implemented yet)")
+    why_not = ("--no_compile" if a.no_compile else
+               "no PlanConfig.topology (e.g. 'v5p:4x4x4'; the TPU mesh presets set it)" if not pc.topology else
+               "libtpu is not installed (pip install 'isheep_jax[tpu-aot]')" if not plan.libtpu_installed() else "")
+    if why_not:
+        print(f"\ncompiler figure: not computed: {why_not}; the table above is the analytic plan")
+        return
+    devices = plan.tpu_devices(pc.topology)
+    if len(devices) != shape[0] * shape[1] * shape[2]:
+        raise ValueError(f"PlanConfig.topology {pc.topology!r} has {len(devices)} devices but the mesh data "
+                         f"{shape[0]} x fsdp {shape[1]} x tensor {shape[2]} needs {shape[0] * shape[1] * shape[2]}")
+    mesh = sharding.make_mesh(*shape, devices=devices)
+    print(f"\ncompiling the train step and the sampler for {pc.topology} ({mesh.devices.size} devices) ...",
+          flush=True)
+    rows = tc.batch_size // tc.micro_batches
+    mem = plan.compiled_memory(cfg, mesh, (tc.micro_batches, rows, seq_len), pc)
+    print(plan.format_compiled(mem, p, pc.topology))
 
 
 def _cmd_report(a: argparse.Namespace) -> None:
@@ -214,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", help="per-device memory of training and sampling for a model preset and mesh")
     s.add_argument("--gin_file", action="append", default=[], help="model, mesh and run gin files; may repeat")
+    s.add_argument("--no_compile", action="store_true",
+                   help="analytic plan only: skip the ahead-of-time TPU compilation (minutes for 70B models)")
     s.set_defaults(fn=_cmd_plan)
 
     s = sub.add_parser("status", help="what a run has done and what comes next")
@@ -252,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from isheep_jax import distributed
         distributed.initialize_from_env()  # before anything touches the devices
-        _enable_compilation_cache()
+        if args.command != "plan":  # plan compiles for TPU topologies, not for this host
+            _enable_compilation_cache()
         args.gin_bindings = _split_gin_flags(rest)
         args.fn(args)
     except Exception as e:  # our errors name the file and problem: one line, exit code 2

@@ -53,6 +53,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     # Memory knobs (see sharding/remat in README): 'none' | 'full' | 'dots'.
     remat_policy: str = "none"
+    # True: the layers run as one `lax.scan` (one compiled layer body: fast compiles, small
+    # programs for 80-layer models); False: unrolled (XLA may schedule across layers, at
+    # the cost of compile time). The parameter layout (stacked over `layers`) is the same.
+    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",

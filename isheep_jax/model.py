@@ -1,7 +1,7 @@
 """The decoder-only transformer (Llama 1/2/3, Qwen2/Qwen1.5) in flax linen.
 
-Layers are stacked with `nn.scan` (one compiled layer body, params with a leading
-`layers` axis); every parameter carries logical axis names. The same parameters serve
+Layers are stacked with `nn.scan` (one compiled layer body, or unrolled with
+`ModelConfig.scan_layers=False`; params with a leading `layers` axis either way); every parameter carries logical axis names. The same parameters serve
 the full forward pass (training, with packing via segment ids) and cached decoding.
 
 Parameter tree (shapes; L = layers, E = hidden, H = heads, K = kv heads, D = head dim):
@@ -206,6 +206,7 @@ class Transformer(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
+            unroll=1 if cfg.scan_layers else cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         (x, _), _ = stack(cfg, name="layers")((x, None), positions, mask, None)

@@ -5,11 +5,19 @@ Params, optimizer state, gradients and the KV cache are exact: every array's sha
 under the same logical-axis rules the run uses (`sharding.DEFAULT_RULES`). Activations are
 an estimate of what the backward pass keeps (see `activation_bytes`); the test compares the
 whole plan with XLA's own memory analysis of the compiled step on CPU.
+
+With `libtpu` installed (the `tpu-aot` extra), `compiled_memory` also compiles the train
+step and the sampler ahead of time for a TPU topology (`PlanConfig.topology`, e.g.
+'v5p:4x4x4') on this host, with no TPU attached, and reports the TPU compiler's own
+per-device figures next to the analytic ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import importlib.util
 import math
 from typing import Any, Sequence
 
@@ -17,8 +25,10 @@ import gin
 import jax
 import numpy as np
 
-from isheep_jax import sharding
+from isheep_jax import sampler, sharding
 from isheep_jax.config import ModelConfig
+from isheep_jax.model import unstack_layers
+from isheep_jax.optim import OptimizerConfig, make_optimizer
 from isheep_jax.params import abstract_params
 
 GIB = 1 << 30
@@ -35,10 +45,16 @@ class PlanConfig:
     sample_batch: int = 64  # sequences decoded at once over the whole mesh
     sample_len: int = 2048  # cache slots: prompt + new tokens
     headroom: float = 0.9  # fraction of HBM a plan may use (XLA needs scratch space too)
+    # TPU topology to compile for ahead of time ('' = analytic plan only), as
+    # jax.experimental.topologies names it: 'v5e:8x8' (v5e-64), 'v5p:4x4x4' (v5p-128).
+    topology: str = ""
 
     def __post_init__(self):
         if self.chip not in HBM_GIB:
             raise ValueError(f"PlanConfig.chip must be one of {sorted(HBM_GIB)}, got {self.chip!r}")
+        if self.topology and self.topology.split(":")[0] != self.chip:
+            raise ValueError(f"PlanConfig.topology {self.topology!r} is not a {self.chip} topology "
+                             f"(PlanConfig.chip = {self.chip!r})")
 
 
 def abstract_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.AbstractMesh:
@@ -57,13 +73,38 @@ def shard_bytes(shape: Sequence[int], itemsize: int, names: Sequence[str | None]
     return int(np.prod(dims, dtype=np.int64)) * itemsize
 
 
-def param_bytes(cfg: ModelConfig, mesh, itemsize: int | None = None) -> int:
+def param_bytes(cfg: ModelConfig, mesh, itemsize: int | None = None, rules=sharding.DEFAULT_RULES) -> int:
     """Per-device bytes of the parameters (optimizer moments and gradients have the same layout)."""
     abstract, names = abstract_params(cfg)
     leaves = jax.tree.leaves(jax.tree.map(
-        lambda n, a: shard_bytes(a.shape, itemsize or a.dtype.itemsize, n, mesh),
+        lambda n, a: shard_bytes(a.shape, itemsize or a.dtype.itemsize, n, mesh, rules),
         names, abstract, is_leaf=lambda x: isinstance(x, tuple)))
     return int(sum(leaves))
+
+
+def _without_fsdp(rules):
+    def drop(target):
+        if target == "fsdp":
+            return None
+        if isinstance(target, tuple):
+            return tuple(a for a in target if a != "fsdp") or None
+        return target
+    return tuple((name, drop(target)) for name, target in rules)
+
+
+def sampler_weight_bytes(cfg: ModelConfig, mesh) -> int:
+    """Per-device bytes of the weights as the decode loop reads them.
+
+    Every decode step reads every weight, so XLA may hoist the fsdp all-gathers and the cast
+    to the compute dtype out of the loop: then each device holds the weights gathered over
+    fsdp, split over tensor only, in compute dtype. An upper bound: the TPU compiler hoists
+    them all for Qwen1.5-1.8B on v5e-4 and 7B on v5e-64, but gathers most of them per step
+    for 72B on v5p-128 (compiled 13.1 GiB against 42.9 GiB planned; benchmarks/RESULTS.md).
+    """
+    itemsize = np.dtype(cfg.dtype).itemsize
+    if mesh.shape["fsdp"] == 1 and itemsize == np.dtype(cfg.param_dtype).itemsize:
+        return 0  # read in place
+    return param_bytes(cfg, mesh, itemsize, _without_fsdp(sharding.DEFAULT_RULES))
 
 
 def kv_cache_bytes(cfg: ModelConfig, mesh, batch: int, slots: int) -> int:
@@ -122,12 +163,14 @@ def make_plan(cfg: ModelConfig, mesh_shape: tuple[int, int, int], batch_size: in
     rows_per_micro = batch_size // micro_batches
     act = {r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r) for r in ("none", "dots", "full")}
     cache = kv_cache_bytes(cfg, mesh, pc.sample_batch, pc.sample_len)
+    weights = sampler_weight_bytes(cfg, mesh)
     sample_logits = _split(pc.sample_batch, mesh_shape[0] * mesh_shape[1]) * _split(cfg.vocab_size, mesh_shape[2]) * 4
     rows = {"params": params, "optimizer state": moments, "gradients": grads,
             "activations (remat none)": act["none"], "activations (remat dots)": act["dots"],
-            "activations (remat full)": act["full"], "sampler KV cache": cache, "sampler logits": sample_logits}
+            "activations (remat full)": act["full"], "sampler gathered weights": weights,
+            "sampler KV cache": cache, "sampler logits": sample_logits}
     train_total = params + moments + grads + act[cfg.remat_policy]
-    sample_total = params + cache + sample_logits
+    sample_total = params + weights + cache + sample_logits
     return Plan(rows, train_total, sample_total, HBM_GIB[pc.chip] * GIB, pc.headroom)
 
 
@@ -135,7 +178,8 @@ def format_plan(plan: Plan, cfg: ModelConfig, mesh_shape: tuple[int, int, int], 
                 batch: tuple[int, int, int]) -> str:
     d, f, t = mesh_shape
     lines = [f"model: {cfg.num_params() / 1e9:.2f}B params ({cfg.model_type}, {cfg.num_layers} layers, "
-             f"param {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat_policy})",
+             f"param {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat_policy}, "
+             f"layers {'scanned' if cfg.scan_layers else 'unrolled'})",
              f"mesh: data {d} x fsdp {f} x tensor {t} = {d * f * t} {chip} chips ({HBM_GIB[chip]} GiB HBM each)",
              f"train batch: {batch[0]} sequences x {batch[2]} tokens in {batch[1]} micro-batch(es)", "",
              f"{'per device':<28}{'GiB':>10}"]
@@ -157,3 +201,108 @@ def compiler_memory(compiled: Any) -> dict[str, int] | None:
         return None
     return {"arguments": int(ma.argument_size_in_bytes), "outputs": int(ma.output_size_in_bytes),
             "temporaries": int(ma.temp_size_in_bytes), "aliased": int(ma.alias_size_in_bytes)}
+
+
+def compiled_total(mem: dict[str, int]) -> int:
+    """Peak bytes of one executable: live arguments, new outputs (donated ones reuse their
+    argument's buffer) and temporaries."""
+    return mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"]
+
+
+def libtpu_installed() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
+@functools.cache
+def tpu_devices(topology: str) -> tuple[jax.Device, ...]:
+    """The devices of a TPU slice this host is not on, for ahead-of-time compilation.
+
+    Cached: jit caches traces by mesh, and a second description of the same topology would
+    give new device objects that no cached trace matches.
+    """
+    if not libtpu_installed():
+        raise RuntimeError("ahead-of-time TPU compilation needs libtpu: pip install 'isheep_jax[tpu-aot]' "
+                           "(libtpu matching this jax; see constraints.txt)")
+    from jax.experimental import topologies
+
+    # v4 chips hold two TensorCores that JAX drives as one device ('megacore').
+    kwargs = {"chip_config_name": "megacore"} if topology.startswith("v4:") else {}
+    try:
+        return tuple(topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices)
+    except Exception as e:  # libtpu's messages do not name the argument
+        raise ValueError(f"libtpu could not describe PlanConfig.topology {topology!r} (names look like "
+                         f"'v5e:2x2', 'v5e:8x8', 'v5p:4x4x4', 'v4:2x2x1'; one process at a time may load libtpu, so a "
+                         f"running TPU job or another `isheep plan` blocks it): {e}") from e
+
+
+def _sds(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+@contextlib.contextmanager
+def _no_persistent_cache():
+    """Executables compiled for another platform cannot be loaded back on this host: keep
+    them out of the on-disk compilation cache."""
+    old = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", old)
+
+
+def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tuple[int, int, int],
+                    pc: PlanConfig) -> dict[str, dict[str, int]]:
+    """XLA's memory analysis of the train step and the sampler compiled for `mesh`'s devices.
+
+    batch_shape: (micro_batches, rows per micro-batch, length). The sampler is compiled for
+    `pc.sample_batch` rows with half of `pc.sample_len` slots for the prompt and half for
+    new tokens. Nothing is allocated: every argument is abstract.
+    """
+    from isheep_jax.sft_data import MODEL_KEYS
+    from isheep_jax.train_step import compile_train_step, state_shardings
+
+    opt = make_optimizer(OptimizerConfig(), 1000)
+    abstract_state, _ = state_shardings(cfg, opt, mesh)
+    batch = {k: jax.ShapeDtypeStruct(batch_shape, np.int32) for k in MODEL_KEYS}
+    with _no_persistent_cache():
+        train = compiler_memory(compile_train_step(cfg, opt, mesh, batch_shape).lower(abstract_state, batch)
+                                .compile())
+
+    abstract, names = abstract_params(cfg)
+    stacked = sharding.tree_shardings(names, abstract, mesh)
+    # Unstacking drops the leading (replicated) `layers` dim of every layer parameter.
+    unstacked = jax.eval_shape(unstack_layers, abstract)
+    layer_shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s.spec[1:])),
+                                   stacked["layers"])
+    shard_tree = dict(stacked, layers=tuple(layer_shardings for _ in range(cfg.num_layers)))
+    capacity = pc.sample_len // 2
+    b, p = pc.sample_batch, pc.sample_len - capacity
+    rows = sharding.logical_to_sharding(("batch", "length"), (b, p), mesh)
+    rep = sharding.replicated(mesh)
+    scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=rep)  # noqa: E731
+    with sharding.activation_sharding(mesh):
+        lowered = sampler.decode.lower(
+            cfg, _sds(unstacked, shard_tree), jax.ShapeDtypeStruct((b, p), np.int32, sharding=rows),
+            jax.ShapeDtypeStruct((b, p), np.bool_, sharding=rows),
+            jax.ShapeDtypeStruct((b,), jax.random.key(0).dtype, sharding=rep),
+            jax.ShapeDtypeStruct((1,), np.int32, sharding=rep), jax.ShapeDtypeStruct((1, 4), np.int32, sharding=rep),
+            scalar(np.int32), scalar(np.float32), scalar(np.int32), scalar(np.float32), scalar(np.int32),
+            capacity=capacity)
+    with _no_persistent_cache():
+        sample = compiler_memory(lowered.compile())
+    return {"training step": train, "sampling": sample}
+
+
+def format_compiled(mem: dict[str, dict[str, int]], plan: Plan, where: str) -> str:
+    """The compiler's per-device figures beside the analytic totals."""
+    lines = [f"compiled ahead of time for {where} (XLA memory analysis, per device):",
+             f"{'':<16}{'arguments':>11}{'outputs':>9}{'aliased':>9}{'temps':>9}{'peak':>9}{'plan':>9}  GiB"]
+    for what, analytic in (("training step", plan.train_total), ("sampling", plan.sample_total)):
+        m = mem[what]
+        peak = compiled_total(m)
+        verdict = "fits" if plan.fits(peak) else "does NOT fit"
+        lines.append(f"{what:<16}" + "".join(f"{m[k] / GIB:>{w}.2f}" for k, w in (
+            ("arguments", 11), ("outputs", 9), ("aliased", 9), ("temporaries", 9)))
+            + f"{peak / GIB:>9.2f}{analytic / GIB:>9.2f}  {verdict}")
+    return "\n".join(lines)

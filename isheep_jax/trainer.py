@@ -57,6 +57,7 @@ class TrainConfig:
     max_steps: int = 0  # > 0 caps the number of steps
     compute_dtype: str = ""  # '' keeps the model config's dtype
     remat_policy: str = ""  # '' keeps the model config's; 'none' | 'dots' | 'full' (see `isheep plan`)
+    scan_layers: bool | None = None  # None keeps the model config's (see ModelConfig.scan_layers)
     seed: int = 0
     save_every_steps: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
@@ -67,6 +68,11 @@ class TrainConfig:
                              f"micro_batches ({self.micro_batches})")
         if self.num_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set num_epochs > 0 or max_steps > 0")
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        """The checkpoint's model config with this run's compute dtype / remat / scan overrides."""
+        changes = {"dtype": self.compute_dtype, "remat_policy": self.remat_policy, "scan_layers": self.scan_layers}
+        return base.replace(**{k: v for k, v in changes.items() if v not in ("", None)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +146,7 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
         raise TrainingError("no training rows")
     mesh = mesh or sharding.make_mesh()
     base_cfg = checkpoint.load_config(init_model_dir)
-    cfg = base_cfg.replace(**{k: v for k, v in (("dtype", tc.compute_dtype), ("remat_policy", tc.remat_policy)) if v})
+    cfg = tc.model_config(base_cfg)
     steps = total_steps(data.num_rows, tc)
     optimizer = make_optimizer(oc, steps)
     schedule = learning_rate_schedule(oc, steps)

@@ -1,12 +1,13 @@
 """Gin presets parse and build the published shapes (abstractly: nothing is allocated)."""
 
+import importlib.util
 import pathlib
 
 import gin
 import jax
 import pytest
 
-from isheep_jax import sharding
+from isheep_jax import plan, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.params import abstract_params
 
@@ -63,6 +64,11 @@ def test_mesh_presets_cover_their_slice(name):
     _parse(f"meshes/{name}.gin")
     sizes = [gin.query_parameter(f"make_mesh.{a}") for a in ("data", "fsdp", "tensor")]
     assert all(s >= 1 for s in sizes) and sizes[0] * sizes[1] * sizes[2] == SLICES[name]
+    if name != "cpu8":  # each TPU preset names its chip and the topology `isheep plan` compiles for
+        pc = plan.PlanConfig()
+        assert name.startswith(pc.chip + "_") and pc.topology.startswith(pc.chip + ":")
+        if importlib.util.find_spec("libtpu") is not None:
+            assert len(plan.tpu_devices(pc.topology)) == SLICES[name]
     gin.clear_config()
 
 

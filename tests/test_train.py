@@ -192,6 +192,21 @@ def test_train_step_on_meshes_equals_one_device(task, tiny_model, shape):
         assert q.addressable_shards[0].data.size < q.size
 
 
+@pytest.mark.parametrize("change", [dict(remat_policy="full"), dict(remat_policy="dots"), dict(scan_layers=False)])
+def test_remat_and_unrolled_layers_equal_the_default_step(task, tiny_model, change):
+    """Memory knobs change what is stored or how the layers are compiled, not the math."""
+    cfg = checkpoint.load_config(tiny_model)
+    assert cfg.remat_policy == "none" and cfg.scan_layers
+    data = {"model": tiny_model, "arrays": sft_data.load_examples(task, 48, 32)}
+    mesh = sharding.make_mesh(1, 2, 2, devices=jax.devices()[:4])
+    ref_params, ref_m, _ = _one_step(cfg, data, mesh)
+    tc = TrainConfig(**{k: v for k, v in change.items()})
+    params, m, _ = _one_step(tc.model_config(cfg), data, mesh)
+    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4), params, ref_params)
+
+
 def test_batch_rows_cover_each_epoch_once():
     rows = np.concatenate([batch_rows(10, 4, s, seed=1, num_epochs=2) for s in range(5)])
     assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
