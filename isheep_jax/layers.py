@@ -80,6 +80,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     """
     b, t, h, d = q.shape
     kvh = k.shape[1]
+    if t == 1:
+        return _decode_attention(q, k, v, mask)
     q = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
     scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(d).astype(np.float32)
@@ -87,3 +89,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attention` for one new token per row, as products and sums instead of dots.
+
+    A decode step reads the whole cache for a few flops per element: memory bound. As
+    [group, D] x [D, S] batched dots XLA:CPU streams the cache at ~3 GB/s; as a product and
+    a reduction it fuses each into one pass at memory speed (SmolLM2-135M, batch 32, 192
+    slots: 184 -> 129 ms per step). Accumulation in f32, like the dots.
+    """
+    b, _, h, d = q.shape
+    kvh = k.shape[1]
+    qg = q.reshape(b, kvh, h // kvh, 1, d).astype(jnp.float32)  # [B, K, G, 1, D]
+    scores = jnp.sum(qg * k[:, :, None].astype(jnp.float32), axis=-1)  # [B, K, G, S]
+    scores = scores / np.sqrt(d).astype(np.float32)
+    scores = jnp.where(mask[:, :, 0, None, :], scores, MASK_VALUE)  # mask [B, 1, 1, S]
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.sum(probs[..., None] * v[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, D]
+    return out.astype(v.dtype).reshape(b, 1, h, d)

@@ -164,13 +164,17 @@ def make_plan(cfg: ModelConfig, mesh_shape: tuple[int, int, int], batch_size: in
     act = {r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r) for r in ("none", "dots", "full")}
     cache = kv_cache_bytes(cfg, mesh, pc.sample_batch, pc.sample_len)
     weights = sampler_weight_bytes(cfg, mesh)
+    # The sampler multiplies by a transposed copy of tied embeddings (model.unstack_layers).
+    head_copy = shard_bytes((cfg.hidden_size, cfg.vocab_size), np.dtype(cfg.param_dtype).itemsize,
+                            ("embed", "vocab"), mesh) if cfg.tie_embeddings else 0
     sample_logits = _split(pc.sample_batch, mesh_shape[0] * mesh_shape[1]) * _split(cfg.vocab_size, mesh_shape[2]) * 4
     rows = {"params": params, "optimizer state": moments, "gradients": grads,
             "activations (remat none)": act["none"], "activations (remat dots)": act["dots"],
-            "activations (remat full)": act["full"], "sampler gathered weights": weights,
+            "activations (remat full)": act["full"], "sampler tied head copy": head_copy,
+            "sampler gathered weights": weights,
             "sampler KV cache": cache, "sampler logits": sample_logits}
     train_total = params + moments + grads + act[cfg.remat_policy]
-    sample_total = params + weights + cache + sample_logits
+    sample_total = params + head_copy + weights + cache + sample_logits
     return Plan(rows, train_total, sample_total, HBM_GIB[pc.chip] * GIB, pc.headroom)
 
 
@@ -276,6 +280,10 @@ def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tupl
     layer_shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s.spec[1:])),
                                    stacked["layers"])
     shard_tree = dict(stacked, layers=tuple(layer_shardings for _ in range(cfg.num_layers)))
+    if "lm_head" not in stacked:  # tied: the sampler's transposed copy of the embedding
+        spec = tuple(stacked["embed"]["embedding"].spec)
+        spec = (spec + (None,) * (2 - len(spec)))[::-1]
+        shard_tree["lm_head"] = {"kernel": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))}
     capacity = pc.sample_len // 2
     b, p = pc.sample_batch, pc.sample_len - capacity
     rows = sharding.logical_to_sharding(("batch", "length"), (b, p), mesh)
