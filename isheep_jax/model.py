@@ -94,6 +94,9 @@ class Projection(nn.Module):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    # The cache is empty (a prompt's prefill): attend over the new keys only, mask [B, 1, T, T]
+    # (not over all S slots, most of them empty: a third of the prefill time at S = 3 T).
+    fresh_cache: bool = False
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
@@ -111,7 +114,8 @@ class Attention(nn.Module):
         if cache is not None:
             cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, 2)
                           for c, new in zip(cache, (k, v)))
-            k, v = cache
+            if not self.fresh_cache:
+                k, v = cache
         out = layers.attention(q, k, v, mask)
         out = constrain(out, ("batch", "length", "act_heads", "kv"))
         y = Projection(cfg, (h, d), (e,), ("heads", "kv", "embed"), cfg.o_bias, name="o_proj")(out)
@@ -133,11 +137,12 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     cfg: ModelConfig
+    fresh_cache: bool = False  # see Attention
 
     @nn.compact
     def __call__(self, carry, positions, mask, cache_index):
         x, cache = carry
-        h, cache = Attention(self.cfg, name="attn")(
+        h, cache = Attention(self.cfg, self.fresh_cache, name="attn")(
             RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index)
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attn_norm")(x))
@@ -236,15 +241,21 @@ def unstack_layers(params: Any) -> Any:
 
 
 def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
-                   segment_ids: jax.Array, cache: KVCache, logits_index: jax.Array | None = None
-                   ) -> tuple[jax.Array, KVCache]:
-    """Cached forward of T new tokens (prefill or one decode step) on unstacked params."""
+                   segment_ids: jax.Array, cache: KVCache, logits_index: jax.Array | None = None,
+                   fresh_cache: bool = False) -> tuple[jax.Array, KVCache]:
+    """Cached forward of T new tokens (prefill or one decode step) on unstacked params.
+
+    fresh_cache: the cache holds nothing yet (index 0): the tokens attend among themselves only.
+    """
     x = embed_tokens(cfg, params["embed"]["embedding"], tokens)
     valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
-    mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
+    if fresh_cache:
+        mask = layers.segment_causal_mask(segment_ids)
+    else:
+        mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
     ks, vs = [], []
     for layer_params, k, v in zip(params["layers"], cache.k, cache.v):
-        (x, (k, v)), _ = DecoderLayer(cfg).apply({"params": layer_params}, (x, (k, v)), positions, mask,
+        (x, (k, v)), _ = DecoderLayer(cfg, fresh_cache).apply({"params": layer_params}, (x, (k, v)), positions, mask,
                                                 cache.index)
         ks.append(k)
         vs.append(v)

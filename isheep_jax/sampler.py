@@ -65,7 +65,7 @@ def decode(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Ar
     prompt_len = jnp.sum(seg, axis=1)
     positions = positions_from_segments(seg)
     logits, cache = decode_forward(cfg, params, prompt, positions, seg, cache,
-                                   logits_index=jnp.full((b,), p - 1))
+                                   logits_index=jnp.full((b,), p - 1), fresh_cache=True)
     cache = cache.constrained()
 
     def emit(state: _State, logits: jax.Array) -> _State:

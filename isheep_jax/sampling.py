@@ -6,9 +6,10 @@ reaches p (the most likely token is always kept; tokens tied at the cut-off are 
 kept). All settings are traced values, so changing them never recompiles.
 
 No full sort of the vocabulary: XLA's CPU sort of [batch, 49k] costs more than the whole
-forward pass. The top-k and top-p cut-offs are found by bisection on a threshold
-(`_bisect`, 32 halvings: exact to f32 resolution), and the token is drawn by inverse CDF
-in vocabulary order with one uniform number per row. A row's random stream depends only
+forward pass. The top-k cut-off is found by bisection on a threshold (`_bisect`, 32
+halvings: exact to f32 resolution); the top-p draw is a rejection sampler that never
+needs its cut-off (`sample_top_p`; `top_p_mask` is the nucleus it samples from), and
+tokens are drawn by inverse CDF in vocabulary order. A row's random stream depends only
 on (seed, row id, step), so results do not depend on batching or on the mesh.
 """
 
@@ -52,6 +53,72 @@ def top_p_mask(probs: jax.Array, p: jax.Array) -> jax.Array:
     return jax.lax.cond(p < 1.0, cut, lambda x: jnp.ones(x.shape, bool), probs)
 
 
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """argmax (the first of tied maxima) as a max and a min: XLA:CPU's argmax (a two-output
+    reduction) is twice as slow. [batch, vocab] -> [batch] int32."""
+    v = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(logits == top, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+    return jnp.minimum(first, v - 1)  # an all-NaN row: the last token rather than out of range
+
+
+_BLOCK = 128
+
+
+def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """For weights [B, V] >= 0 and u [B] in [0, total): the index i with cdf[i-1] <= u < cdf[i].
+
+    Two levels (block sums, then one block) instead of a cumulative sum over the vocabulary,
+    which XLA:CPU runs as a slow reduce-window. Never returns a zero-weight index, even when
+    round-off puts u at or past the total.
+    """
+    b, v = weights.shape
+    nb = -(-v // _BLOCK)
+    w = jnp.pad(weights, ((0, 0), (0, nb * _BLOCK - v))).reshape(b, nb, _BLOCK)
+    block = jnp.sum(w, axis=-1)  # [B, nb]
+    cum = jnp.cumsum(block, axis=-1)
+    last_block = jnp.max(jnp.where(block > 0, jnp.arange(nb), 0), axis=-1)
+    j = jnp.minimum(jnp.sum(cum <= u[:, None], axis=-1), last_block)
+    before = jnp.where(j > 0, jnp.take_along_axis(cum, jnp.maximum(j - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(w, j[:, None, None], axis=1)[:, 0]  # [B, block]
+    last_in = jnp.max(jnp.where(inner > 0, jnp.arange(_BLOCK), 0), axis=-1)
+    i = jnp.minimum(jnp.sum(before[:, None] + jnp.cumsum(inner, axis=-1) <= u[:, None], axis=-1), last_in)
+    return (j * _BLOCK + i).astype(jnp.int32)
+
+
+def sample_top_p(probs: jax.Array, keys: jax.Array, p: jax.Array) -> jax.Array:
+    """An exact draw from each row's top-p nucleus (`top_p_mask`) without finding its cut-off.
+
+    Rejection, as FlashInfer samples: draw x from the tokens more likely than `low`
+    (initially all); x is in the nucleus iff the tokens strictly more likely than x hold
+    less than p; otherwise raise `low` to p(x) and draw again. An accepted draw is
+    distributed as the nucleus renormalised; a round costs about three passes over the
+    vocabulary (a threshold bisection costs 32), and most rows accept in the first round
+    (a rejection needs a token outside the nucleus: probability about 1 - p). Round r of a
+    row uses fold_in(key, r), so a row's token depends only on its own key.
+    """
+    b = probs.shape[0]
+
+    def cond(c):
+        return ~jnp.all(c[3])
+
+    def body(c):
+        r, low, tok, done = c
+        w = jnp.where(probs > low[:, None], probs, 0.0)
+        u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, r), ()))(keys) * jnp.sum(w, -1)
+        x = inverse_cdf(w, u)
+        px = jnp.take_along_axis(probs, x[:, None], axis=1)[:, 0]
+        above = jnp.sum(jnp.where(probs > px[:, None], probs, 0.0), axis=-1)
+        accept = (above < p) | (p >= 1.0)
+        tok = jnp.where(~done & accept, x, tok)
+        low = jnp.where(done | accept, low, px)
+        return r + 1, low, tok, done | accept
+
+    init = (jnp.zeros((), jnp.int32), jnp.full((b,), -1.0, probs.dtype), jnp.zeros((b,), jnp.int32),
+            jnp.zeros((b,), bool))
+    return jax.lax.while_loop(cond, body, init)[2]
+
+
 def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
                   top_p: jax.Array) -> jax.Array:
     """logits [batch, vocab] f32; keys [batch] PRNG keys; temperature <= 0 means greedy.
@@ -62,16 +129,9 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
         scaled = logits / temperature
         keep = top_k_mask(scaled, top_k)
         probs = jax.nn.softmax(jnp.where(keep, scaled, -jnp.inf), axis=-1)
-        probs = jnp.where(top_p_mask(probs, top_p), probs, 0.0)
-        cdf = jnp.cumsum(probs, axis=-1)
-        u = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys) * cdf[:, -1]
-        idx = jnp.sum(cdf <= u[:, None], axis=-1)
-        # Round-off can put u past the last kept token: take the last token with mass.
-        last = logits.shape[-1] - 1 - jnp.argmax(jnp.flip(probs > 0, -1), axis=-1)
-        return jnp.minimum(idx, last).astype(jnp.int32)
+        return sample_top_p(probs, keys, top_p)
 
-    greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.lax.cond(temperature > 0, sample, greedy, logits)
+    return jax.lax.cond(temperature > 0, sample, greedy_tokens, logits)
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:

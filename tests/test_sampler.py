@@ -145,6 +145,34 @@ def test_top_k_and_top_p_masks():
     np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.04)
 
 
+def test_top_p_draws_follow_the_renormalised_nucleus():
+    """The rejection sampler draws only nucleus tokens, in the nucleus' proportions."""
+    probs = np.asarray([0.05, 0.4, 0.0, 0.25, 0.2, 0.1] + [0.0] * 300, np.float32)  # V > one block
+    logits = jnp.log(jnp.asarray(np.repeat(probs[None], 4000, 0)))
+    keys = jax.random.split(jax.random.key(1), 4000)
+    for p, nucleus in ((0.8, [1, 3, 4]), (0.6, [1, 3]), (0.3, [1]), (1.0, [0, 1, 3, 4, 5])):
+        draws = np.asarray(sampling.sample_tokens(logits, keys, jnp.float32(1.0), jnp.int32(0), jnp.float32(p)))
+        mask = np.asarray(sampling.top_p_mask(jax.nn.softmax(logits[:1]), jnp.float32(p)))[0] & (probs > 0)
+        assert sorted(np.flatnonzero(mask)) == nucleus and set(draws) <= set(nucleus), (p, set(draws))
+        freq = np.bincount(draws, minlength=len(probs)) / len(draws)
+        np.testing.assert_allclose(freq[nucleus], probs[nucleus] / probs[nucleus].sum(), atol=0.03)
+    # Tied maxima are both kept by a tiny p, and the draw stays reproducible with its keys.
+    tied = jnp.log(jnp.asarray([[0.3, 0.3, 0.2, 0.2]] * 200))
+    k200 = keys[:200]
+    a = sampling.sample_tokens(tied, k200, jnp.float32(1.0), jnp.int32(0), jnp.float32(1e-6))
+    assert set(np.asarray(a)) == {0, 1}
+    np.testing.assert_array_equal(a, sampling.sample_tokens(tied, k200, jnp.float32(1.0), jnp.int32(0),
+                                                            jnp.float32(1e-6)))
+
+
+def test_inverse_cdf_edges_and_greedy_ties():
+    w = jnp.asarray([[0.0, 1.0, 0.0, 2.0, 0.0] + [0.0] * 200], jnp.float32)  # total 3, zeros around
+    for u, want in ((0.0, 1), (0.999, 1), (1.0, 3), (2.999, 3), (3.0, 3), (3.5, 3)):  # u >= total: last nonzero
+        assert int(sampling.inverse_cdf(w, jnp.asarray([u], jnp.float32))[0]) == want, u
+    logits = jnp.asarray([[1.0, 3.0, 3.0, 2.0], [jnp.nan] * 4])
+    np.testing.assert_array_equal(sampling.greedy_tokens(logits), [1, 3])  # first of the ties; NaN row in range
+
+
 def test_smollm2_greedy_matches_transformers(smollm2_dir, smollm2_torch):
     cfg, params = checkpoint.load_model(smollm2_dir)
     tok = Tokenizer(checkpoint.tokenizer_dir(smollm2_dir))
