@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--micro_batches", type=int, default=1)
     ap.add_argument("--remat", default="none")
     ap.add_argument("--skip_torch", action="store_true")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype (params and Adam state stay f32); torch runs under CPU autocast for bf16")
     args = ap.parse_args()
 
     import jax
@@ -67,7 +69,7 @@ def main() -> None:
                           num_kv_heads=2, head_dim=64, tie_embeddings=True)
         model_dir = os.path.join(tmp, "tiny")
         checkpoint.save_model(model_dir, init_params(cfg, sharding.make_mesh()), cfg)
-    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat)
+    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype)
     n_params = cfg.num_params()
     mesh = sharding.make_mesh()
     _, params = checkpoint.load_model(model_dir, mesh, remat_policy=args.remat)
@@ -110,7 +112,8 @@ def main() -> None:
         ttimes = []
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
-            out = model(input_ids=x[:, :-1], labels=x[:, :-1])  # transformers shifts labels itself
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+                out = model(input_ids=x[:, :-1], labels=x[:, :-1])  # transformers shifts labels itself
             out.loss.backward()
             topt.step()
             topt.zero_grad(set_to_none=True)
@@ -122,7 +125,7 @@ def main() -> None:
     mfu = 6 * n_params * ours / peak
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, "
           f"torch {torch.__version__}; model {args.model} ({n_params / 1e6:.1f}M params), batch {args.batch} x "
-          f"{args.seq}, micro-batches {m}, remat {args.remat}, f32")
+          f"{args.seq}, micro-batches {m}, remat {args.remat}, compute {args.dtype}, f32 params")
     print(f"peak f32 matmul (jnp.dot 2048^2): {peak / 1e9:.0f} GFLOP/s; our compile + first step: {compile_s:.1f} s")
     print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU |")
     print("|---|---|---|---|---|---|")
