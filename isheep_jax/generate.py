@@ -9,8 +9,9 @@ order or mesh, and a resumed job reproduces an uninterrupted one.
 from __future__ import annotations
 
 import bisect
-import gc
 import dataclasses
+import functools
+import gc
 import time
 from typing import Sequence
 
@@ -98,7 +99,7 @@ class Generator:
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.params = jax.jit(unstack_layers)(params)
+        self.params = jax.jit(functools.partial(unstack_layers, head_dtype=cfg.dtype))(params)
         self.mesh = mesh or sharding.make_mesh()
         eos = set(cfg.eos_token_ids) | set(extra_eos_ids)
         if tokenizer.eos_id is not None:

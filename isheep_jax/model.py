@@ -131,7 +131,7 @@ class MLP(nn.Module):
         e, f = cfg.hidden_size, cfg.intermediate_size
         gate = Projection(cfg, (e,), (f,), ("embed", "mlp"), name="gate_proj")(x)
         up = Projection(cfg, (e,), (f,), ("embed", "mlp"), name="up_proj")(x)
-        hidden = constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        hidden = constrain(layers.swiglu(gate, up), ("batch", "length", "act_mlp"))
         return Projection(cfg, (f,), (e,), ("mlp", "embed"), name="down_proj")(hidden)
 
 
@@ -222,7 +222,7 @@ class Transformer(nn.Module):
                                          name="lm_head")(x))
 
 
-def unstack_layers(params: Any) -> Any:
+def unstack_layers(params: Any, head_dtype: Any = None) -> Any:
     """Params in the layout `decode_forward` takes: `layers` as a tuple of per-layer trees,
     and an `lm_head` kernel [E, V] even when the embeddings are tied.
 
@@ -231,12 +231,14 @@ def unstack_layers(params: Any) -> Any:
     XLA:CPU (measured 20x slower). A tied head multiplies by the embedding transposed, which
     XLA:CPU runs at a third of its matmul rate; a transposed copy (vocab x hidden more
     bytes) made once makes it a plain matmul (SmolLM2-135M, batch 32: 13 ms less per token).
+    head_dtype: that copy's dtype (the compute dtype: the head casts its kernel to it anyway).
     """
     n = jax.tree.leaves(params["layers"])[0].shape[0]
     out = dict(params)
     out["layers"] = tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(n))
     if "lm_head" not in params:
-        out["lm_head"] = {"kernel": params["embed"]["embedding"].T}
+        head = params["embed"]["embedding"].T
+        out["lm_head"] = {"kernel": head.astype(head_dtype) if head_dtype is not None else head}
     return out
 
 

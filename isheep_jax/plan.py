@@ -164,8 +164,9 @@ def make_plan(cfg: ModelConfig, mesh_shape: tuple[int, int, int], batch_size: in
     act = {r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r) for r in ("none", "dots", "full")}
     cache = kv_cache_bytes(cfg, mesh, pc.sample_batch, pc.sample_len)
     weights = sampler_weight_bytes(cfg, mesh)
-    # The sampler multiplies by a transposed copy of tied embeddings (model.unstack_layers).
-    head_copy = shard_bytes((cfg.hidden_size, cfg.vocab_size), np.dtype(cfg.param_dtype).itemsize,
+    # The sampler multiplies by a transposed copy of tied embeddings in compute dtype
+    # (model.unstack_layers).
+    head_copy = shard_bytes((cfg.hidden_size, cfg.vocab_size), np.dtype(cfg.dtype).itemsize,
                             ("embed", "vocab"), mesh) if cfg.tie_embeddings else 0
     sample_logits = _split(pc.sample_batch, mesh_shape[0] * mesh_shape[1]) * _split(cfg.vocab_size, mesh_shape[2]) * 4
     rows = {"params": params, "optimizer state": moments, "gradients": grads,
@@ -246,7 +247,9 @@ def _sds(tree: Any, shardings: Any) -> Any:
 @contextlib.contextmanager
 def _no_persistent_cache():
     """Executables compiled for another platform cannot be loaded back on this host: keep
-    them out of the on-disk compilation cache."""
+    them out of the on-disk compilation cache. Best effort: JAX decides once per process
+    whether to use the cache, so this only holds when nothing was compiled before (as in
+    `isheep plan`, which never enables the cache)."""
     old = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
@@ -276,7 +279,7 @@ def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tupl
     abstract, names = abstract_params(cfg)
     stacked = sharding.tree_shardings(names, abstract, mesh)
     # Unstacking drops the leading (replicated) `layers` dim of every layer parameter.
-    unstacked = jax.eval_shape(unstack_layers, abstract)
+    unstacked = jax.eval_shape(functools.partial(unstack_layers, head_dtype=cfg.dtype), abstract)
     layer_shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s.spec[1:])),
                                    stacked["layers"])
     shard_tree = dict(stacked, layers=tuple(layer_shardings for _ in range(cfg.num_layers)))

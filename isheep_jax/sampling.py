@@ -44,7 +44,10 @@ def top_k_mask(logits: jax.Array, k: jax.Array) -> jax.Array:
 
 
 def top_p_mask(probs: jax.Array, p: jax.Array) -> jax.Array:
-    """[B, V] bool: the most likely tokens whose total probability reaches p (all when p >= 1)."""
+    """[B, V] bool: the most likely tokens whose total probability reaches p (all when p >= 1).
+
+    The nucleus `sample_top_p` draws from (which never computes it); kept as its reference.
+    """
     def cut(probs):
         hi = jnp.max(probs, -1)
         t = _bisect(jnp.zeros_like(hi), hi,
@@ -70,7 +73,7 @@ def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
 
     Two levels (block sums, then one block) instead of a cumulative sum over the vocabulary,
     which XLA:CPU runs as a slow reduce-window. Never returns a zero-weight index, even when
-    round-off puts u at or past the total.
+    round-off puts u at or past the total (a row of all-zero weights gives index 0).
     """
     b, v = weights.shape
     nb = -(-v // _BLOCK)
@@ -93,9 +96,10 @@ def sample_top_p(probs: jax.Array, keys: jax.Array, p: jax.Array) -> jax.Array:
     (initially all); x is in the nucleus iff the tokens strictly more likely than x hold
     less than p; otherwise raise `low` to p(x) and draw again. An accepted draw is
     distributed as the nucleus renormalised; a round costs about three passes over the
-    vocabulary (a threshold bisection costs 32), and most rows accept in the first round
-    (a rejection needs a token outside the nucleus: probability about 1 - p). Round r of a
-    row uses fold_in(key, r), so a row's token depends only on its own key.
+    vocabulary (a threshold bisection costs 32). A row rejects with probability about
+    1 - p per round, and the loop runs until every row has accepted: 2-3 rounds for a batch
+    of 64 at p = 0.95. Round r of a row uses fold_in(key, r), so a row's token depends
+    only on its own key.
     """
     b = probs.shape[0]
 
@@ -109,7 +113,9 @@ def sample_top_p(probs: jax.Array, keys: jax.Array, p: jax.Array) -> jax.Array:
         x = inverse_cdf(w, u)
         px = jnp.take_along_axis(probs, x[:, None], axis=1)[:, 0]
         above = jnp.sum(jnp.where(probs > px[:, None], probs, 0.0), axis=-1)
-        accept = (above < p) | (p >= 1.0)
+        # The most likely tokens (nothing above them) are always in the nucleus, whatever p:
+        # a p <= 0 from a direct caller degrades to greedy rather than looping forever.
+        accept = (above < p) | (p >= 1.0) | (above <= 0.0)
         tok = jnp.where(~done & accept, x, tok)
         low = jnp.where(done | accept, low, px)
         return r + 1, low, tok, done | accept

@@ -119,7 +119,10 @@ def _fingerprint(data: SFTArrays, tc: TrainConfig, oc: OptimizerConfig, cfg: Mod
     for k in MODEL_KEYS:
         h.update(np.ascontiguousarray(data.arrays[k]).tobytes())
     for c in (tc, oc, cfg):
-        h.update(json.dumps(dataclasses.asdict(c), sort_keys=True, default=str).encode())
+        # scan_layers changes how the step is compiled, not its math; leaving it out also keeps
+        # the fingerprints of runs started before the field existed.
+        fields = {k: v for k, v in dataclasses.asdict(c).items() if k != "scan_layers"}
+        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

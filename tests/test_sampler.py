@@ -165,6 +165,30 @@ def test_top_p_draws_follow_the_renormalised_nucleus():
                                                             jnp.float32(1e-6)))
 
 
+def test_inverse_cdf_matches_searchsorted_across_blocks():
+    rng = np.random.default_rng(0)
+    w = rng.random((6, 1000)).astype(np.float32) * (rng.random((6, 1000)) < 0.05)  # sparse, 8 blocks
+    cdf = np.cumsum(w.astype(np.float64), axis=1)
+    u = (rng.random((50, 6)) * cdf[:, -1]).astype(np.float32)
+    for row_u in u:
+        got = np.asarray(sampling.inverse_cdf(jnp.asarray(w), jnp.asarray(row_u)))
+        want = [np.searchsorted(cdf[r], row_u[r], side="right") for r in range(6)]
+        near = [abs(cdf[r][want[r]] - row_u[r]) < 1e-4 or abs(cdf[r][want[r] - 1] - row_u[r]) < 1e-4
+                if want[r] > 0 else False for r in range(6)]  # f32 vs f64 round-off at a boundary
+        assert all(g == t or n for g, t, n in zip(got, want, near)), (got, want)
+        assert (w[np.arange(6), got] > 0).all()
+
+
+def test_top_p_at_or_below_zero_is_greedy():
+    """Direct callers bypass SamplingSettings' check: p <= 0 keeps only the most likely token."""
+    logits = jnp.asarray(np.random.default_rng(1).standard_normal((16, 300)), jnp.float32)
+    keys = jax.random.split(jax.random.key(2), 16)
+    for p in (0.0, -1.0):
+        np.testing.assert_array_equal(
+            sampling.sample_tokens(logits, keys, jnp.float32(1.0), jnp.int32(0), jnp.float32(p)),
+            sampling.greedy_tokens(logits))
+
+
 def test_inverse_cdf_edges_and_greedy_ties():
     w = jnp.asarray([[0.0, 1.0, 0.0, 2.0, 0.0] + [0.0] * 200], jnp.float32)  # total 3, zeros around
     for u, want in ((0.0, 1), (0.999, 1), (1.0, 3), (2.999, 3), (3.0, 3), (3.5, 3)):  # u >= total: last nonzero
