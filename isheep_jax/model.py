@@ -131,7 +131,7 @@ class MLP(nn.Module):
         e, f = cfg.hidden_size, cfg.intermediate_size
         gate = Projection(cfg, (e,), (f,), ("embed", "mlp"), name="gate_proj")(x)
         up = Projection(cfg, (e,), (f,), ("embed", "mlp"), name="up_proj")(x)
-        hidden = constrain(layers.swiglu(gate, up), ("batch", "length", "act_mlp"))
+        hidden = constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
         return Projection(cfg, (f,), (e,), ("mlp", "embed"), name="down_proj")(hidden)
 
 
