@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
 
 
 def is_complete(model_dir: str | os.PathLike) -> bool:
-    return io_utils.as_path(model_dir).joinpath("model.json").exists()
+    return io_utils.exists(io_utils.as_path(model_dir) / "model.json")
 
 
 def save_model(model_dir: str | os.PathLike, params: Params, cfg: ModelConfig,

@@ -45,6 +45,21 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def agree(flag: bool) -> bool:
+    """Process 0's `flag`, on every process.
+
+    Checks of the file system that choose what runs next (has this stage, chunk or checkpoint
+    been written?) go through here: a process that looked a moment later could see a file
+    process 0 has just written and take another path, after which their barriers and
+    collectives no longer pair up. It is also a sync point: no process gets past it before
+    every process has asked, so nobody writes what another has yet to check.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
 def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
     """A host array, identical on every process, laid out with `sharding`: each process
     fills only the shards of its own devices (jit refuses host arrays for shardings that

@@ -161,7 +161,7 @@ def winrate_answers(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig)
 
     path = out / "winrate_answers.jsonl"
     items = winrate_items(ec)
-    if path.exists():
+    if io_utils.exists(path):
         rows = io_utils.read_jsonl(path)
         if [r["id"] for r in rows] == [it["id"] for it in items]:
             return rows
@@ -208,7 +208,7 @@ def evaluate(spec: ModelSpec, out_dir, ec: EvalConfig, reference: tuple[ModelSpe
     """
     out = io_utils.absolute(out_dir)
     done = out / "eval.json"
-    if done.exists():
+    if io_utils.exists(done):
         return io_utils.read_json(done)
     out.mkdir(parents=True, exist_ok=True)
     cache = cache or GeneratorCache(mesh)

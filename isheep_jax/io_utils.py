@@ -57,6 +57,14 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def exists(path: str | os.PathLike) -> bool:
+    """Whether `path` exists as process 0 sees it, the same answer on every process: use it
+    (not `Path.exists`) wherever the answer decides what a multi-process run does next."""
+    from isheep_jax import distributed
+
+    return distributed.agree(as_path(path).exists())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = as_path(path)
     if not path.exists():

@@ -79,10 +79,10 @@ class IterationPaths:
         marker = {"synthesize": self.instructions, "respond": self.responses, "assess": self.assessments,
                   "filter": self.kept, "summary": self.summary}
         if stage == "train":
-            return checkpoint.is_complete(self.model_dir) or self.train_skipped.exists()
+            return checkpoint.is_complete(self.model_dir) or io_utils.exists(self.train_skipped)
         if stage == "eval":
-            return (self.eval_dir / "eval.json").exists() or self.eval_skipped.exists()
-        return marker[stage].exists()
+            return io_utils.exists(self.eval_dir / "eval.json") or io_utils.exists(self.eval_skipped)
+        return io_utils.exists(marker[stage])
 
 
 class RunDir:
@@ -151,7 +151,7 @@ def sample_in_chunks(chunk_dir, prompts: Sequence[str], chunk_size: int,
     for c in range(n_chunks):
         lo, hi = c * chunk_size, min(len(prompts), (c + 1) * chunk_size)
         path = chunk_dir / f"{c:05d}.jsonl"
-        if path.exists():
+        if io_utils.exists(path):
             rows = io_utils.read_jsonl(path)
             if len(rows) != hi - lo:
                 raise RunError(f"{path}: has {len(rows)} rows, expected {hi - lo}; the chunk belongs to another "

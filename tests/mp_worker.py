@@ -6,6 +6,7 @@ Usage: mp_worker.py PROCESS_ID NUM_PROCESSES PORT MODEL PAIRS WORK OUT"""
 import json
 import os
 import sys
+import time
 
 pid, nproc, port, model, pairs, work, out = sys.argv[1:8]
 os.environ["ISHEEP_COORDINATOR"] = f"127.0.0.1:{port}" if int(nproc) > 1 else ""
@@ -14,7 +15,7 @@ os.environ["ISHEEP_NUM_PROCESSES"], os.environ["ISHEEP_PROCESS_ID"] = nproc, pid
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from isheep_jax import checkpoint, distributed, sft_data, sharding  # noqa: E402
+from isheep_jax import checkpoint, distributed, io_utils, sft_data, sharding  # noqa: E402
 from isheep_jax.generate import Generator, SamplingSettings  # noqa: E402
 from isheep_jax.loop import Loop, LoopConfig  # noqa: E402
 from isheep_jax.optim import OptimizerConfig  # noqa: E402
@@ -24,6 +25,17 @@ from isheep_jax.trainer import TrainConfig, train  # noqa: E402
 
 distributed.initialize_from_env()
 assert jax.process_count() == int(nproc) and jax.device_count() == 4, (jax.process_count(), jax.device_count())
+
+# A resume check must give every process the same answer even when process 0 writes the file
+# at once and another process looks late (the run then takes one path everywhere).
+os.makedirs(work, exist_ok=True)
+marker = os.path.join(work, "race_marker")
+if not distributed.is_writer():
+    time.sleep(2.0)
+seen = io_utils.exists(marker)
+if distributed.is_writer():
+    open(marker, "w").close()
+assert not seen, "a process saw a file written after process 0 had checked for it"
 mesh = sharding.make_mesh(data=1, fsdp=2, tensor=2)
 
 cfg, params = checkpoint.load_model(model, mesh)

@@ -37,8 +37,10 @@ def _launch(nproc: int, model: str, pairs: str, root, timeout: int = 600) -> dic
                                str(root / "work"), out], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
     logs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    # Print every worker's tail: a barrier mismatch names the other process's barrier.
+    assert not failed, "\n".join(f"--- worker {i} (rc {p.returncode}) ---\n{log[-3000:]}"
+                                  for i, (p, log) in enumerate(zip(procs, logs)))
     with open(out) as f:
         return json.load(f)
 
