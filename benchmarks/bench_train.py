@@ -7,6 +7,11 @@ per token (N = parameters; attention's extra FLOPs ignored, as usual) against th
 matmul rate measured here with a large jnp.dot.
 
     python benchmarks/bench_train.py [--model smollm2|tiny] [--batch 8] [--seq 256] [--steps 4]
+    python benchmarks/bench_train.py --preset gin_configs/models/qwen15_1_8b.gin --dtype bfloat16 ...
+
+--preset builds a model preset's shapes with random weights (no download). On a GPU both
+sides run there (torch under CUDA autocast for bf16) and the peak is a bf16 (or f32) dot of
+8192^2, so the MFU is against what this GPU's matmul reaches, not its data-sheet figure.
 """
 
 from __future__ import annotations
@@ -14,63 +19,37 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 
 import numpy as np
 
 
-def peak_matmul_flops(n: int = 2048, reps: int = 10) -> float:
+def peak_matmul_flops(n: int = 2048, reps: int = 10, dtype: str = "float32") -> float:
+    """FLOP/s of `reps` chained n x n products inside one jit call (median of 5 calls): the
+    call's allocation and dispatch are paid once, so the figure is the matmul unit's."""
     import jax
-    import jax.numpy as jnp
 
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype) / np.sqrt(n).astype(dtype)  # keeps the chain O(1)
+    f = jax.jit(lambda x: jax.lax.fori_loop(0, reps, lambda _, y: y @ x, x))
     f(a).block_until_ready()
     times = []
-    for _ in range(reps):
+    for _ in range(5):
         t0 = time.perf_counter()
         f(a).block_until_ready()
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(times))
+    return 2 * n**3 * reps / float(np.median(times))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--micro_batches", type=int, default=1)
-    ap.add_argument("--remat", default="none")
-    ap.add_argument("--skip_torch", action="store_true")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="compute dtype (params and Adam state stay f32); torch runs under CPU autocast for bf16")
-    args = ap.parse_args()
-
+def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> tuple[float, float]:
+    """Our jit train step on `tokens`: (tokens/s over the timed steps, seconds of compile + warm-up)."""
     import jax
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from isheep_jax import checkpoint, sharding
-    from isheep_jax.demo_model import smollm2_checkpoint
-    from isheep_jax.config import ModelConfig
-    from isheep_jax.convert import hf
     from isheep_jax.optim import OptimizerConfig, make_optimizer
-    from isheep_jax.params import init_params
     from isheep_jax.train_step import TrainState, compile_train_step, state_shardings
 
-    tmp = tempfile.mkdtemp(prefix="bench_train_")
-    if args.model == "smollm2":
-        model_dir = smollm2_checkpoint()
-    else:
-        cfg = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-                          num_kv_heads=2, head_dim=64, tie_embeddings=True)
-        model_dir = os.path.join(tmp, "tiny")
-        checkpoint.save_model(model_dir, init_params(cfg, sharding.make_mesh()), cfg)
-    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype)
-    n_params = cfg.num_params()
     mesh = sharding.make_mesh()
     _, params = checkpoint.load_model(model_dir, mesh, remat_policy=args.remat)
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, weight_decay=0.0, warmup_steps=0, warmup_ratio=0.0,
@@ -78,8 +57,6 @@ def main() -> None:
     _, shard = state_shardings(cfg, opt, mesh)
     state = TrainState(jax.numpy.zeros((), jax.numpy.int32), params,
                        jax.jit(opt.init, out_shardings=shard.opt_state)(params))
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
     m, mb = args.micro_batches, args.batch // args.micro_batches
     batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
              "decoder_loss_weights": np.ones((args.batch, args.seq), np.int32),
@@ -99,38 +76,107 @@ def main() -> None:
         float(metrics["loss"])
         times.append(time.perf_counter() - t0)
     ours = args.batch * args.seq / float(np.median(times))
-    del state, params
+    return ours, compile_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    ap.add_argument("--preset", default="", help="a gin model preset (random weights); overrides --model")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2)  # on CPU the first run after compiling is slow too
+    ap.add_argument("--micro_batches", type=int, default=1)
+    ap.add_argument("--remat", default="none")
+    ap.add_argument("--skip_torch", action="store_true")
+    ap.add_argument("--skip_ours", action="store_true",
+                    help="torch only (on a GPU run each side in its own process: JAX keeps the memory it took)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype (params and Adam state stay f32); torch runs under autocast for bf16")
+    args = ap.parse_args()
+    if args.skip_ours:  # JAX only builds the weights: leave the accelerator's memory to torch
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
+    tmp = tempfile.mkdtemp(prefix="bench_train_")
+    try:  # the random checkpoint and its HF export are GBs for a large preset
+        _run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, tmp: str) -> None:
+    import gin
+    import jax
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from isheep_jax import checkpoint, sharding
+    from isheep_jax.demo_model import smollm2_checkpoint
+    from isheep_jax.config import ModelConfig
+    from isheep_jax.convert import hf
+    from isheep_jax.params import init_params
+
+    gpu = jax.default_backend() == "gpu"
+    tdev = "cuda" if gpu else "cpu"
+    name = os.path.basename(args.preset).removesuffix(".gin") if args.preset else args.model
+    if args.preset:
+        gin.parse_config_file(args.preset)
+        cfg = ModelConfig()
+        gin.clear_config()
+    elif args.model == "tiny":
+        cfg = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
+                          num_kv_heads=2, head_dim=64, tie_embeddings=True)
+    if args.preset or args.model == "tiny":
+        model_dir = os.path.join(tmp, name)
+        checkpoint.save_model(model_dir, init_params(cfg, sharding.make_mesh()), cfg)
+    else:
+        model_dir = smollm2_checkpoint()
+    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype)
+    n_params = cfg.num_params()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
+    ours, compile_s = (None, 0.0) if args.skip_ours else _ours(args, cfg, model_dir, tokens)
 
     theirs = None
     if not args.skip_torch:
         torch.set_num_threads(os.cpu_count() or 1)
         hf_dir = os.path.join(tmp, "hf")
         hf.export_hf(model_dir, hf_dir)
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).train()
-        topt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-        x = torch.from_numpy(tokens.astype(np.int64))
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(tdev).train()
+        if args.remat != "none":
+            model.gradient_checkpointing_enable()  # the closest torch has to our remat policies
+        topt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=gpu)
+        x = torch.from_numpy(tokens.astype(np.int64)).to(tdev)
         ttimes = []
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            with torch.autocast(tdev, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
                 out = model(input_ids=x[:, :-1], labels=x[:, :-1])  # transformers shifts labels itself
             out.loss.backward()
             topt.step()
             topt.zero_grad(set_to_none=True)
+            float(out.loss)  # waits for the device, like float(metrics["loss"]) on our side
             if i >= args.warmup:
                 ttimes.append(time.perf_counter() - t0)
         theirs = args.batch * args.seq / float(np.median(ttimes))
 
-    peak = peak_matmul_flops()
-    mfu = 6 * n_params * ours / peak
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, "
-          f"torch {torch.__version__}; model {args.model} ({n_params / 1e6:.1f}M params), batch {args.batch} x "
-          f"{args.seq}, micro-batches {m}, remat {args.remat}, compute {args.dtype}, f32 params")
-    print(f"peak f32 matmul (jnp.dot 2048^2): {peak / 1e9:.0f} GFLOP/s; our compile + first step: {compile_s:.1f} s")
-    print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU |")
-    print("|---|---|---|---|---|---|")
-    ratio = f"{ours / theirs:.2f}" if theirs else "-"
-    print(f"| {args.model} | {args.batch} x {args.seq} | {ours:.1f} | {theirs or 0:.1f} | {ratio} | {100 * mfu:.0f} % |")
+    n = 8192 if gpu else 2048
+    peak = peak_matmul_flops(n, dtype=args.dtype if gpu else "float32")
+    def mfu(tok_s: float | None) -> str:
+        return f"{100 * 6 * n_params * tok_s / peak:.0f} %" if tok_s else "-"
+
+    where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    print(f"\nmachine: {where}; jax {jax.__version__}, torch {torch.__version__}; model {name} "
+          f"({n_params / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches {args.micro_batches}, remat {args.remat}, "
+          f"compute {args.dtype}, f32 params")
+    print(f"peak matmul (jnp.dot {n}^2, {args.dtype if gpu else 'float32'}): {peak / 1e12:.3f} TFLOP/s; "
+          f"our compile + first step: {compile_s:.1f} s")
+    print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")
+    print("|---|---|---|---|---|---|---|")
+    ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
+    print(f"| {name} | {args.batch} x {args.seq} | {ours or 0:.1f} | {theirs or 0:.1f} | {ratio} | {mfu(ours)} "
+          f"| {mfu(theirs)} |")
 
 
 if __name__ == "__main__":
