@@ -4,7 +4,7 @@ Same model weights (the embedded GGUF, dequantised), same chat-templated prompts
 batch, 128 new tokens forced on both sides (EOS disabled), temperature 1, top-p 0.95.
 Our compile time is excluded (one warm-up call per shape) and printed separately.
 
-    python benchmarks/bench_sampler.py [--batches 1 8 32 64] [--new_tokens 128]
+    python benchmarks/bench_sampler.py [--batches 1 8 32 64] [--new_tokens 128] [--kv_cache_dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--skip_torch", action="store_true")
+    ap.add_argument("--kv_cache_dtype", default="", help="ours only ('' = compute dtype, f32)")
     args = ap.parse_args()
 
     import jax
@@ -38,7 +39,7 @@ def main() -> None:
     model_dir = smollm2_checkpoint()
     cfg, params = checkpoint.load_model(model_dir)
     tok = Tokenizer(checkpoint.tokenizer_dir(model_dir))
-    gen = Generator(cfg, params, tok)
+    gen = Generator(cfg, params, tok, kv_cache_dtype=args.kv_cache_dtype)
     gen.eos_ids = np.asarray([-1], np.int32)  # force exactly new_tokens tokens
     seeds = load_seed_pool()
     questions = [t.instruction for t in seeds]
@@ -72,7 +73,7 @@ def main() -> None:
         rows.append((b, ours, theirs, first))
         print(f"batch {b}: ours {ours:.1f} tok/s, transformers {theirs:.1f} tok/s", flush=True)
 
-    print(f"\nSmolLM2-135M-Instruct f32, {n} new tokens, T=1 top-p 0.95; {platform.processor() or platform.machine()}, "
+    print(f"\nSmolLM2-135M-Instruct f32 (our KV cache {args.kv_cache_dtype or 'float32'}), {n} new tokens, T=1 top-p 0.95; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, jax {jax.__version__}, torch {torch.__version__}")
     print("| batch | isheep_jax tok/s | transformers tok/s | ratio | first call (compile + run) s |")
     print("|---:|---:|---:|---:|---:|")

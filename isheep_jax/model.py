@@ -45,9 +45,11 @@ class KVCache(NamedTuple):
                        constrain(self.valid, ("batch", "cache_length")), self.index)
 
 
-def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
+def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: str | None = None) -> KVCache:
+    """An empty cache; k and v in `dtype` (default: the compute dtype). New keys and values
+    are rounded to it when written; attention reads them back in f32 or the compute dtype."""
     shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-    dt = jnp.dtype(cfg.dtype)
+    dt = jnp.dtype(dtype or cfg.dtype)
     zeros = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers))
     return KVCache(zeros, tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers)),
                    jnp.zeros((batch, slots), bool), jnp.zeros((), jnp.int32))

@@ -107,10 +107,19 @@ def sampler_weight_bytes(cfg: ModelConfig, mesh) -> int:
     return param_bytes(cfg, mesh, itemsize, _without_fsdp(sharding.DEFAULT_RULES))
 
 
+def configured_cache_dtype(cfg: ModelConfig) -> str:
+    """The sampler's KV cache dtype: gin's `Generator.kv_cache_dtype`, else the compute dtype."""
+    try:
+        return gin.query_parameter("Generator.kv_cache_dtype") or cfg.dtype
+    except ValueError:  # not bound
+        return cfg.dtype
+
+
 def kv_cache_bytes(cfg: ModelConfig, mesh, batch: int, slots: int) -> int:
     """Per-device bytes of the sampler's KV cache (k and v of every layer)."""
     names = ("batch", "act_kv_heads", "cache_length", "kv")
-    one = shard_bytes((batch, cfg.num_kv_heads, slots, cfg.head_dim), np.dtype(cfg.dtype).itemsize, names, mesh)
+    itemsize = np.dtype(configured_cache_dtype(cfg)).itemsize
+    one = shard_bytes((batch, cfg.num_kv_heads, slots, cfg.head_dim), itemsize, names, mesh)
     return 2 * cfg.num_layers * one
 
 
@@ -299,7 +308,7 @@ def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tupl
             jax.ShapeDtypeStruct((b,), jax.random.key(0).dtype, sharding=rep),
             jax.ShapeDtypeStruct((1,), np.int32, sharding=rep), jax.ShapeDtypeStruct((1, 4), np.int32, sharding=rep),
             scalar(np.int32), scalar(np.float32), scalar(np.int32), scalar(np.float32), scalar(np.int32),
-            capacity=capacity)
+            capacity=capacity, cache_dtype=configured_cache_dtype(cfg))
     with _no_persistent_cache():
         sample = compiler_memory(lowered.compile())
     return {"training step": train, "sampling": sample}

@@ -50,17 +50,18 @@ def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
     return jnp.any(jnp.all(match, axis=-1) & nonempty[None], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "cache_dtype"))
 def decode(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Array,
            row_keys: jax.Array, eos_ids: jax.Array, stop_seqs: jax.Array, max_new_tokens: jax.Array,
            temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, pad_id: jax.Array,
-           capacity: int) -> DecodeOutput:
+           capacity: int, cache_dtype: str | None = None) -> DecodeOutput:
     """prompt [B, P] left-padded (prompt_mask False on padding); eos_ids [E]; stop_seqs [S, Ls].
 
-    params: unstacked (`model.unstack_layers`).
+    params: unstacked (`model.unstack_layers`). cache_dtype: the KV cache's (default: compute
+    dtype); bfloat16 under f32 compute halves the bytes each decode step reads.
     """
     b, p = prompt.shape
-    cache = init_cache(cfg, b, p + capacity).constrained()
+    cache = init_cache(cfg, b, p + capacity, cache_dtype).constrained()
     seg = prompt_mask.astype(jnp.int32)
     prompt_len = jnp.sum(seg, axis=1)
     positions = positions_from_segments(seg)

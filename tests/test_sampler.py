@@ -62,6 +62,25 @@ def test_cached_decoding_equals_full_forward_at_every_step(tiny):
         np.testing.assert_allclose(c.logprobs[: len(want)], want, atol=2e-5)
 
 
+def test_bf16_kv_cache_stays_close_to_the_full_forward(tiny):
+    """A bfloat16 cache under f32 compute: log-probs of what it samples are those of a full
+    f32 forward up to the cache's rounding (keys and values to 8 bits of mantissa)."""
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(6)
+    out = Generator(cfg, params, tok, kv_cache_dtype="bfloat16").generate(
+        prompts, SamplingSettings(max_new_tokens=10, temperature=1.0, top_p=1.0, seed=3, batch_size=8),
+        progress=False)
+    worst = 0.0
+    for prompt, c in zip(prompts, out):
+        logp = jax.nn.log_softmax(P.forward(cfg, params, jnp.asarray([prompt + c.token_ids]))[0], axis=-1)
+        want = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(c.token_ids)]
+        np.testing.assert_allclose(c.logprobs[0], want[0], atol=2e-5)  # from the prefill: no cache read
+        worst = max(worst, float(np.max(np.abs(np.asarray(c.logprobs) - want))))
+    assert 1e-6 < worst < 2e-2, worst  # (above 0: the cache really is rounded)
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        Generator(cfg, params, tok, kv_cache_dtype="int8")
+
+
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
 def test_meshes_give_the_same_tokens(tiny, mesh_shape):
     _, cfg, params, tok = tiny
