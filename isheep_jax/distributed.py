@@ -34,13 +34,20 @@ def initialize_from_env() -> bool:
     return True
 
 
+def multi_process() -> bool:
+    """Whether this is one of several processes. Asks no backend unless jax.distributed was
+    initialized, so file helpers (`isheep status` / `report` beside a running job) never take
+    the host's accelerator."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
 def is_writer() -> bool:
-    return jax.process_index() == 0
+    return not multi_process() or jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
     """All processes wait here (a no-op in a single-process run)."""
-    if jax.process_count() > 1:
+    if multi_process():
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
@@ -54,7 +61,7 @@ def agree(flag: bool) -> bool:
     collectives no longer pair up. It is also a sync point: no process gets past it before
     every process has asked, so nobody writes what another has yet to check.
     """
-    if jax.process_count() == 1:
+    if not multi_process():
         return bool(flag)
     from jax.experimental import multihost_utils
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
