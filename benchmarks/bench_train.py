@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)  # on CPU the first run after compiling is slow too
     ap.add_argument("--micro_batches", type=int, default=1)
     ap.add_argument("--remat", default="none")
+    ap.add_argument("--attention_impl", choices=["xla", "cudnn"], default="xla", help="ours (see ModelConfig)")
     ap.add_argument("--skip_torch", action="store_true")
     ap.add_argument("--skip_ours", action="store_true",
                     help="torch only (on a GPU run each side in its own process: JAX keeps the memory it took)")
@@ -132,7 +133,8 @@ def _run(args, tmp: str) -> None:
         checkpoint.save_model(model_dir, init_params(cfg, sharding.make_mesh()), cfg)
     else:
         model_dir = smollm2_checkpoint()
-    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype)
+    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype,
+                                                    attention_impl=args.attention_impl)
     n_params = cfg.num_params()
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
@@ -169,7 +171,7 @@ def _run(args, tmp: str) -> None:
     where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\nmachine: {where}; jax {jax.__version__}, torch {torch.__version__}; model {name} "
           f"({n_params / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches {args.micro_batches}, remat {args.remat}, "
-          f"compute {args.dtype}, f32 params")
+          f"compute {args.dtype}, f32 params, attention {args.attention_impl}")
     print(f"peak matmul (jnp.dot {n}^2, {args.dtype if gpu else 'float32'}): {peak / 1e12:.3f} TFLOP/s; "
           f"our compile + first step: {compile_s:.1f} s")
     print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")

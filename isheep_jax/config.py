@@ -57,6 +57,10 @@ class ModelConfig:
     # programs for 80-layer models); False: unrolled (XLA may schedule across layers, at
     # the cost of compile time). The parameter layout (stacked over `layers`) is the same.
     scan_layers: bool = True
+    # Attention of the full forward (training, evaluation losses): 'xla' (ours: scores in
+    # f32, any backend) or 'cudnn' (jax.nn.dot_product_attention's fused cuDNN kernel: NVIDIA
+    # GPUs, bf16/fp16 compute; never materialises the [T, T] scores). Decoding keeps ours.
+    attention_impl: str = "xla"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
@@ -70,6 +74,10 @@ class ModelConfig:
             raise ConfigError(f"model_type {self.model_type!r} not in {sorted(SUPPORTED_ARCHITECTURES.values())}")
         if self.remat_policy not in ("none", "full", "dots"):
             raise ConfigError(f"remat_policy must be 'none', 'full' or 'dots', got {self.remat_policy!r}")
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ConfigError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+        if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+            raise ConfigError(f"attention_impl 'cudnn' needs bfloat16 or float16 compute, not {self.dtype}")
         if self.rope_scaling is not None:
             rope_type = dict(self.rope_scaling).get("rope_type")
             if rope_type not in ("llama3", "linear"):

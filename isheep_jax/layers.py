@@ -91,6 +91,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     return out.reshape(b, t, h, d)
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                    implementation: str | None = "cudnn") -> jax.Array:
+    """`attention` through `jax.nn.dot_product_attention` (cuDNN's fused kernel on NVIDIA GPUs).
+
+    q [batch, T, heads, D]; k, v [batch, T, kv_heads, D] (the projections' layout, before
+    `attention`'s transpose); mask [batch, 1, T, T] bool. Returns [batch, T, heads, D].
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
 def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """`attention` for one new token per row, as products and sums instead of dots.
 

@@ -112,13 +112,16 @@ class Attention(nn.Module):
         inv_freq = layers.rope_inv_freq(d, cfg.rope_theta, cfg.rope_scaling_dict)
         q = layers.apply_rope(q, positions, inv_freq)
         k = layers.apply_rope(k, positions, inv_freq)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
-        if cache is not None:
-            cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, 2)
-                          for c, new in zip(cache, (k, v)))
-            if not self.fresh_cache:
-                k, v = cache
-        out = layers.attention(q, k, v, mask)
+        if cache is None and cfg.attention_impl == "cudnn":
+            out = layers.fused_attention(q, k, v, mask)
+        else:
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
+            if cache is not None:
+                cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, 2)
+                              for c, new in zip(cache, (k, v)))
+                if not self.fresh_cache:
+                    k, v = cache
+            out = layers.attention(q, k, v, mask)
         out = constrain(out, ("batch", "length", "act_heads", "kv"))
         y = Projection(cfg, (h, d), (e,), ("heads", "kv", "embed"), cfg.o_bias, name="o_proj")(out)
         return y, cache

@@ -58,6 +58,7 @@ class TrainConfig:
     compute_dtype: str = ""  # '' keeps the model config's dtype
     remat_policy: str = ""  # '' keeps the model config's; 'none' | 'dots' | 'full' (see `isheep plan`)
     scan_layers: bool | None = None  # None keeps the model config's (see ModelConfig.scan_layers)
+    attention_impl: str = ""  # '' keeps the model config's; 'xla' | 'cudnn' (see ModelConfig.attention_impl)
     seed: int = 0
     save_every_steps: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
@@ -70,8 +71,9 @@ class TrainConfig:
             raise ValueError("set num_epochs > 0 or max_steps > 0")
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        """The checkpoint's model config with this run's compute dtype / remat / scan overrides."""
-        changes = {"dtype": self.compute_dtype, "remat_policy": self.remat_policy, "scan_layers": self.scan_layers}
+        """The checkpoint's model config with this run's compute dtype / remat / scan / attention overrides."""
+        changes = {"dtype": self.compute_dtype, "remat_policy": self.remat_policy, "scan_layers": self.scan_layers,
+                   "attention_impl": self.attention_impl}
         return base.replace(**{k: v for k, v in changes.items() if v not in ("", None)})
 
 
@@ -119,9 +121,9 @@ def _fingerprint(data: SFTArrays, tc: TrainConfig, oc: OptimizerConfig, cfg: Mod
     for k in MODEL_KEYS:
         h.update(np.ascontiguousarray(data.arrays[k]).tobytes())
     for c in (tc, oc, cfg):
-        # scan_layers changes how the step is compiled, not its math; leaving it out also keeps
-        # the fingerprints of runs started before the field existed.
-        fields = {k: v for k, v in dataclasses.asdict(c).items() if k != "scan_layers"}
+        # scan_layers and attention_impl change how the step is compiled, not its math; leaving
+        # them out also keeps the fingerprints of runs started before the fields existed.
+        fields = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("scan_layers", "attention_impl")}
         h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 

@@ -210,6 +210,33 @@ def test_remat_and_unrolled_layers_equal_the_default_step(task, tiny_model, chan
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4), params, ref_params)
 
 
+def test_library_attention_equals_ours_on_packed_rows():
+    """`fused_attention` (what attention_impl='cudnn' calls, here through the same API's XLA
+    implementation: no cuDNN on CPU) takes our layouts and packed-segment mask and gives our
+    attention and its gradients; the cuDNN kernel itself is checked on a GPU by
+    benchmarks/check_cudnn_attention.py."""
+    from isheep_jax import layers
+    from isheep_jax.config import ConfigError
+
+    b, t, h, kvh, d = 2, 12, 4, 2, 16
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(kq, (b, t, h, d))
+    k, v = jax.random.normal(kk, (b, t, kvh, d)), jax.random.normal(kv, (b, t, kvh, d))
+    seg = jax.numpy.asarray([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3])  # two packed rows, one padded
+    mask = layers.segment_causal_mask(seg)
+    ours = lambda q, k, v: layers.attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)  # noqa: E731
+    lib = lambda q, k, v: layers.fused_attention(q, k, v, mask, implementation="xla")  # noqa: E731
+    keep = (seg != 0)[:, :, None, None]  # a padding query attends to nothing: its output is undefined
+    np.testing.assert_allclose(jax.numpy.where(keep, lib(q, k, v), 0), jax.numpy.where(keep, ours(q, k, v), 0),
+                               atol=1e-5)
+    loss = lambda f: lambda *a: jax.numpy.sum(jax.numpy.where(keep, f(*a), 0) ** 2)  # noqa: E731
+    for g_lib, g_ours in zip(jax.grad(loss(lib), (0, 1, 2))(q, k, v), jax.grad(loss(ours), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g_lib, g_ours, atol=1e-4)
+    with pytest.raises(ConfigError, match="cudnn.*bfloat16"):
+        TrainConfig(attention_impl="cudnn").model_config(checkpoint.ModelConfig(
+            vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8))
+
+
 def test_batch_rows_cover_each_epoch_once():
     rows = np.concatenate([batch_rows(10, 4, s, seed=1, num_epochs=2) for s in range(5)])
     assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
