@@ -105,6 +105,8 @@ class Loop:
         if len(self.seeds) < lc.k_demos:
             raise ValueError(f"seed pool has {len(self.seeds)} tasks, fewer than k_demos={lc.k_demos}")
         self.base_dir = resolve_model(lc.base_model)
+        # The training overrides must suit the base model now, not after an iteration's sampling.
+        self.tc.model_config(checkpoint.load_config(self.base_dir))
         self.models = GeneratorCache(self.mesh)
 
     # ------------------------------------------------------------------ helpers

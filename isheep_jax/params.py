@@ -28,8 +28,15 @@ def _dummy_inputs() -> tuple[jax.Array, jax.Array, jax.Array]:
     return tok, tok, jnp.ones((1, 1), jnp.int32)
 
 
+def _init_module(cfg: ModelConfig) -> Transformer:
+    """The module that creates parameters. They do not depend on the attention kernel, and
+    init traces a forward pass: ours traces anywhere, cuDNN's only where a GPU is (planning
+    a GPU run on a CPU host creates abstract params too)."""
+    return Transformer(cfg.replace(attention_impl="xla"))
+
+
 def _boxed_abstract(cfg: ModelConfig) -> Any:
-    return jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), *_dummy_inputs())["params"])
+    return jax.eval_shape(lambda: _init_module(cfg).init(jax.random.key(0), *_dummy_inputs())["params"])
 
 
 def abstract_params(cfg: ModelConfig) -> tuple[Params, Any]:
@@ -53,7 +60,7 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0,
 
     @functools.partial(jax.jit, out_shardings=shardings)
     def init(key):
-        return nn.meta.unbox(Transformer(cfg).init(key, *_dummy_inputs())["params"])
+        return nn.meta.unbox(_init_module(cfg).init(key, *_dummy_inputs())["params"])
 
     return init(jax.random.key(seed))
 

@@ -7,7 +7,7 @@ import gin
 import jax
 import pytest
 
-from isheep_jax import plan, sharding
+from isheep_jax import plan, sharding, trainer
 from isheep_jax.config import ModelConfig
 from isheep_jax.params import abstract_params
 
@@ -24,7 +24,7 @@ TIED_COPY_COUNTED = {"qwen15_0_5b"}
 EXACT = {"smollm2_135m": 134_515_008, "qwen15_7b": 7_721_324_544}
 # Chips per slice (a v5p-N / v4-N slice has N TensorCores, two per chip; v5e-N has N chips).
 SLICES = {"v4_8": 4, "v5e_16": 16, "v5e_64": 64, "v5e_256": 256, "v5p_8": 4, "v5p_64": 32, "v5p_128": 64,
-          "v5p_512": 256, "cpu8": 8}
+          "v5p_512": 256, "cpu8": 8, "h100_1": 1, "h100_8": 8}
 
 
 def _parse(*files):
@@ -64,7 +64,9 @@ def test_mesh_presets_cover_their_slice(name):
     _parse(f"meshes/{name}.gin")
     sizes = [gin.query_parameter(f"make_mesh.{a}") for a in ("data", "fsdp", "tensor")]
     assert all(s >= 1 for s in sizes) and sizes[0] * sizes[1] * sizes[2] == SLICES[name]
-    if name != "cpu8":  # each TPU preset names its chip and the topology `isheep plan` compiles for
+    if name.startswith("h100"):  # GPU presets: the chip for the plan, cuDNN attention for training
+        assert plan.PlanConfig().chip == "h100" and trainer.TrainConfig().attention_impl == "cudnn"
+    elif name != "cpu8":  # each TPU preset names its chip and the topology `isheep plan` compiles for
         pc = plan.PlanConfig()
         assert name.startswith(pc.chip + "_") and pc.topology.startswith(pc.chip + ":")
         if importlib.util.find_spec("libtpu") is not None:

@@ -237,3 +237,9 @@ def test_empty_iteration_is_reported_and_never_trained(tmp_path):
     lc_stop = LoopConfig(**{**lc.__dict__, "stop_when_empty": True, "iterations": 3})
     RunDir(tmp_path / "run2").open("test")
     assert len(Loop(lc_stop, str(tmp_path / "run2")).run_all()) == 1
+    # Training overrides that cannot apply to the base model fail at once, before any sampling.
+    from isheep_jax.config import ConfigError
+    from isheep_jax.trainer import TrainConfig
+    with pytest.raises(ConfigError, match="cudnn"):
+        Loop(lc, str(tmp_path / "run3"), train_config=TrainConfig(attention_impl="cudnn"))
+    assert not (tmp_path / "run3").exists()

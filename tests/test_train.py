@@ -232,9 +232,14 @@ def test_library_attention_equals_ours_on_packed_rows():
     loss = lambda f: lambda *a: jax.numpy.sum(jax.numpy.where(keep, f(*a), 0) ** 2)  # noqa: E731
     for g_lib, g_ours in zip(jax.grad(loss(lib), (0, 1, 2))(q, k, v), jax.grad(loss(ours), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(g_lib, g_ours, atol=1e-4)
+    small = checkpoint.ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
+                                   num_kv_heads=1, head_dim=8)
     with pytest.raises(ConfigError, match="cudnn.*bfloat16"):
-        TrainConfig(attention_impl="cudnn").model_config(checkpoint.ModelConfig(
-            vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8))
+        TrainConfig(attention_impl="cudnn").model_config(small)
+    # Params (and so `isheep plan` for a GPU run) come out the same on a host without cuDNN.
+    from isheep_jax.params import abstract_params
+    gpu_cfg = TrainConfig(attention_impl="cudnn", compute_dtype="bfloat16").model_config(small)
+    assert abstract_params(gpu_cfg) == abstract_params(small.replace(dtype="bfloat16"))
 
 
 def test_batch_rows_cover_each_epoch_once():
