@@ -5,6 +5,11 @@ batch, 128 new tokens forced on both sides (EOS disabled), temperature 1, top-p 
 Our compile time is excluded (one warm-up call per shape) and printed separately.
 
     python benchmarks/bench_sampler.py [--batches 1 8 32 64] [--new_tokens 128] [--kv_cache_dtype bfloat16]
+    python benchmarks/bench_sampler.py --preset gin_configs/models/smollm2_135m.gin --tokenizer DIR --dtype bfloat16
+
+--preset: a model preset's shapes with random weights (no GGUF needed; EOS is disabled, so
+random weights cost what real ones do), with the tokenizer files of DIR. On a GPU both
+sides run there.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -23,8 +30,12 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--skip_torch", action="store_true")
     ap.add_argument("--kv_cache_dtype", default="", help="ours only ('' = compute dtype, f32)")
+    ap.add_argument("--preset", default="", help="a gin model preset (random weights); needs --tokenizer")
+    ap.add_argument("--tokenizer", default="", help="a tokenizer directory for --preset")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype, both sides")
     args = ap.parse_args()
 
+    import gin
     import jax
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,11 +46,27 @@ def main() -> None:
     from isheep_jax.generate import Generator, SamplingSettings
     from isheep_jax.seed_pool import load_seed_pool
     from isheep_jax.tokenizer import Tokenizer
+    from isheep_jax import sharding
+    from isheep_jax.config import ModelConfig
+    from isheep_jax.convert import hf
+    from isheep_jax.params import init_params
 
-    model_dir = smollm2_checkpoint()
+    gpu = jax.default_backend() == "gpu"
+    tdev = "cuda" if gpu else "cpu"
+    tmp = tempfile.mkdtemp(prefix="bench_sampler_")
+    if args.preset:
+        gin.parse_config_file(args.preset)
+        rcfg = ModelConfig()
+        gin.clear_config()
+        model_dir = os.path.join(tmp, "model")
+        checkpoint.save_model(model_dir, init_params(rcfg, sharding.make_mesh()), rcfg, tokenizer_dir=args.tokenizer)
+    else:
+        model_dir = smollm2_checkpoint()
     cfg, params = checkpoint.load_model(model_dir)
+    cfg = cfg.replace(dtype=args.dtype)
     tok = Tokenizer(checkpoint.tokenizer_dir(model_dir))
     gen = Generator(cfg, params, tok, kv_cache_dtype=args.kv_cache_dtype)
+    del params
     gen.eos_ids = np.asarray([-1], np.int32)  # force exactly new_tokens tokens
     seeds = load_seed_pool()
     questions = [t.instruction for t in seeds]
@@ -47,9 +74,15 @@ def main() -> None:
 
     if not args.skip_torch:
         torch.set_num_threads(os.cpu_count() or 1)
-        path = smollm2_gguf_path()
-        hf_model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                        dtype=torch.float32).eval()
+        tdtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+        if args.preset:
+            hf.export_hf(model_dir, os.path.join(tmp, "hf"))
+            hf_model = AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "hf"), dtype=tdtype)
+        else:
+            path = smollm2_gguf_path()
+            hf_model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                            dtype=tdtype)
+        hf_model = hf_model.to(tdev).eval()
         hf_tok = AutoTokenizer.from_pretrained(checkpoint.tokenizer_dir(model_dir), padding_side="left")
 
     rows = []
@@ -64,21 +97,27 @@ def main() -> None:
         ours = sum(len(c.token_ids) for c in out) / (time.perf_counter() - t0)
         theirs = float("nan")
         if not args.skip_torch:
-            enc = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
+            enc = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(tdev)
+            with torch.no_grad():  # warm-up (CUDA context, kernels), like our compile call
+                hf_model.generate(**enc, max_new_tokens=4, do_sample=True, pad_token_id=hf_tok.pad_token_id).cpu()
                 t0 = time.perf_counter()
                 r = hf_model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_p=0.95,
-                                      temperature=1.0, pad_token_id=hf_tok.pad_token_id)
+                                      temperature=1.0, pad_token_id=hf_tok.pad_token_id).cpu()  # waits for the GPU
                 theirs = (r.shape[1] - enc["input_ids"].shape[1]) * b / (time.perf_counter() - t0)
         rows.append((b, ours, theirs, first))
         print(f"batch {b}: ours {ours:.1f} tok/s, transformers {theirs:.1f} tok/s", flush=True)
 
-    print(f"\nSmolLM2-135M-Instruct f32 (our KV cache {args.kv_cache_dtype or 'float32'}), {n} new tokens, T=1 top-p 0.95; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, jax {jax.__version__}, torch {torch.__version__}")
+    where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    model = os.path.basename(args.preset).removesuffix(".gin") + " (random weights)" if args.preset \
+        else "SmolLM2-135M-Instruct"
+    print(f"\n{model} {args.dtype} (our KV cache {args.kv_cache_dtype or args.dtype}), {n} new tokens, T=1 top-p 0.95; "
+          f"{where}, jax {jax.__version__}, torch {torch.__version__}")
     print("| batch | isheep_jax tok/s | transformers tok/s | ratio | first call (compile + run) s |")
     print("|---:|---:|---:|---:|---:|")
     for b, ours, theirs, first in rows:
         print(f"| {b} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | {first:.1f} |")
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
