@@ -133,16 +133,18 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
 
     Per token and layer (compute dtype, heads and MLP split over `tensor`): without remat,
     the norm inputs and residual (4 H), q/k/v/attention output ((2 nh + 2 kv) hd), the MLP's
-    gate, up and product (3 I) and the f32 attention scores and probabilities (2 nh S); with
-    'dots', only matmul outputs; with 'full', each layer's input (H) plus one layer
-    recomputed at a time. The f32 logits and their gradient come on top.
+    gate, up and product (3 I) and the f32 attention scores and probabilities (2 nh S; with
+    cuDNN's fused attention only its f32 softmax statistics, nh); with 'dots', only matmul
+    outputs; with 'full', each layer's input (H) plus one layer recomputed at a time. The
+    f32 logits and their gradient come on top.
     """
     t = mesh.shape["tensor"]
     b = np.dtype(cfg.dtype).itemsize
     tokens = _split(rows, mesh.shape["data"] * mesh.shape["fsdp"]) * length
     nh, kv, hd, h, i = (_split(cfg.num_heads, t), _split(cfg.num_kv_heads, t), cfg.head_dim,
                         cfg.hidden_size, _split(cfg.intermediate_size, t))
-    full_layer = tokens * (b * (4 * h + (2 * nh + 2 * kv) * hd + 3 * i) + 4 * 2 * nh * length)
+    scores = nh if cfg.attention_impl == "cudnn" else 2 * nh * length  # f32 values per token
+    full_layer = tokens * (b * (4 * h + (2 * nh + 2 * kv) * hd + 3 * i) + 4 * scores)
     dots_layer = tokens * b * ((2 * nh + 2 * kv) * hd + 2 * h + 2 * i)
     per_layer = {"none": full_layer, "dots": dots_layer, "full": tokens * b * h}[remat]
     extra_layer = full_layer if remat != "none" else 0  # the layer being recomputed

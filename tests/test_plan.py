@@ -104,6 +104,20 @@ def test_plan_agrees_with_the_compiled_sampler_on_a_cpu_mesh(tied):
     _check_against_plan(mem, p, sampling_margin=2.0)
 
 
+def test_cudnn_attention_drops_the_scores_from_the_activation_plan():
+    """cuDNN's fused attention keeps one f32 softmax statistic per head and token instead of the
+    f32 scores and probabilities (2 x heads x length per token)."""
+    cfg = ModelConfig(**TINY, dtype="bfloat16")
+    mesh = plan.abstract_mesh(1, 2, 2)
+    rows, length, heads = 8, 256, TINY["num_heads"] // 2  # heads split over tensor 2
+    tokens = rows // 2 * length  # rows split over fsdp 2
+    for remat in ("none", "full"):  # 'full' keeps one recomputed layer
+        xla = plan.activation_bytes(cfg, mesh, rows, length, remat)
+        cudnn = plan.activation_bytes(cfg.replace(attention_impl="cudnn"), mesh, rows, length, remat)
+        layers = cfg.num_layers if remat == "none" else 1
+        assert xla - cudnn == layers * tokens * 4 * (2 * heads * length - heads)
+
+
 def test_bf16_kv_cache_halves_the_planned_and_compiled_cache():
     """`Generator.kv_cache_dtype` reaches the plan and the compiled sampler alike."""
     import gin
