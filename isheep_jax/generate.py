@@ -91,6 +91,16 @@ def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+KV_CACHE_DTYPES = ("", "float32", "bfloat16", "float16")  # '' = the compute dtype
+
+
+def check_kv_cache_dtype(name: str) -> str | None:
+    """A `Generator.kv_cache_dtype` value checked; None for the compute dtype."""
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {name!r}")
+    return name or None
+
+
 @gin.configurable(allowlist=["kv_cache_dtype"])
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
@@ -106,9 +116,7 @@ class Generator:
                  extra_eos_ids: Sequence[int] = (), kv_cache_dtype: str = ""):
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
-        if kv_cache_dtype not in ("", "float32", "bfloat16", "float16"):
-            raise ValueError(f"kv_cache_dtype must be '', float32, bfloat16 or float16, got {kv_cache_dtype!r}")
-        self.kv_cache_dtype = kv_cache_dtype or None
+        self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
         self.cfg, self.tokenizer = cfg, tokenizer
         self.params = jax.jit(functools.partial(unstack_layers, head_dtype=cfg.dtype))(params)
         self.mesh = mesh or sharding.make_mesh()

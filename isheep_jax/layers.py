@@ -118,4 +118,3 @@ def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.sum(probs[..., None] * v[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, D]
     return out.astype(v.dtype).reshape(b, 1, h, d)
-

@@ -262,8 +262,8 @@ def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
         mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
     ks, vs = [], []
     for layer_params, k, v in zip(params["layers"], cache.k, cache.v):
-        (x, (k, v)), _ = DecoderLayer(cfg, fresh_cache).apply({"params": layer_params}, (x, (k, v)), positions, mask,
-                                                cache.index)
+        (x, (k, v)), _ = DecoderLayer(cfg, fresh_cache).apply({"params": layer_params}, (x, (k, v)), positions,
+                                                             mask, cache.index)
         ks.append(k)
         vs.append(v)
     x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index))

@@ -109,10 +109,13 @@ def sampler_weight_bytes(cfg: ModelConfig, mesh) -> int:
 
 def configured_cache_dtype(cfg: ModelConfig) -> str:
     """The sampler's KV cache dtype: gin's `Generator.kv_cache_dtype`, else the compute dtype."""
+    from isheep_jax.generate import check_kv_cache_dtype
+
     try:
-        return gin.query_parameter("Generator.kv_cache_dtype") or cfg.dtype
+        bound = gin.query_parameter("Generator.kv_cache_dtype")
     except ValueError:  # not bound
         return cfg.dtype
+    return check_kv_cache_dtype(bound) or cfg.dtype
 
 
 def kv_cache_bytes(cfg: ModelConfig, mesh, batch: int, slots: int) -> int:

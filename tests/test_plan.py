@@ -137,6 +137,9 @@ def test_bf16_kv_cache_halves_the_planned_and_compiled_cache():
     # The compiled sampler shrinks too, by less than the plan's saving: XLA:CPU converts a
     # layer's cache to f32 in temporaries (see Generator's docstring on speed).
     assert 0.2 * saved < drop <= saved, (mem32, mem16, saved)
+    gin.bind_parameter("Generator.kv_cache_dtype", "int8")  # the Generator's own check, not a silent 1-byte plan
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        plan.configured_cache_dtype(cfg)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (tpu-aot extra)")
