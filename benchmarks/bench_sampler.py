@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--tokenizer", default="", help="a tokenizer directory for --preset")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype, both sides")
     args = ap.parse_args()
+    from isheep_jax import host_memory
+    # Before JAX starts (see host_memory); torch, in the same process on a CPU run, shares it.
+    args.host_malloc = "retain" if host_memory.configure_from_env() else "system"
 
     import gin
     import jax
@@ -111,7 +114,7 @@ def main() -> None:
     model = os.path.basename(args.preset).removesuffix(".gin") + " (random weights)" if args.preset \
         else "SmolLM2-135M-Instruct"
     print(f"\n{model} {args.dtype} (our KV cache {args.kv_cache_dtype or args.dtype}), {n} new tokens, T=1 top-p 0.95; "
-          f"{where}, jax {jax.__version__}, torch {torch.__version__}")
+          f"{where}, jax {jax.__version__}, torch {torch.__version__}, host malloc {args.host_malloc}")
     print("| batch | isheep_jax tok/s | transformers tok/s | ratio | first call (compile + run) s |")
     print("|---:|---:|---:|---:|---:|")
     for b, ours, theirs, first in rows:

@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="compute dtype (params and Adam state stay f32); torch runs under autocast for bf16")
     args = ap.parse_args()
+    from isheep_jax import host_memory
+    # Before JAX starts (see host_memory); torch, in the same process on a CPU run, shares it.
+    args.host_malloc = "retain" if host_memory.configure_from_env() else "system"
     if args.skip_ours:  # JAX only builds the weights: leave the accelerator's memory to torch
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
@@ -171,7 +174,7 @@ def _run(args, tmp: str) -> None:
     where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\nmachine: {where}; jax {jax.__version__}, torch {torch.__version__}; model {name} "
           f"({n_params / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches {args.micro_batches}, remat {args.remat}, "
-          f"compute {args.dtype}, f32 params, attention {args.attention_impl}")
+          f"compute {args.dtype}, f32 params, attention {args.attention_impl}, host malloc {args.host_malloc}")
     print(f"peak matmul (jnp.dot {n}^2, {args.dtype if gpu else 'float32'}): {peak / 1e12:.3f} TFLOP/s; "
           f"our compile + first step: {compile_s:.1f} s")
     print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")

@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     args, rest = build_parser().parse_known_args(argv)
     try:
-        from isheep_jax import distributed
+        from isheep_jax import distributed, host_memory
+        host_memory.configure_from_env()  # before JAX starts its threads (see host_memory)
         distributed.initialize_from_env()  # before anything touches the devices
         if args.command != "plan":  # plan compiles for TPU topologies, not for this host
             _enable_compilation_cache()

@@ -14,6 +14,7 @@ Parameter tree (shapes; L = layers, E = hidden, H = heads, K = kv heads, D = hea
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -84,10 +85,14 @@ class Projection(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = jnp.dtype(self.cfg.dtype)
         kernel = _param(self, "kernel", self.in_shape + self.out_shape, self.axes)
-        n_in = len(self.in_shape)
-        y = jax.lax.dot_general(
-            x.astype(dt), kernel.astype(dt),
-            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+        # One [tokens, in] x [in, out] matmul: with the token axes kept apart ([B, T, E]
+        # operands) XLA:CPU's backward pass transposes the SwiGLU gradients through strided
+        # copies (SmolLM2-135M MLP fwd+bwd at 8 x 256 tokens: 250 -> 175 ms). The reshapes
+        # are of contiguous axes, free on every backend.
+        lead = x.shape[:x.ndim - len(self.in_shape)]
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        y = jnp.dot(x.astype(dt).reshape(-1, n_in), kernel.astype(dt).reshape(n_in, n_out))
+        y = y.reshape(lead + self.out_shape)
         if self.use_bias:
             bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
             y = y + bias.astype(dt)
