@@ -72,23 +72,49 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
     return (causal[None] & kv_valid[:, None, :])[:, None]
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def causal_blocks(t: int) -> int:
+    """Query blocks for causal self-attention over T tokens: blocks of 128-256 queries once T
+    is a multiple of 128 and at least 256 (1: no split). See `attention`."""
+    if t < 256 or t % 128:
+        return 1
+    n = t // 128
+    while n > 8 or t % n:  # at most 8 blocks: past that the per-block overhead eats the saving
+        n -= 1
+    return n
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False) -> jax.Array:
     """Grouped-query attention.
 
     q [batch, T, heads, D]; k, v [batch, kv_heads, S, D]; mask [batch, 1, T, S] bool.
     Returns [batch, T, heads, D]. Softmax in f32.
+    causal: the caller guarantees S == T and a mask that hides every key after its query
+    (training, a prompt's prefill). The queries are then cut into `causal_blocks(T)` blocks,
+    each scoring only the keys up to its own end: the same result without most of the masked
+    upper triangle ((n + 1) / 2n of the work for n blocks).
     """
     b, t, h, d = q.shape
-    kvh = k.shape[1]
+    kvh, g = k.shape[1], h // k.shape[1]
     if t == 1:
         return _decode_attention(q, k, v, mask)
-    q = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(d).astype(np.float32)
-    scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)  # mask -> [B, 1, 1, T, S]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    n = causal_blocks(t) if causal else 1
+    if causal and k.shape[2] != t:
+        raise ValueError(f"causal attention needs as many keys as queries, got {k.shape[2]} and {t}")
+    # Scale q (T x D values), not the scores (T x S); the G query heads that share a kv head
+    # become extra query rows: one [G * T, D] x [D, S] product per (batch, kv head).
+    q = (q * np.asarray(1 / np.sqrt(d), q.dtype)).reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4)
+    bias = jnp.where(mask, jnp.float32(0), jnp.float32(MASK_VALUE))  # [B, 1, T, S]
+    size = t // n
+    outs = []
+    for i in range(n):
+        rows, keys = slice(i * size, (i + 1) * size), (i + 1) * size if causal else k.shape[2]
+        qi = q[:, :, :, rows].reshape(b, kvh, g * size, d)
+        bi = jnp.broadcast_to(bias[:, :, None, rows, :keys], (b, 1, g, size, keys)).reshape(b, 1, g * size, keys)
+        scores = jnp.einsum("bkqd,bksd->bkqs", qi, k[:, :, :keys], preferred_element_type=jnp.float32) + bi
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        outs.append(jnp.einsum("bkqs,bksd->bkqd", probs, v[:, :, :keys]).reshape(b, kvh, g, size, d))
+    out = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,

@@ -126,7 +126,8 @@ class Attention(nn.Module):
                               for c, new in zip(cache, (k, v)))
                 if not self.fresh_cache:
                     k, v = cache
-            out = layers.attention(q, k, v, mask)
+            # Without a cache, or into an empty one, the keys are exactly these tokens: causal.
+            out = layers.attention(q, k, v, mask, causal=cache is None or self.fresh_cache)
         out = constrain(out, ("batch", "length", "act_heads", "kv"))
         y = Projection(cfg, (h, d), (e,), ("heads", "kv", "embed"), cfg.o_bias, name="o_proj")(out)
         return y, cache

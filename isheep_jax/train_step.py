@@ -60,9 +60,13 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
         return (grads_acc, loss_acc + loss_sum, count_acc + count), None
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (grad_sum, loss_sum, count), _ = jax.lax.scan(functools.partial(micro_step, state.params), init, batch)
+        if batch["decoder_input_tokens"].shape[0] == 1:  # no accumulation: skip a zeroed gradient tree and its add
+            (loss_sum, count), grad_sum = jax.value_and_grad(
+                lambda p: loss_sums(cfg, p, jax.tree.map(lambda x: x[0], batch)), has_aux=True)(state.params)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            (grad_sum, loss_sum, count), _ = jax.lax.scan(functools.partial(micro_step, state.params), init, batch)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grad_sum)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

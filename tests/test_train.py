@@ -242,6 +242,33 @@ def test_library_attention_equals_ours_on_packed_rows():
     assert abstract_params(gpu_cfg) == abstract_params(small.replace(dtype="bfloat16"))
 
 
+@pytest.mark.parametrize("t", [384, 512])
+def test_block_causal_attention_equals_full_attention(t):
+    """causal=True cuts the queries into blocks that score only the keys up to their own end;
+    on packed rows with padding it gives the full masked attention and its gradients."""
+    from isheep_jax import layers
+
+    assert [layers.causal_blocks(n) for n in (8, 255, 256, 320, 384, 512, 2048, 4096)] == [1, 1, 2, 1, 3, 4, 8, 8]
+    b, h, kvh, d = 2, 4, 2, 8
+    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
+    q = jax.random.normal(kq, (b, t, h, d))
+    k, v = jax.random.normal(kk, (b, kvh, t, d)), jax.random.normal(kv, (b, kvh, t, d))
+    seg = np.zeros((b, t), np.int32)
+    seg[0, :100], seg[0, 100:300], seg[0, 300:] = 1, 2, 3  # packed segments across block edges
+    seg[1, :t - 50] = 1  # padded
+    mask = layers.segment_causal_mask(jax.numpy.asarray(seg))
+    keep = jax.numpy.asarray(seg != 0)[:, :, None, None]
+    blocked = lambda q, k, v: layers.attention(q, k, v, mask, causal=True)  # noqa: E731
+    full = lambda q, k, v: layers.attention(q, k, v, mask)  # noqa: E731
+    np.testing.assert_allclose(jax.numpy.where(keep, blocked(q, k, v), 0), jax.numpy.where(keep, full(q, k, v), 0),
+                               atol=1e-5)
+    loss = lambda f: lambda *a: jax.numpy.sum(jax.numpy.where(keep, f(*a), 0) ** 2)  # noqa: E731
+    for g_blocked, g_full in zip(jax.grad(loss(blocked), (0, 1, 2))(q, k, v), jax.grad(loss(full), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g_blocked, g_full, atol=1e-4)
+    with pytest.raises(ValueError, match="as many keys as queries"):
+        layers.attention(q, k[:, :, :-128], v[:, :, :-128], mask[..., :-128], causal=True)
+
+
 def test_batch_rows_cover_each_epoch_once():
     rows = np.concatenate([batch_rows(10, 4, s, seed=1, num_epochs=2) for s in range(5)])
     assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
