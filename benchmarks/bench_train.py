@@ -142,6 +142,8 @@ def _run(args, tmp: str) -> None:
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
     ours, compile_s = (None, 0.0) if args.skip_ours else _ours(args, cfg, model_dir, tokens)
+    from isheep_jax import host_memory
+    host_memory.release_free_memory()  # our freed buffers back to the OS before torch allocates
 
     theirs = None
     if not args.skip_torch:

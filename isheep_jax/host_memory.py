@@ -8,7 +8,9 @@ and ~4 s of kernel time per SmolLM2-135M train step on the project's CPU machine
 per step with the settings below against 14.0 s without). The settings: one malloc arena
 (worker threads would otherwise get arenas that cannot hold such blocks and fall back to
 `mmap`), no `mmap` for large blocks, no trimming of the heap's top. Freed blocks then stay
-in the process and the next step reuses them; the process keeps its peak footprint.
+in the process and the next step reuses them. Between phases that allocate differently
+(sampling, training, the torch side of a benchmark) `release_free_memory()` hands the free
+pages back, so one phase's freed blocks do not add to the next one's footprint.
 
 They take effect only if set before JAX starts its thread pools (before the first
 computation), and only for glibc. We apply them for CPU runs only: on an accelerator host
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import glob
 import logging
 import os
@@ -71,6 +74,14 @@ def retain_freed_memory() -> bool:
         return False
     _applied = True
     return True
+
+
+def release_free_memory() -> None:
+    """Returns the heap's free pages to the OS (glibc `malloc_trim(0)`; interior free chunks
+    too). A no-op unless `retain_freed_memory` is in effect; call it between phases."""
+    if _applied:
+        gc.collect()  # drop unreferenced arrays first, so their buffers are free to hand back
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def configure_from_env() -> bool:

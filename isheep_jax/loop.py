@@ -17,7 +17,7 @@ from typing import Any
 
 import gin
 
-from isheep_jax import assessment, checkpoint, io_utils, response_filter, synthesis
+from isheep_jax import assessment, checkpoint, host_memory, io_utils, response_filter, synthesis
 from isheep_jax.generate import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.prompt_templates import load_template
 from isheep_jax.rouge import RougeDeduper
@@ -277,6 +277,7 @@ class Loop:
             log.info("iteration %d: %s (model %s)", i, stage, model_dir)
             t0 = time.perf_counter()
             fn()
+            host_memory.release_free_memory()  # the next stage allocates differently (see host_memory)
             times[stage] = round(times.get(stage, 0.0) + time.perf_counter() - t0, 1)
             io_utils.write_json(times_path, times)
         from isheep_jax.report import iteration_summary

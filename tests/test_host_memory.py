@@ -1,0 +1,74 @@
+"""host_memory: when the glibc settings apply, and that they stop XLA:CPU's per-run page faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from isheep_jax import host_memory
+
+glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the settings are glibc mallopt calls")
+
+
+def test_wanted_follows_the_env_and_the_platform(monkeypatch):
+    assert host_memory.wanted({"ISHEEP_HOST_MALLOC": "retain", "JAX_PLATFORMS": "tpu"})
+    assert not host_memory.wanted({"ISHEEP_HOST_MALLOC": "system", "JAX_PLATFORMS": "cpu"})
+    assert host_memory.wanted({"JAX_PLATFORMS": "cpu"})
+    assert not host_memory.wanted({"JAX_PLATFORMS": "tpu"})
+    assert not host_memory.wanted({"JAX_PLATFORMS": "cuda,cpu"})
+    monkeypatch.setattr(host_memory, "_accelerator_present", lambda: True)
+    assert not host_memory.wanted({})
+    monkeypatch.setattr(host_memory, "_accelerator_present", lambda: False)
+    assert host_memory.wanted({})
+    with pytest.raises(ValueError, match="ISHEEP_HOST_MALLOC.*'keep'"):
+        host_memory.wanted({"ISHEEP_HOST_MALLOC": "keep"})
+
+
+# Runs a jit program with 64 MB temporaries (the gradient of a two-matmul layer over 8192
+# rows) 4 times in a fresh process and reports the page faults of the last run, then frees a
+# 512 MB array and reports the RSS it gives back.
+_WORKER = r"""
+import json, resource, sys
+from isheep_jax import host_memory
+applied = host_memory.configure_from_env()
+import jax, jax.numpy as jnp, numpy as np
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+f = jax.jit(jax.grad(lambda w, a: (jnp.tanh(a @ w) @ w).sum()))
+w, a = jnp.ones((2048, 2048), jnp.float32) / 2048, jnp.ones((8192, 2048), jnp.float32)
+for _ in range(3):
+    f(w, a).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+f(w, a).block_until_ready()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+big = np.ones(128 << 20, np.float32)
+held = rss()
+del big
+host_memory.release_free_memory()
+print(json.dumps({"applied": applied, "faults": faults, "returned": held - rss()}))
+"""
+
+
+def _worker(mode: str) -> dict:
+    env = {**os.environ, "ISHEEP_HOST_MALLOC": mode, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _WORKER], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_only
+def test_retained_memory_stops_per_run_page_faults_and_is_released_between_phases():
+    system, retain = _worker("system"), _worker("retain")
+    assert not system["applied"] and retain["applied"]
+    pages = (64 << 20) // 4096
+    assert system["faults"] > pages  # the temporaries are mapped and touched afresh on every run
+    assert retain["faults"] < pages // 20  # ... and reused when freed memory stays in the heap
+    assert retain["returned"] > (400 << 20)  # release_free_memory hands a freed 512 MB array back
