@@ -89,10 +89,10 @@ class Projection(nn.Module):
         # operands) XLA:CPU's backward pass transposes the SwiGLU gradients through strided
         # copies (SmolLM2-135M MLP fwd+bwd at 8 x 256 tokens: 250 -> 175 ms). The reshapes
         # are of contiguous axes, free on every backend.
-        lead = x.shape[:x.ndim - len(self.in_shape)]
-        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
-        y = jnp.dot(x.astype(dt).reshape(-1, n_in), kernel.astype(dt).reshape(n_in, n_out))
-        y = y.reshape(lead + self.out_shape)
+        n_in = len(self.in_shape)
+        size_in, size_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        y = jnp.dot(x.astype(dt).reshape(-1, size_in), kernel.astype(dt).reshape(size_in, size_out))
+        y = y.reshape(x.shape[:x.ndim - n_in] + self.out_shape)
         if self.use_bias:
             bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
             y = y + bias.astype(dt)

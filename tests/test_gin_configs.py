@@ -42,8 +42,11 @@ def test_every_model_preset_is_checked():
 def test_model_presets_match_published_counts(name):
     _parse(f"models/{name}.gin")
     cfg = ModelConfig()  # every field from gin
-    abstract, _ = abstract_params(cfg)
-    count = sum(x.size for x in jax.tree.leaves(abstract))
+    abstract, names = abstract_params(cfg)
+    # One logical axis name per dimension of every parameter (biases of Qwen's q/k/v included).
+    leaves, axis_names = jax.tree.leaves(abstract), jax.tree.leaves(names, is_leaf=lambda x: isinstance(x, tuple))
+    assert [len(n) for n in axis_names] == [x.ndim for x in leaves]
+    count = sum(x.size for x in leaves)
     assert count == cfg.num_params()
     if name in EXACT:
         assert count == EXACT[name]
