@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import glob
 import logging
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 ENV = "ISHEEP_HOST_MALLOC"  # 'retain' | 'system' | unset (auto, see `wanted`)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 _applied = False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def _accelerator_present() -> bool:
@@ -65,9 +71,8 @@ def retain_freed_memory() -> bool:
         return True
     if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # M_TRIM_THRESHOLD takes an int; -1 becomes SIZE_MAX inside glibc: never trim.
-    ok = all(libc.mallopt(param, value) == 1 for param, value in
+    ok = all(_libc().mallopt(param, value) == 1 for param, value in
              ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
     if not ok:
         log.warning("mallopt refused the host-memory settings; XLA:CPU steps will page-fault their buffers")
@@ -81,7 +86,7 @@ def release_free_memory() -> None:
     too). A no-op unless `retain_freed_memory` is in effect; call it between phases."""
     if _applied:
         gc.collect()  # drop unreferenced arrays first, so their buffers are free to hand back
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
 
 
 def configure_from_env() -> bool:
