@@ -52,17 +52,19 @@ def per_segment_loss(cfg: ModelConfig, params: Params, batch: Batch, max_segment
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
     """(state, batch [micro, rows, length]) -> (state, metrics); pure, to be jit-compiled."""
 
+    def sums_and_grads(params, micro):
+        """((loss sum, token count), gradient of the loss sum) of one micro-batch [rows, length]."""
+        return jax.value_and_grad(lambda p: loss_sums(cfg, p, micro), has_aux=True)(params)
+
     def micro_step(params, carry, micro):
         grads_acc, loss_acc, count_acc = carry
-        (loss_sum, count), grads = jax.value_and_grad(
-            lambda p: loss_sums(cfg, p, micro), has_aux=True)(params)
+        (loss_sum, count), grads = sums_and_grads(params, micro)
         grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
         return (grads_acc, loss_acc + loss_sum, count_acc + count), None
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         if batch["decoder_input_tokens"].shape[0] == 1:  # no accumulation: skip a zeroed gradient tree and its add
-            (loss_sum, count), grad_sum = jax.value_and_grad(
-                lambda p: loss_sums(cfg, p, jax.tree.map(lambda x: x[0], batch)), has_aux=True)(state.params)
+            (loss_sum, count), grad_sum = sums_and_grads(state.params, jax.tree.map(lambda x: x[0], batch))
         else:
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
