@@ -73,8 +73,9 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
 
 
 def causal_blocks(t: int) -> int:
-    """Query blocks for causal self-attention over T tokens: blocks of 128-256 queries once T
-    is a multiple of 128 and at least 256 (1: no split). See `attention`."""
+    """Query blocks for causal self-attention over T tokens, once T is a multiple of 128 and
+    at least 256: the most blocks of at least 128 queries that divide T, at most 8 (1: no
+    split). See `attention`."""
     if t < 256 or t % 128:
         return 1
     n = t // 128
