@@ -8,7 +8,9 @@ and ~4 s of kernel time per SmolLM2-135M train step on the project's CPU machine
 per step with the settings below against 14.0 s without). The settings: one malloc arena
 (worker threads would otherwise get arenas that cannot hold such blocks and fall back to
 `mmap`), no `mmap` for large blocks, no trimming of the heap's top. Freed blocks then stay
-in the process and the next step reuses them. Between phases that allocate differently
+in the process and the next step reuses them. (The heap first grows for a few steps, to the
+size that fits XLA's allocation order despite fragmentation; steps after that fault nothing.)
+Between phases that allocate differently
 (sampling, training, the torch side of a benchmark) `release_free_memory()` hands the free
 pages back, so one phase's freed blocks do not add to the next one's footprint.
 

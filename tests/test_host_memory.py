@@ -30,9 +30,9 @@ def test_wanted_follows_the_env_and_the_platform(monkeypatch):
         host_memory.wanted({"ISHEEP_HOST_MALLOC": "keep"})
 
 
-# Runs a jit program with 64 MB temporaries (the gradient of a two-matmul layer over 8192
-# rows) 4 times in a fresh process and reports the page faults of the last run, then frees a
-# 512 MB array and reports the RSS it gives back.
+# Runs a jit program with 128 MB temporaries (the gradients of a matmul layer over 16384 x 2048
+# inputs) in a fresh process and reports the page faults of each run after 3 warm-up runs,
+# then frees a 512 MB array and reports the RSS it gives back.
 _WORKER = r"""
 import json, resource, sys
 from isheep_jax import host_memory
@@ -42,24 +42,27 @@ import jax, jax.numpy as jnp, numpy as np
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 
-f = jax.jit(jax.grad(lambda w, a: (jnp.tanh(a @ w) @ w).sum()))
-w, a = jnp.ones((2048, 2048), jnp.float32) / 2048, jnp.ones((8192, 2048), jnp.float32)
-for _ in range(3):
-    f(w, a).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-f(w, a).block_until_ready()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+f = jax.jit(jax.grad(lambda w, a: (jnp.tanh(a @ w) @ w.T).sum(), argnums=(0, 1)))
+w, a = jnp.ones((2048, 64), jnp.float32) / 2048, jnp.ones((16384, 2048), jnp.float32)
+faults = []
+for run in range(3 + %(runs)d):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    jax.block_until_ready(f(w, a))
+    if run >= 3:
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 big = np.ones(128 << 20, np.float32)
 held = rss()
 del big
 host_memory.release_free_memory()
 print(json.dumps({"applied": applied, "faults": faults, "returned": held - rss()}))
 """
+_RUNS = 20
 
 
 def _worker(mode: str) -> dict:
     env = {**os.environ, "ISHEEP_HOST_MALLOC": mode, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", _WORKER], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", _WORKER % {"runs": _RUNS}], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -68,7 +71,12 @@ def _worker(mode: str) -> dict:
 def test_retained_memory_stops_per_run_page_faults_and_is_released_between_phases():
     system, retain = _worker("system"), _worker("retain")
     assert not system["applied"] and retain["applied"]
-    pages = (64 << 20) // 4096
-    assert system["faults"] > pages  # the temporaries are mapped and touched afresh on every run
-    assert retain["faults"] < pages // 20  # ... and reused when freed memory stays in the heap
+    pages = (128 << 20) // 4096
+    # The system allocator maps the temporaries afresh and touches every page on every run.
+    assert min(system["faults"]) > pages // 2
+    # Retained, freed blocks are reused: most runs fault nothing. A few runs still do while
+    # the heap grows to the size that fits XLA's allocation pattern (glibc fragmentation;
+    # seen up to run ~18 on the project's machine), so the claim is on the median and the total.
+    assert sorted(retain["faults"])[_RUNS // 2] < pages // 20, retain["faults"]
+    assert sum(retain["faults"]) < sum(system["faults"]) / 2, (retain["faults"], system["faults"])
     assert retain["returned"] > (400 << 20)  # release_free_memory hands a freed 512 MB array back
