@@ -75,6 +75,15 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def packed_prefill_len(mask: np.ndarray) -> int | None:
+    """Tokens a packed prefill computes for a [B, P] prompt mask: its real tokens rounded up
+    to a quarter of B * P (at most 3 extra compiles per shape bucket); None when that is all
+    of them (the padded prefill, no gathers)."""
+    quarter = max(mask.size // 4, 1)
+    n = -(-int(mask.sum()) // quarter) * quarter
+    return None if n >= mask.size else n
+
+
 def _stop_array(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> np.ndarray:
     """Stop strings as right-aligned token-id rows ([S, L], -1 = padding) for the device check."""
     seqs = [tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
@@ -187,13 +196,15 @@ class Generator:
         row_keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(
             jnp.asarray(rows + [0] * (b - n), jnp.uint32))
         batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
+        # Packing gathers tokens across rows, so only where rows are not split over devices.
+        packed_len = packed_prefill_len(mask) if batch_sharding.shard_shape((b, p))[0] == b else None
         with sharding.activation_sharding(self.mesh):
             out = sampler.decode(
                 self.cfg, self.params, distributed.put_global(tokens, batch_sharding),
                 distributed.put_global(mask, batch_sharding), row_keys, jnp.asarray(self.eos_ids),
                 jnp.asarray(stop_arr), jnp.int32(settings.max_new_tokens),
                 jnp.float32(settings.temperature), jnp.int32(settings.top_k), jnp.float32(settings.top_p),
-                jnp.int32(self.pad_id), capacity=capacity, cache_dtype=self.kv_cache_dtype)
+                jnp.int32(self.pad_id), capacity=capacity, cache_dtype=self.kv_cache_dtype, packed_len=packed_len)
         toks, lps, lens, fin = distributed.to_host(out)
         return [self._completion(toks[r, : lens[r]], lps[r, : lens[r]], int(fin[r]), len(batch_ids[r]),
                                  settings.stop_strings) for r in range(n)]

@@ -56,6 +56,39 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: str | None = Non
                    jnp.zeros((batch, slots), bool), jnp.zeros((), jnp.int32))
 
 
+class Packing(NamedTuple):
+    """A left-padded prompt batch [B, P] reduced to its real tokens, for the prefill's
+    token-wise work (projections, MLP, norms): rows of mixed lengths padded to a bucket are
+    a third padding or more, which a padded prefill computes like real tokens.
+
+    pack [Tp]: flat indices (into B * P) of the tokens computed, real ones first (the rest
+    repeat slot 0 and are never read back); unpack [B, P]: each slot's index into the packed
+    tokens, Tp for padding (reads a zero row). Attention runs on the padded layout.
+    """
+
+    pack: jax.Array
+    unpack: jax.Array
+
+
+def make_packing(mask: jax.Array, packed_len: int) -> Packing:
+    """Packing of a [B, P] bool mask; packed_len >= its true count (caller's bucket)."""
+    flat = mask.reshape(-1)
+    pack = jnp.nonzero(flat, size=packed_len, fill_value=0)[0].astype(jnp.int32)
+    unpack = jnp.where(flat, jnp.cumsum(flat) - 1, packed_len).astype(jnp.int32).reshape(mask.shape)
+    return Packing(pack, unpack)
+
+
+def pack_tokens(x: jax.Array, packing: Packing) -> jax.Array:
+    """[B, P, ...] -> [1, Tp, ...]."""
+    return x.reshape((-1,) + x.shape[2:])[packing.pack][None]
+
+
+def unpack_tokens(x: jax.Array, packing: Packing) -> jax.Array:
+    """[1, Tp, ...] -> [B, P, ...], zeros on padding."""
+    rows = jnp.concatenate([x[0], jnp.zeros((1,) + x.shape[2:], x.dtype)])
+    return rows[packing.unpack]
+
+
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
            init=_KERNEL_INIT) -> jax.Array:
     cfg: ModelConfig = module.cfg
@@ -106,13 +139,17 @@ class Attention(nn.Module):
     fresh_cache: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None, cache_index=None):
-        """cache: this layer's (k, v), each [B, K, S, D]; the new slots are written in place."""
+    def __call__(self, x, positions, mask, cache=None, cache_index=None, packing: Packing | None = None):
+        """cache: this layer's (k, v), each [B, K, S, D]; the new slots are written in place.
+        packing: x is [1, Tp, E] packed tokens (a fresh cache's prefill); positions and mask
+        are of the padded [B, P] layout attention runs on."""
         cfg = self.cfg
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = Projection(cfg, (e,), (h, d), ("embed", "heads", "kv"), cfg.qkv_bias, name="q_proj")(x)
         k = Projection(cfg, (e,), (kv, d), ("embed", "kv_heads", "kv"), cfg.qkv_bias, name="k_proj")(x)
         v = Projection(cfg, (e,), (kv, d), ("embed", "kv_heads", "kv"), cfg.qkv_bias, name="v_proj")(x)
+        if packing is not None:
+            q, k, v = (unpack_tokens(a, packing) for a in (q, k, v))
         q = constrain(q, ("batch", "length", "act_heads", "kv"))
         inv_freq = layers.rope_inv_freq(d, cfg.rope_theta, cfg.rope_scaling_dict)
         q = layers.apply_rope(q, positions, inv_freq)
@@ -129,6 +166,8 @@ class Attention(nn.Module):
             # Without a cache, or into an empty one, the keys are exactly these tokens: causal.
             out = layers.attention(q, k, v, mask, causal=cache is None or self.fresh_cache)
         out = constrain(out, ("batch", "length", "act_heads", "kv"))
+        if packing is not None:
+            out = pack_tokens(out, packing)
         y = Projection(cfg, (h, d), (e,), ("heads", "kv", "embed"), cfg.o_bias, name="o_proj")(out)
         return y, cache
 
@@ -151,10 +190,10 @@ class DecoderLayer(nn.Module):
     fresh_cache: bool = False  # see Attention
 
     @nn.compact
-    def __call__(self, carry, positions, mask, cache_index):
+    def __call__(self, carry, positions, mask, cache_index, packing: Packing | None = None):
         x, cache = carry
         h, cache = Attention(self.cfg, self.fresh_cache, name="attn")(
-            RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index)
+            RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index, packing)
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attn_norm")(x))
         x = constrain(x, ("batch", "length", "act_embed"))
@@ -255,12 +294,16 @@ def unstack_layers(params: Any, head_dtype: Any = None) -> Any:
 
 def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
                    segment_ids: jax.Array, cache: KVCache, logits_index: jax.Array | None = None,
-                   fresh_cache: bool = False) -> tuple[jax.Array, KVCache]:
+                   fresh_cache: bool = False, packing: Packing | None = None) -> tuple[jax.Array, KVCache]:
     """Cached forward of T new tokens (prefill or one decode step) on unstacked params.
 
     fresh_cache: the cache holds nothing yet (index 0): the tokens attend among themselves only.
+    packing: compute only the packed tokens outside attention (a fresh cache's prefill,
+    needs logits_index); results equal the padded computation's on every real token.
     """
-    x = embed_tokens(cfg, params["embed"]["embedding"], tokens)
+    if packing is not None and (not fresh_cache or logits_index is None):
+        raise ValueError("packing is for a fresh cache's prefill with logits_index")
+    x = embed_tokens(cfg, params["embed"]["embedding"], tokens if packing is None else pack_tokens(tokens, packing))
     valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
     if fresh_cache:
         mask = layers.segment_causal_mask(segment_ids)
@@ -269,10 +312,15 @@ def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
     ks, vs = [], []
     for layer_params, k, v in zip(params["layers"], cache.k, cache.v):
         (x, (k, v)), _ = DecoderLayer(cfg, fresh_cache).apply({"params": layer_params}, (x, (k, v)), positions,
-                                                             mask, cache.index)
+                                                             mask, cache.index, packing)
         ks.append(k)
         vs.append(v)
-    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index))
+    if packing is not None:  # each row's logits_index slot, in the packed tokens
+        rows = jnp.arange(tokens.shape[0])
+        x = x[0, packing.unpack[rows, logits_index.astype(jnp.int32)]][:, None]
+    else:
+        x = _gather_positions(x, logits_index)
+    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, x)
     logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab")).apply(
         {"params": params["lm_head"]}, x)
     return _finish_logits(logits), KVCache(tuple(ks), tuple(vs), valid, cache.index + tokens.shape[1])

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from isheep_jax import sampling
 from isheep_jax.config import ModelConfig
-from isheep_jax.model import KVCache, decode_forward, init_cache
+from isheep_jax.model import KVCache, decode_forward, init_cache, make_packing
 from isheep_jax.params import positions_from_segments
 
 RUNNING, EOS, STOP = 0, 1, 2  # finish codes; RUNNING at the end means 'length'
@@ -50,23 +50,26 @@ def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
     return jnp.any(jnp.all(match, axis=-1) & nonempty[None], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "cache_dtype"))
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "cache_dtype", "packed_len"))
 def decode(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Array,
            row_keys: jax.Array, eos_ids: jax.Array, stop_seqs: jax.Array, max_new_tokens: jax.Array,
            temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, pad_id: jax.Array,
-           capacity: int, cache_dtype: str | None = None) -> DecodeOutput:
+           capacity: int, cache_dtype: str | None = None, packed_len: int | None = None) -> DecodeOutput:
     """prompt [B, P] left-padded (prompt_mask False on padding); eos_ids [E]; stop_seqs [S, Ls].
 
     params: unstacked (`model.unstack_layers`). cache_dtype: the KV cache's (default: compute
     dtype); bfloat16 under f32 compute halves the bytes each decode step reads.
+    packed_len: prefill only the real prompt tokens, padded to this many (>= the mask's
+    count; see `model.Packing`); None computes the padded batch. Same results either way.
     """
     b, p = prompt.shape
     cache = init_cache(cfg, b, p + capacity, cache_dtype).constrained()
     seg = prompt_mask.astype(jnp.int32)
     prompt_len = jnp.sum(seg, axis=1)
     positions = positions_from_segments(seg)
+    packing = None if packed_len is None else make_packing(prompt_mask, packed_len)
     logits, cache = decode_forward(cfg, params, prompt, positions, seg, cache,
-                                   logits_index=jnp.full((b,), p - 1), fresh_cache=True)
+                                   logits_index=jnp.full((b,), p - 1), fresh_cache=True, packing=packing)
     cache = cache.constrained()
 
     def emit(state: _State, logits: jax.Array) -> _State:

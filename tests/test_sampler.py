@@ -1,5 +1,7 @@
 """The KV-cache sampler against transformers' generate and against our own full forward."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +9,10 @@ import pytest
 import torch
 
 from conftest import make_hf_model
-from isheep_jax import checkpoint, params as P, sampling, sharding
+from isheep_jax import checkpoint, generate, params as P, sampler, sampling, sharding
 from isheep_jax.convert import hf
 from isheep_jax.generate import Generator, SamplingSettings
+from isheep_jax.model import decode_forward, init_cache, make_packing, unstack_layers
 from isheep_jax.tokenizer import Tokenizer
 
 GREEDY = SamplingSettings(max_new_tokens=12, temperature=0.0, batch_size=8)
@@ -79,6 +82,32 @@ def test_bf16_kv_cache_stays_close_to_the_full_forward(tiny):
     assert 1e-6 < worst < 2e-2, worst  # (above 0: the cache really is rounded)
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         Generator(cfg, params, tok, kv_cache_dtype="int8")
+
+
+def test_packed_prefill_equals_the_padded_one(tiny):
+    """Prefilling only the real prompt tokens (rows of lengths 1..40 padded to 64) gives the
+    padded prefill's tokens and log-probs at every step, and the quarter buckets hold."""
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(8)
+    b, p = 8, 64
+    tokens, mask = np.zeros((b, p), np.int32), np.zeros((b, p), bool)
+    for r, x in enumerate(prompts):
+        tokens[r, p - len(x):], mask[r, p - len(x):] = x, True
+    assert generate.packed_prefill_len(mask) == 256  # 140 real tokens, quarters of 128
+    assert generate.packed_prefill_len(np.ones((2, 16), bool)) is None
+    assert generate.packed_prefill_len(np.eye(4, dtype=bool)) == 4
+    up = unstack_layers(params)
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(5), r))(jnp.arange(b, dtype=jnp.uint32))
+    run = functools.partial(
+        sampler.decode, cfg, up, jnp.asarray(tokens), jnp.asarray(mask), keys, jnp.asarray([-1], jnp.int32),
+        jnp.zeros((0, 1), jnp.int32), jnp.int32(8), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0),
+        jnp.int32(0), capacity=8)
+    padded, packed = run(), run(packed_len=256)
+    np.testing.assert_array_equal(packed.tokens, padded.tokens)
+    np.testing.assert_allclose(packed.logprobs, padded.logprobs, atol=1e-5)
+    with pytest.raises(ValueError, match="packing is for a fresh cache"):
+        decode_forward(cfg, up, jnp.asarray(tokens), jnp.zeros((b, p), jnp.int32), jnp.asarray(mask, jnp.int32),
+                       init_cache(cfg, b, p), packing=make_packing(jnp.asarray(mask), 256))
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
