@@ -25,7 +25,7 @@ import gin
 import jax
 import numpy as np
 
-from isheep_jax import sampler, sharding
+from isheep_jax import layers, sampler, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.model import unstack_layers
 from isheep_jax.optim import OptimizerConfig, make_optimizer
@@ -136,8 +136,9 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
 
     Per token and layer (compute dtype, heads and MLP split over `tensor`): without remat,
     the norm inputs and residual (4 H), q/k/v/attention output ((2 nh + 2 kv) hd), the MLP's
-    gate, up and product (3 I) and the f32 attention scores and probabilities (2 nh S; with
-    cuDNN's fused attention only its f32 softmax statistics, nh); with 'dots', only matmul
+    gate, up and product (3 I) and the f32 attention scores and probabilities (2 nh times the
+    keys a query scores: S, or S (n + 1) / 2n with `layers.causal_blocks`' n query blocks;
+    with cuDNN's fused attention only its f32 softmax statistics, nh); with 'dots', only matmul
     outputs; with 'full', each layer's input (H) plus one layer recomputed at a time. The
     f32 logits and their gradient come on top.
     """
@@ -146,7 +147,8 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
     tokens = _split(rows, mesh.shape["data"] * mesh.shape["fsdp"]) * length
     nh, kv, hd, h, i = (_split(cfg.num_heads, t), _split(cfg.num_kv_heads, t), cfg.head_dim,
                         cfg.hidden_size, _split(cfg.intermediate_size, t))
-    scores = nh if cfg.attention_impl == "cudnn" else 2 * nh * length  # f32 values per token
+    n = layers.causal_blocks(length)
+    scores = nh if cfg.attention_impl == "cudnn" else 2 * nh * length * (n + 1) // (2 * n)  # f32 per token
     full_layer = tokens * (b * (4 * h + (2 * nh + 2 * kv) * hd + 3 * i) + 4 * scores)
     dots_layer = tokens * b * ((2 * nh + 2 * kv) * hd + 2 * h + 2 * i)
     per_layer = {"none": full_layer, "dots": dots_layer, "full": tokens * b * h}[remat]

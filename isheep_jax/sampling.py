@@ -141,9 +141,11 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """log p(token) under the model's raw distribution (no temperature/truncation). [batch]"""
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    """log p(token) under the model's raw distribution (no temperature/truncation). [batch]
+
+    The token's logit minus the row's logsumexp: no [batch, vocab] log-softmax is written."""
+    picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def row_step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
