@@ -10,9 +10,9 @@ per step with the settings below against 14.0 s without). The settings: one mall
 `mmap`), no `mmap` for large blocks, no trimming of the heap's top. Freed blocks then stay
 in the process and the next step reuses them. (The heap first grows for a few steps, to the
 size that fits XLA's allocation order despite fragmentation; steps after that fault nothing.)
-Between phases that allocate differently
-(sampling, training, the torch side of a benchmark) `release_free_memory()` hands the free
-pages back, so one phase's freed blocks do not add to the next one's footprint.
+Between phases that allocate differently (sampling, training, the torch side of a
+benchmark) `release_free_memory()` hands the free pages back, so one phase's freed blocks
+do not add to the next one's footprint.
 
 They take effect only if set before JAX starts its thread pools (before the first
 computation), and only for glibc. We apply them for CPU runs only: on an accelerator host

@@ -224,10 +224,14 @@ def tied_logits(cfg: ModelConfig, x: jax.Array, embedding: jax.Array) -> jax.Arr
     return jnp.einsum("bte,ve->btv", x.astype(dt), embedding.astype(dt))
 
 
-def _gather_positions(x: jax.Array, logits_index: jax.Array | None) -> jax.Array:
+def _gather_positions(x: jax.Array, logits_index: jax.Array | None, packing: Packing | None = None) -> jax.Array:
+    """x at each row's logits_index ([B, 1, E]); x [1, Tp, E] packed tokens when packing is given."""
     if logits_index is None:
         return x
-    return jnp.take_along_axis(x, logits_index[:, None, None].astype(jnp.int32), axis=1)
+    index = logits_index.astype(jnp.int32)
+    if packing is not None:
+        return x[0, packing.unpack[jnp.arange(index.shape[0]), index]][:, None]
+    return jnp.take_along_axis(x, index[:, None, None], axis=1)
 
 
 def _finish_logits(logits: jax.Array) -> jax.Array:
@@ -315,12 +319,7 @@ def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
                                                              mask, cache.index, packing)
         ks.append(k)
         vs.append(v)
-    if packing is not None:  # each row's logits_index slot, in the packed tokens
-        rows = jnp.arange(tokens.shape[0])
-        x = x[0, packing.unpack[rows, logits_index.astype(jnp.int32)]][:, None]
-    else:
-        x = _gather_positions(x, logits_index)
-    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, x)
+    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index, packing))
     logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab")).apply(
         {"params": params["lm_head"]}, x)
     return _finish_logits(logits), KVCache(tuple(ks), tuple(vs), valid, cache.index + tokens.shape[1])
