@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--skip_torch", action="store_true")
     ap.add_argument("--kv_cache_dtype", default="", help="ours only ('' = compute dtype, f32)")
+    ap.add_argument("--no_share_prefix", action="store_true", help="ours: prefill the prompts' common prefix per row")
     ap.add_argument("--preset", default="", help="a gin model preset (random weights); needs --tokenizer")
     ap.add_argument("--tokenizer", default="", help="a tokenizer directory for --preset")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype, both sides")
@@ -68,7 +69,7 @@ def main() -> None:
     cfg, params = checkpoint.load_model(model_dir)
     cfg = cfg.replace(dtype=args.dtype)
     tok = Tokenizer(checkpoint.tokenizer_dir(model_dir))
-    gen = Generator(cfg, params, tok, kv_cache_dtype=args.kv_cache_dtype)
+    gen = Generator(cfg, params, tok, kv_cache_dtype=args.kv_cache_dtype, share_prefix=not args.no_share_prefix)
     del params
     gen.eos_ids = np.asarray([-1], np.int32)  # force exactly new_tokens tokens
     seeds = load_seed_pool()

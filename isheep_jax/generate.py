@@ -29,6 +29,9 @@ from isheep_jax.params import Params
 from isheep_jax.tokenizer import Tokenizer
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+# A shared prefix is rounded down to one of these (shorter ones are not worth a separate
+# prefill): the prompts of a stage share a template, and a job compiles once per length.
+PREFIX_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 CAPACITY_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 FINISH_NAMES = {sampler.RUNNING: "length", sampler.EOS: "eos", sampler.STOP: "stop"}
 
@@ -84,6 +87,20 @@ def packed_prefill_len(mask: np.ndarray) -> int | None:
     return None if n >= mask.size else n
 
 
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens to prefill once for all prompts: their longest common prefix, rounded down to
+    a PREFIX_BUCKETS length, leaving every prompt at least one token of its own; 0 when that
+    is below the smallest bucket."""
+    if not prompts:
+        return 0
+    first, limit = prompts[0], min(len(x) for x in prompts) - 1
+    n = 0
+    while n < limit and all(x[n] == first[n] for x in prompts):
+        n += 1
+    i = bisect.bisect_right(PREFIX_BUCKETS, n)
+    return PREFIX_BUCKETS[i - 1] if i else 0
+
+
 def _stop_array(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> np.ndarray:
     """Stop strings as right-aligned token-id rows ([S, L], -1 = padding) for the device check."""
     seqs = [tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
@@ -110,7 +127,7 @@ def check_kv_cache_dtype(name: str) -> str | None:
     return name or None
 
 
-@gin.configurable(allowlist=["kv_cache_dtype"])
+@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix"])
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
 
@@ -119,13 +136,20 @@ class Generator:
     counts it) at the price of rounding keys and values: tokens may differ from an f32
     cache's after a near-tie, so it is not the default. It did not change decode speed on
     this project's 2-core CPU (the conversion costs what the halved reads save).
+    share_prefix: the prefix that all prompts of one `generate` call share (a chat
+    template's system turn, a rating prompt's header, few-shot demonstrations; see
+    `shared_prefix_len`) is prefilled once per batch instead of once per row (SmolLM2's
+    chat prompts share 24 of ~43 tokens: batch-64 prefill 4.7 -> 2.7 s on the project's
+    CPU). The caches have the shapes they would have without it, so decoding costs the
+    same. Same results up to float summation order.
     """
 
     def __init__(self, cfg: ModelConfig, params: Params, tokenizer: Tokenizer, mesh: Mesh | None = None,
-                 extra_eos_ids: Sequence[int] = (), kv_cache_dtype: str = ""):
+                 extra_eos_ids: Sequence[int] = (), kv_cache_dtype: str = "", share_prefix: bool = True):
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
         self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
+        self.share_prefix = share_prefix
         self.cfg, self.tokenizer = cfg, tokenizer
         self.params = jax.jit(functools.partial(unstack_layers, head_dtype=cfg.dtype))(params)
         self.mesh = mesh or sharding.make_mesh()
@@ -164,6 +188,8 @@ class Generator:
                              f"plus {capacity} new tokens exceed max_position_embeddings="
                              f"{self.cfg.max_position_embeddings}")
         stop_arr = _stop_array(self.tokenizer, settings.stop_strings)
+        # Decided for the whole call, not per batch, so results never depend on batching.
+        prefix = ids[0][: shared_prefix_len(ids)] if self.share_prefix else []
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         results: list[Completion | None] = [None] * len(ids)
         base_key = jax.random.key(settings.seed)
@@ -172,8 +198,8 @@ class Generator:
         new_tokens, t0 = 0, time.perf_counter()
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start: start + settings.batch_size]
-            out = self._run_batch([ids[i] for i in chunk], [row_ids[i] for i in chunk], settings,
-                                  capacity, stop_arr, base_key)
+            out = self._run_batch([ids[i][len(prefix):] for i in chunk], [row_ids[i] for i in chunk], settings,
+                                  capacity, stop_arr, base_key, prefix)
             for i, c in zip(chunk, out):
                 results[i] = c
                 new_tokens += len(c.token_ids)
@@ -183,10 +209,13 @@ class Generator:
         return results  # type: ignore[return-value]
 
     def _run_batch(self, batch_ids: list[list[int]], rows: list[int], settings: SamplingSettings,
-                   capacity: int, stop_arr: np.ndarray, base_key: jax.Array) -> list[Completion]:
+                   capacity: int, stop_arr: np.ndarray, base_key: jax.Array, prefix: list[int]) -> list[Completion]:
+        """batch_ids: each prompt's tokens after the shared `prefix`."""
         n = len(batch_ids)
         b = min(_pow2_at_least(n), _pow2_at_least(settings.batch_size))
-        p = bucket(max(len(x) for x in batch_ids), PROMPT_BUCKETS)
+        # The rows' own tokens fill the whole prompt bucket less the prefix: the cache has the
+        # shape it would have without a shared prefix, and decoding costs the same.
+        p = bucket(len(prefix) + max(len(x) for x in batch_ids), PROMPT_BUCKETS) - len(prefix)
         tokens = np.full((b, p), self.pad_id, np.int32)
         mask = np.zeros((b, p), bool)
         for r, x in enumerate(batch_ids):
@@ -204,9 +233,10 @@ class Generator:
                 distributed.put_global(mask, batch_sharding), row_keys, jnp.asarray(self.eos_ids),
                 jnp.asarray(stop_arr), jnp.int32(settings.max_new_tokens),
                 jnp.float32(settings.temperature), jnp.int32(settings.top_k), jnp.float32(settings.top_p),
-                jnp.int32(self.pad_id), capacity=capacity, cache_dtype=self.kv_cache_dtype, packed_len=packed_len)
+                jnp.int32(self.pad_id), capacity=capacity, cache_dtype=self.kv_cache_dtype, packed_len=packed_len,
+                prefix=jnp.asarray(prefix, jnp.int32) if prefix else None)
         toks, lps, lens, fin = distributed.to_host(out)
-        return [self._completion(toks[r, : lens[r]], lps[r, : lens[r]], int(fin[r]), len(batch_ids[r]),
+        return [self._completion(toks[r, : lens[r]], lps[r, : lens[r]], int(fin[r]), len(prefix) + len(batch_ids[r]),
                                  settings.stop_strings) for r in range(n)]
 
     def _completion(self, toks: np.ndarray, lps: np.ndarray, finish: int, prompt_tokens: int,

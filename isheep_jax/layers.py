@@ -89,18 +89,21 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal:
 
     q [batch, T, heads, D]; k, v [batch, kv_heads, S, D]; mask [batch, 1, T, S] bool.
     Returns [batch, T, heads, D]. Softmax in f32.
-    causal: the caller guarantees S == T and a mask that hides every key after its query
-    (training, a prompt's prefill). The queries are then cut into `causal_blocks(T)` blocks,
-    each scoring only the keys up to its own end: the same result without most of the masked
-    upper triangle ((n + 1) / 2n of the work for n blocks).
+    causal: the caller guarantees that the last T keys are the queries' own tokens, with a
+    mask that hides every one of them after its query, and that the first S - T keys (a
+    prompt prefix already in the cache, or none) come before all queries (training, a
+    prompt's prefill). The queries are then cut into `causal_blocks(T)` blocks, each scoring
+    only the keys up to its own end: the same result without most of the masked upper
+    triangle ((n + 1) / 2n of the work for n blocks when S = T).
     """
     b, t, h, d = q.shape
     kvh, g = k.shape[1], h // k.shape[1]
     if t == 1:
         return _decode_attention(q, k, v, mask)
     n = causal_blocks(t) if causal else 1
-    if causal and k.shape[2] != t:
-        raise ValueError(f"causal attention needs as many keys as queries, got {k.shape[2]} and {t}")
+    before = k.shape[2] - t  # keys every query sees (causal)
+    if causal and before < 0:
+        raise ValueError(f"causal attention needs at least as many keys as queries, got {k.shape[2]} and {t}")
     # Scale q (T x D values), not the scores (T x S); the G query heads that share a kv head
     # become extra query rows: one [G * T, D] x [D, S] product per (batch, kv head).
     q = (q * np.asarray(1 / np.sqrt(d), q.dtype)).reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4)
@@ -108,7 +111,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal:
     size = t // n
     outs = []
     for i in range(n):
-        rows, keys = slice(i * size, (i + 1) * size), (i + 1) * size if causal else k.shape[2]
+        rows, keys = slice(i * size, (i + 1) * size), before + (i + 1) * size if causal else k.shape[2]
         qi = q[:, :, :, rows].reshape(b, kvh, g * size, d)
         bi = jnp.broadcast_to(bias[:, :, None, rows, :keys], (b, 1, g, size, keys)).reshape(b, 1, g * size, keys)
         scores = jnp.einsum("bkqd,bksd->bkqs", qi, k[:, :, :keys], preferred_element_type=jnp.float32) + bi

@@ -46,6 +46,21 @@ class KVCache(NamedTuple):
                        constrain(self.valid, ("batch", "cache_length")), self.index)
 
 
+class PrefixCache(NamedTuple):
+    """Keys and values of a prompt prefix that every row of a batch shares (a chat template's
+    system turn, a rating rubric's header, few-shot demonstrations): one [1, kv_heads, C,
+    head_dim] array per layer, prefilled once for the batch instead of once per row. The
+    rows' prefill attends to it before their own tokens and writes it into the first C
+    slots of every row's cache, so decoding is unchanged."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+    def constrained(self) -> "PrefixCache":
+        kv = (None, "act_kv_heads", "cache_length", "kv")
+        return PrefixCache(tuple(constrain(x, kv) for x in self.k), tuple(constrain(x, kv) for x in self.v))
+
+
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: str | None = None) -> KVCache:
     """An empty cache; k and v in `dtype` (default: the compute dtype). New keys and values
     are rounded to it when written; attention reads them back in f32 or the compute dtype."""
@@ -134,15 +149,20 @@ class Projection(nn.Module):
 
 class Attention(nn.Module):
     cfg: ModelConfig
-    # The cache is empty (a prompt's prefill): attend over the new keys only, mask [B, 1, T, T]
-    # (not over all S slots, most of them empty: a third of the prefill time at S = 3 T).
+    # The cache is empty (a prompt's prefill; its contents are never read): attend over the
+    # shared prefix and the new keys only, mask [B, 1, T, C + T] (not over all S slots, most
+    # of them empty: a third of the prefill time at S = 3 T), and build the cache as
+    # [prefix | new keys | empty] in one pass.
     fresh_cache: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None, cache_index=None, packing: Packing | None = None):
+    def __call__(self, x, positions, mask, cache=None, cache_index=None, packing: Packing | None = None,
+                 prefix: tuple[jax.Array, jax.Array] | None = None):
         """cache: this layer's (k, v), each [B, K, S, D]; the new slots are written in place.
         packing: x is [1, Tp, E] packed tokens (a fresh cache's prefill); positions and mask
-        are of the padded [B, P] layout attention runs on."""
+        are of the padded [B, P] layout attention runs on. prefix: this layer's shared
+        prefix (k, v), each [1, K, C, D], seen by every row before its new tokens (a fresh
+        cache's prefill)."""
         cfg = self.cfg
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = Projection(cfg, (e,), (h, d), ("embed", "heads", "kv"), cfg.qkv_bias, name="q_proj")(x)
@@ -158,12 +178,18 @@ class Attention(nn.Module):
             out = layers.fused_attention(q, k, v, mask)
         else:
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
-            if cache is not None:
+            if cache is not None and self.fresh_cache:
+                if prefix is not None:  # the same keys for every row, ahead of the row's own
+                    k, v = (jnp.concatenate([jnp.broadcast_to(p.astype(new.dtype), (new.shape[0],) + p.shape[1:]), new],
+                                            axis=2) for p, new in zip(prefix, (k, v)))
+                cache = tuple(jnp.concatenate(
+                    [new.astype(c.dtype), jnp.zeros(c.shape[:2] + (c.shape[2] - new.shape[2],) + c.shape[3:], c.dtype)],
+                    axis=2) for c, new in zip(cache, (k, v)))
+            elif cache is not None:
                 cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, 2)
                               for c, new in zip(cache, (k, v)))
-                if not self.fresh_cache:
-                    k, v = cache
-            # Without a cache, or into an empty one, the keys are exactly these tokens: causal.
+                k, v = cache
+            # Without a cache, or into an empty one, the keys are the prefix and these tokens: causal.
             out = layers.attention(q, k, v, mask, causal=cache is None or self.fresh_cache)
         out = constrain(out, ("batch", "length", "act_heads", "kv"))
         if packing is not None:
@@ -190,10 +216,10 @@ class DecoderLayer(nn.Module):
     fresh_cache: bool = False  # see Attention
 
     @nn.compact
-    def __call__(self, carry, positions, mask, cache_index, packing: Packing | None = None):
+    def __call__(self, carry, positions, mask, cache_index, packing: Packing | None = None, prefix=None):
         x, cache = carry
         h, cache = Attention(self.cfg, self.fresh_cache, name="attn")(
-            RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index, packing)
+            RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index, packing, prefix)
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attn_norm")(x))
         x = constrain(x, ("batch", "length", "act_embed"))
@@ -298,25 +324,36 @@ def unstack_layers(params: Any, head_dtype: Any = None) -> Any:
 
 def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
                    segment_ids: jax.Array, cache: KVCache, logits_index: jax.Array | None = None,
-                   fresh_cache: bool = False, packing: Packing | None = None) -> tuple[jax.Array, KVCache]:
+                   fresh_cache: bool = False, packing: Packing | None = None,
+                   prefix: PrefixCache | None = None) -> tuple[jax.Array, KVCache]:
     """Cached forward of T new tokens (prefill or one decode step) on unstacked params.
 
-    fresh_cache: the cache holds nothing yet (index 0): the tokens attend among themselves only.
+    fresh_cache: the cache is empty (its contents are never read; cache.index must be the
+    prefix's length, or 0): the tokens attend to the prefix and among themselves only, and
+    the cache is rebuilt as [prefix | tokens | empty slots].
     packing: compute only the packed tokens outside attention (a fresh cache's prefill,
     needs logits_index); results equal the padded computation's on every real token.
+    prefix: a prefix every row attends to before its tokens (a fresh cache's prefill; the
+    positions count it).
     """
     if packing is not None and (not fresh_cache or logits_index is None):
         raise ValueError("packing is for a fresh cache's prefill with logits_index")
+    if prefix is not None and not fresh_cache:
+        raise ValueError("a shared prefix is for a fresh cache's prefill")
     x = embed_tokens(cfg, params["embed"]["embedding"], tokens if packing is None else pack_tokens(tokens, packing))
     valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
     if fresh_cache:
         mask = layers.segment_causal_mask(segment_ids)
+        if prefix is not None:  # every row sees the whole prefix
+            b, t = segment_ids.shape
+            mask = jnp.concatenate([jnp.ones((b, 1, t, prefix.k[0].shape[2]), bool), mask], axis=-1)
     else:
         mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
     ks, vs = [], []
-    for layer_params, k, v in zip(params["layers"], cache.k, cache.v):
+    shared = zip(prefix.k, prefix.v) if prefix is not None else [None] * len(cache.k)
+    for layer_params, k, v, layer_prefix in zip(params["layers"], cache.k, cache.v, shared):
         (x, (k, v)), _ = DecoderLayer(cfg, fresh_cache).apply({"params": layer_params}, (x, (k, v)), positions,
-                                                             mask, cache.index, packing)
+                                                             mask, cache.index, packing, layer_prefix)
         ks.append(k)
         vs.append(v)
     x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index, packing))

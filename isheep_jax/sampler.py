@@ -2,7 +2,9 @@
 
 Prompts are left-padded to a common length P, so every row writes the same cache slot at
 each step (no per-row scatter); each row's positions start at 0 at its first real token
-and padding slots are never attended to (`KVCache.valid`). Static: the model config,
+and padding slots are never attended to (`KVCache.valid`). A prefix that all prompts share
+is prefilled once (`model.PrefixCache`), the rows' own tokens after it, and copied into
+the first slots of every row's cache. Static: the model config,
 batch, P and the new-token capacity N; traced: max_new_tokens <= N, temperature, top-k,
 top-p, seeds, EOS ids and stop sequences, so a long job compiles once per shape bucket.
 The loop exits as soon as every row is done.
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 
 from isheep_jax import sampling
 from isheep_jax.config import ModelConfig
-from isheep_jax.model import KVCache, decode_forward, init_cache, make_packing
+from isheep_jax.model import KVCache, PrefixCache, decode_forward, init_cache, make_packing
 from isheep_jax.params import positions_from_segments
 
 RUNNING, EOS, STOP = 0, 1, 2  # finish codes; RUNNING at the end means 'length'
@@ -54,22 +56,35 @@ def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
 def decode(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Array,
            row_keys: jax.Array, eos_ids: jax.Array, stop_seqs: jax.Array, max_new_tokens: jax.Array,
            temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, pad_id: jax.Array,
-           capacity: int, cache_dtype: str | None = None, packed_len: int | None = None) -> DecodeOutput:
+           capacity: int, cache_dtype: str | None = None, packed_len: int | None = None,
+           prefix: jax.Array | None = None) -> DecodeOutput:
     """prompt [B, P] left-padded (prompt_mask False on padding); eos_ids [E]; stop_seqs [S, Ls].
 
     params: unstacked (`model.unstack_layers`). cache_dtype: the KV cache's (default: compute
     dtype); bfloat16 under f32 compute halves the bytes each decode step reads.
     packed_len: prefill only the real prompt tokens, padded to this many (>= the mask's
     count; see `model.Packing`); None computes the padded batch. Same results either way.
+    prefix [C]: tokens every row's prompt starts with (`prompt` then holds what follows
+    them, left-padded): prefilled once for all rows. None or C = 0: no shared prefix.
     """
     b, p = prompt.shape
-    cache = init_cache(cfg, b, p + capacity, cache_dtype).constrained()
+    c = 0 if prefix is None else prefix.shape[0]
+    cache = init_cache(cfg, b, c + p + capacity, cache_dtype)
+    shared = None
+    if c:
+        one = init_cache(cfg, 1, c, cache_dtype)
+        _, one = decode_forward(cfg, params, prefix[None], jnp.arange(c)[None], jnp.ones((1, c), jnp.int32), one,
+                                logits_index=jnp.zeros((1,), jnp.int32), fresh_cache=True)
+        shared = PrefixCache(one.k, one.v).constrained()
+        # The rows' prefill writes the prefix into the first c slots of every row's cache.
+        cache = cache._replace(valid=cache.valid.at[:, :c].set(True), index=jnp.int32(c))
+    cache = cache.constrained()
     seg = prompt_mask.astype(jnp.int32)
-    prompt_len = jnp.sum(seg, axis=1)
-    positions = positions_from_segments(seg)
+    prompt_len = jnp.sum(seg, axis=1) + c
+    positions = positions_from_segments(seg) + c
     packing = None if packed_len is None else make_packing(prompt_mask, packed_len)
-    logits, cache = decode_forward(cfg, params, prompt, positions, seg, cache,
-                                   logits_index=jnp.full((b,), p - 1), fresh_cache=True, packing=packing)
+    logits, cache = decode_forward(cfg, params, prompt, positions, seg, cache, logits_index=jnp.full((b,), p - 1),
+                                   fresh_cache=True, packing=packing, prefix=shared)
     cache = cache.constrained()
 
     def emit(state: _State, logits: jax.Array) -> _State:

@@ -33,6 +33,12 @@ def _mixed_prompts(n: int = 10, vocab: int = 320) -> list[list[int]]:
     return [rng.randint(5, vocab, size=k).tolist() for k in lengths]
 
 
+def _prefixed_prompts(n: int = 8, shared: int = 27, vocab: int = 320) -> list[list[int]]:
+    """Prompts that share their first `shared` tokens (a template's header), then differ."""
+    head = np.random.RandomState(1).randint(5, vocab, size=shared).tolist()
+    return [head + x for x in _mixed_prompts(n, vocab)]
+
+
 def test_greedy_matches_transformers_generate(tiny):
     from transformers import AutoModelForCausalLM
 
@@ -50,14 +56,16 @@ def test_greedy_matches_transformers_generate(tiny):
         assert completion.finish_reason == "length"
 
 
-def test_cached_decoding_equals_full_forward_at_every_step(tiny):
-    """Per-token log-probs from the cached loop equal a full forward over prompt + output."""
+@pytest.mark.parametrize("prompts", [_mixed_prompts(6), _prefixed_prompts(6)], ids=["own", "shared_prefix"])
+def test_cached_decoding_equals_full_forward_at_every_step(tiny, prompts):
+    """Per-token log-probs from the cached loop equal a full forward over prompt + output,
+    also when the prompts' common prefix is prefilled once and shared by the rows."""
     _, cfg, params, tok = tiny
-    prompts = _mixed_prompts(6)
     out = Generator(cfg, params, tok).generate(
         prompts, SamplingSettings(max_new_tokens=10, temperature=1.0, top_p=1.0, seed=3, batch_size=8),
         progress=False)
     for prompt, c in zip(prompts, out):
+        assert c.prompt_tokens == len(prompt)
         seq = jnp.asarray([prompt + c.token_ids])
         logp = jax.nn.log_softmax(P.forward(cfg, params, seq)[0], axis=-1)
         n = len(prompt)
@@ -110,10 +118,37 @@ def test_packed_prefill_equals_the_padded_one(tiny):
                        init_cache(cfg, b, p), packing=make_packing(jnp.asarray(mask), 256))
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
-def test_meshes_give_the_same_tokens(tiny, mesh_shape):
+def test_shared_prefix_len_rounds_down_and_leaves_every_prompt_a_token():
+    head = list(range(100, 140))
+    assert generate.shared_prefix_len([head + [1], head + [2, 3]]) == 32  # 40 in common -> bucket 32
+    assert generate.shared_prefix_len([head[:25], head[:30]]) == 24  # at most 24 of the 25-token prompt
+    assert generate.shared_prefix_len([head[:16], head]) == 0  # 15 would be left: below the smallest bucket
+    assert generate.shared_prefix_len([head, [7] + head]) == 0
+    assert generate.shared_prefix_len([head]) == 32
+    assert generate.shared_prefix_len([]) == 0
+
+
+def test_shared_prefix_gives_the_unshared_results(tiny):
+    """Prefilling the common prefix once (27 tokens -> 24 shared, the rest per row) changes
+    nothing but summation order: same greedy and seeded tokens, log-probs within round-off,
+    and a call whose prompts share nothing takes the per-row path."""
     _, cfg, params, tok = tiny
-    prompts = _mixed_prompts(8)
+    prompts = _prefixed_prompts(8)
+    assert generate.shared_prefix_len(prompts) == 24
+    for settings in (GREEDY, SamplingSettings(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=11, batch_size=4)):
+        shared = Generator(cfg, params, tok).generate(prompts, settings, progress=False)
+        own = Generator(cfg, params, tok, share_prefix=False).generate(prompts, settings, progress=False)
+        assert [c.token_ids for c in shared] == [c.token_ids for c in own]
+        for a, b in zip(shared, own):
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=2e-5)
+            assert a.prompt_tokens == b.prompt_tokens
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
+@pytest.mark.parametrize("prompt_set", ["own", "shared_prefix"])
+def test_meshes_give_the_same_tokens(tiny, mesh_shape, prompt_set):
+    _, cfg, params, tok = tiny
+    prompts = _mixed_prompts(8) if prompt_set == "own" else _prefixed_prompts(8)
     settings = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7, batch_size=8)
     one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     ref = Generator(cfg, jax.device_put(params, sharding.replicated(one)), tok, mesh=one).generate(
