@@ -328,9 +328,9 @@ def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
                    prefix: PrefixCache | None = None) -> tuple[jax.Array, KVCache]:
     """Cached forward of T new tokens (prefill or one decode step) on unstacked params.
 
-    fresh_cache: the cache is empty (its contents are never read; cache.index must be the
-    prefix's length, or 0): the tokens attend to the prefix and among themselves only, and
-    the cache is rebuilt as [prefix | tokens | empty slots].
+    fresh_cache: the cache is empty (only its shapes are used): the tokens attend to the
+    prefix and among themselves only, and the cache is rebuilt as [prefix | tokens | empty
+    slots], its index after the tokens.
     packing: compute only the packed tokens outside attention (a fresh cache's prefill,
     needs logits_index); results equal the padded computation's on every real token.
     prefix: a prefix every row attends to before its tokens (a fresh cache's prefill; the
@@ -341,22 +341,27 @@ def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
     if prefix is not None and not fresh_cache:
         raise ValueError("a shared prefix is for a fresh cache's prefill")
     x = embed_tokens(cfg, params["embed"]["embedding"], tokens if packing is None else pack_tokens(tokens, packing))
-    valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
-    if fresh_cache:
+    b, t = segment_ids.shape
+    if fresh_cache:  # the cache becomes [prefix | tokens | empty slots]
+        c = 0 if prefix is None else prefix.k[0].shape[2]
+        valid = jnp.concatenate([jnp.ones((b, c), bool), segment_ids != 0,
+                                 jnp.zeros((b, cache.valid.shape[1] - c - t), bool)], axis=1)
+        index = jnp.int32(c)
         mask = layers.segment_causal_mask(segment_ids)
-        if prefix is not None:  # every row sees the whole prefix
-            b, t = segment_ids.shape
-            mask = jnp.concatenate([jnp.ones((b, 1, t, prefix.k[0].shape[2]), bool), mask], axis=-1)
+        if c:  # every row sees the whole prefix
+            mask = jnp.concatenate([jnp.ones((b, 1, t, c), bool), mask], axis=-1)
     else:
-        mask = layers.cache_mask(valid, cache.index, tokens.shape[1])
+        valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
+        index = cache.index
+        mask = layers.cache_mask(valid, index, t)
     ks, vs = [], []
     shared = zip(prefix.k, prefix.v) if prefix is not None else [None] * len(cache.k)
     for layer_params, k, v, layer_prefix in zip(params["layers"], cache.k, cache.v, shared):
         (x, (k, v)), _ = DecoderLayer(cfg, fresh_cache).apply({"params": layer_params}, (x, (k, v)), positions,
-                                                             mask, cache.index, packing, layer_prefix)
+                                                             mask, index, packing, layer_prefix)
         ks.append(k)
         vs.append(v)
     x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index, packing))
     logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab")).apply(
         {"params": params["lm_head"]}, x)
-    return _finish_logits(logits), KVCache(tuple(ks), tuple(vs), valid, cache.index + tokens.shape[1])
+    return _finish_logits(logits), KVCache(tuple(ks), tuple(vs), valid, index + t)

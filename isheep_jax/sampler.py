@@ -3,8 +3,8 @@
 Prompts are left-padded to a common length P, so every row writes the same cache slot at
 each step (no per-row scatter); each row's positions start at 0 at its first real token
 and padding slots are never attended to (`KVCache.valid`). A prefix that all prompts share
-is prefilled once (`model.PrefixCache`), the rows' own tokens after it, and copied into
-the first slots of every row's cache. Static: the model config,
+is prefilled once (`model.PrefixCache`); the rows' prefill attends to it before their own
+tokens and writes it into the first slots of every row's cache. Static: the model config,
 batch, P and the new-token capacity N; traced: max_new_tokens <= N, temperature, top-k,
 top-p, seeds, EOS ids and stop sequences, so a long job compiles once per shape bucket.
 The loop exits as soon as every row is done.
@@ -71,13 +71,10 @@ def decode(cfg: ModelConfig, params: Any, prompt: jax.Array, prompt_mask: jax.Ar
     c = 0 if prefix is None else prefix.shape[0]
     cache = init_cache(cfg, b, c + p + capacity, cache_dtype)
     shared = None
-    if c:
-        one = init_cache(cfg, 1, c, cache_dtype)
-        _, one = decode_forward(cfg, params, prefix[None], jnp.arange(c)[None], jnp.ones((1, c), jnp.int32), one,
-                                logits_index=jnp.zeros((1,), jnp.int32), fresh_cache=True)
+    if c:  # in the compute dtype, as the rows' own keys: rounded to cache_dtype only when written
+        _, one = decode_forward(cfg, params, prefix[None], jnp.arange(c)[None], jnp.ones((1, c), jnp.int32),
+                                init_cache(cfg, 1, c), logits_index=jnp.zeros((1,), jnp.int32), fresh_cache=True)
         shared = PrefixCache(one.k, one.v).constrained()
-        # The rows' prefill writes the prefix into the first c slots of every row's cache.
-        cache = cache._replace(valid=cache.valid.at[:, :c].set(True), index=jnp.int32(c))
     cache = cache.constrained()
     seg = prompt_mask.astype(jnp.int32)
     prompt_len = jnp.sum(seg, axis=1) + c
