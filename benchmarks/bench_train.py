@@ -2,11 +2,14 @@
 
 Same weights (SmolLM2-135M-Instruct from the embedded GGUF, or a tiny random Llama), same
 batch of random token ids, same sequence length, f32, full-parameter AdamW, loss on every
-token. Compile time is excluded (warm-up steps) and printed separately. MFU counts 6N FLOPs
+token. Compile time is excluded (warm-up steps) and printed separately. The timed steps
+alternate, one of ours then one of torch's, so a slow spell of a shared VM (this CPU's peak
+matmul rate drifts by 30 % over minutes) lands on both sides; each side's figure is the
+median of its steps. MFU counts 6N FLOPs
 per token (N = parameters; attention's extra FLOPs ignored, as usual) against the peak f32
 matmul rate measured here with a large jnp.dot.
 
-    python benchmarks/bench_train.py [--model smollm2|tiny] [--batch 8] [--seq 256] [--steps 4]
+    python benchmarks/bench_train.py [--model smollm2|tiny] [--batch 8] [--seq 256] [--steps 6] [--scan_layers true]
     python benchmarks/bench_train.py --preset gin_configs/models/qwen15_1_8b.gin --dtype bfloat16 ...
 
 --preset builds a model preset's shapes with random weights (no download). On a GPU both
@@ -22,6 +25,7 @@ import platform
 import shutil
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -42,11 +46,12 @@ def peak_matmul_flops(n: int = 2048, reps: int = 10, dtype: str = "float32") -> 
     return 2 * n**3 * reps / float(np.median(times))
 
 
-def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> tuple[float, float]:
-    """Our jit train step on `tokens`: (tokens/s over the timed steps, seconds of compile + warm-up)."""
+def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> tuple[Callable[[], float], float]:
+    """Our jit train step on `tokens`: (a function running one step and returning its
+    seconds, seconds of compile + warm-up)."""
     import jax
 
-    from isheep_jax import checkpoint, sharding
+    from isheep_jax import checkpoint, host_memory, sharding
     from isheep_jax.optim import OptimizerConfig, make_optimizer
     from isheep_jax.train_step import TrainState, compile_train_step, state_shardings
 
@@ -64,19 +69,50 @@ def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> tuple[float, float]:
              "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))}
     batch = {k: np.ascontiguousarray(v).reshape(m, mb, args.seq) for k, v in batch.items()}
     step = compile_train_step(cfg, opt, mesh, (m, mb, args.seq))
-    t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        state, metrics = step(state, batch)
-        float(metrics["loss"])
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(args.steps):
+
+    def one() -> float:
+        nonlocal state
         t0 = time.perf_counter()
         state, metrics = step(state, batch)
         float(metrics["loss"])
-        times.append(time.perf_counter() - t0)
-    ours = args.batch * args.seq / float(np.median(times))
-    return ours, compile_s
+        dt = time.perf_counter() - t0
+        host_memory.release_if_memory_low()  # as the trainer does (see host_memory)
+        return dt
+
+    compile_s = sum(one() for _ in range(args.warmup))
+    return one, compile_s
+
+
+def _torch(args, model_dir: str, tmp: str, tokens: np.ndarray, tdev: str) -> Callable[[], float]:
+    """A plain transformers + torch AdamW step on `tokens` (warmed up): a function running
+    one step and returning its seconds."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from isheep_jax.convert import hf
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf_dir = os.path.join(tmp, "hf")
+    hf.export_hf(model_dir, hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(tdev).train()
+    if args.remat != "none":
+        model.gradient_checkpointing_enable()  # the closest torch has to our remat policies
+    topt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=tdev == "cuda")
+    x = torch.from_numpy(tokens.astype(np.int64)).to(tdev)
+
+    def one() -> float:
+        t0 = time.perf_counter()
+        with torch.autocast(tdev, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            out = model(input_ids=x[:, :-1], labels=x[:, :-1])  # transformers shifts labels itself
+        out.loss.backward()
+        topt.step()
+        topt.zero_grad(set_to_none=True)
+        float(out.loss.detach())  # waits for the device, like float(metrics["loss"]) on our side
+        return time.perf_counter() - t0
+
+    for _ in range(args.warmup):
+        one()
+    return one
 
 
 def main() -> None:
@@ -85,10 +121,13 @@ def main() -> None:
     ap.add_argument("--preset", default="", help="a gin model preset (random weights); overrides --model")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)  # on CPU the first run after compiling is slow too
     ap.add_argument("--micro_batches", type=int, default=1)
     ap.add_argument("--remat", default="none")
+    ap.add_argument("--scan_layers", choices=["true", "false"], default=None,
+                    help="ours: scan the layers (default on a GPU) or unroll them (default on CPU, where "
+                         "XLA schedules the unrolled step faster; see RESULTS.md)")
     ap.add_argument("--attention_impl", choices=["xla", "cudnn"], default="xla", help="ours (see ModelConfig)")
     ap.add_argument("--skip_torch", action="store_true")
     ap.add_argument("--skip_ours", action="store_true",
@@ -113,12 +152,10 @@ def _run(args, tmp: str) -> None:
     import gin
     import jax
     import torch
-    from transformers import AutoModelForCausalLM
 
     from isheep_jax import checkpoint, sharding
     from isheep_jax.demo_model import smollm2_checkpoint
     from isheep_jax.config import ModelConfig
-    from isheep_jax.convert import hf
     from isheep_jax.params import init_params
 
     gpu = jax.default_backend() == "gpu"
@@ -136,37 +173,22 @@ def _run(args, tmp: str) -> None:
         checkpoint.save_model(model_dir, init_params(cfg, sharding.make_mesh()), cfg)
     else:
         model_dir = smollm2_checkpoint()
+    scan = gpu if args.scan_layers is None else args.scan_layers == "true"
     cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype,
-                                                    attention_impl=args.attention_impl)
+                                                    attention_impl=args.attention_impl, scan_layers=scan)
     n_params = cfg.num_params()
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
-    ours, compile_s = (None, 0.0) if args.skip_ours else _ours(args, cfg, model_dir, tokens)
-    from isheep_jax import host_memory
-    host_memory.release_free_memory()  # our freed buffers back to the OS before torch allocates
-
-    theirs = None
-    if not args.skip_torch:
-        torch.set_num_threads(os.cpu_count() or 1)
-        hf_dir = os.path.join(tmp, "hf")
-        hf.export_hf(model_dir, hf_dir)
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(tdev).train()
-        if args.remat != "none":
-            model.gradient_checkpointing_enable()  # the closest torch has to our remat policies
-        topt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=gpu)
-        x = torch.from_numpy(tokens.astype(np.int64)).to(tdev)
-        ttimes = []
-        for i in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
-            with torch.autocast(tdev, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-                out = model(input_ids=x[:, :-1], labels=x[:, :-1])  # transformers shifts labels itself
-            out.loss.backward()
-            topt.step()
-            topt.zero_grad(set_to_none=True)
-            float(out.loss)  # waits for the device, like float(metrics["loss"]) on our side
-            if i >= args.warmup:
-                ttimes.append(time.perf_counter() - t0)
-        theirs = args.batch * args.seq / float(np.median(ttimes))
+    ours_step, compile_s = (None, 0.0) if args.skip_ours else _ours(args, cfg, model_dir, tokens)
+    torch_step = None if args.skip_torch else _torch(args, model_dir, tmp, tokens, tdev)
+    otimes, ttimes = [], []
+    for _ in range(args.steps):  # alternating (see the module docstring)
+        if ours_step:
+            otimes.append(ours_step())
+        if torch_step:
+            ttimes.append(torch_step())
+    ours = args.batch * args.seq / float(np.median(otimes)) if otimes else None
+    theirs = args.batch * args.seq / float(np.median(ttimes)) if ttimes else None
 
     n = 8192 if gpu else 2048
     peak = peak_matmul_flops(n, dtype=args.dtype if gpu else "float32")
@@ -176,9 +198,11 @@ def _run(args, tmp: str) -> None:
     where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\nmachine: {where}; jax {jax.__version__}, torch {torch.__version__}; model {name} "
           f"({n_params / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches {args.micro_batches}, remat {args.remat}, "
+          f"layers {'scanned' if scan else 'unrolled'}, "
           f"compute {args.dtype}, f32 params, attention {args.attention_impl}, host malloc {args.host_malloc}")
     print(f"peak matmul (jnp.dot {n}^2, {args.dtype if gpu else 'float32'}): {peak / 1e12:.3f} TFLOP/s; "
           f"our compile + first step: {compile_s:.1f} s")
+    print("step seconds: ours " + " ".join(f"{t:.2f}" for t in otimes) + "; torch " + " ".join(f"{t:.2f}" for t in ttimes))
     print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")
     print("|---|---|---|---|---|---|---|")
     ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from isheep_jax import distributed, sampler, sharding
+from isheep_jax import distributed, host_memory, sampler, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.model import unstack_layers
 from isheep_jax.params import Params
@@ -203,6 +203,7 @@ class Generator:
             for i, c in zip(chunk, out):
                 results[i] = c
                 new_tokens += len(c.token_ids)
+            host_memory.release_if_memory_low()  # batches of other shapes fragment a retained heap
             bar.update(len(chunk))
             bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.1f}")
         bar.close()

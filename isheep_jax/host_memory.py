@@ -10,6 +10,12 @@ per step with the settings below against 14.0 s without). The settings: one mall
 `mmap`), no `mmap` for large blocks, no trimming of the heap's top. Freed blocks then stay
 in the process and the next step reuses them. (The heap first grows for a few steps, to the
 size that fits XLA's allocation order despite fragmentation; steps after that fault nothing.)
+That order is not fixed (XLA's threads allocate concurrently), so now and then a step finds
+no free block that fits and the heap grows by a whole temporary buffer again: a SmolLM2-135M
+train step went 8.6 -> 14.3 -> 20.2 GB over 6 steps, and the next growth killed the process
+on a 24 GB host. Long loops therefore call `release_if_memory_low()` after each step: once
+the host's available memory falls below a margin (`memory_low`) it hands the free pages
+back, at the cost of one step's page faults, instead of growing into the OOM killer.
 Between phases that allocate differently (sampling, training, the torch side of a
 benchmark) `release_free_memory()` hands the free pages back, so one phase's freed blocks
 do not add to the next one's footprint.
@@ -89,6 +95,42 @@ def release_free_memory() -> None:
     if _applied:
         gc.collect()  # drop unreferenced arrays first, so their buffers are free to hand back
         _libc().malloc_trim(0)
+
+
+def memory_low(meminfo: Mapping[str, int], fraction: float = 0.25, floor: int = 2 << 30) -> bool:
+    """Whether available memory (bytes; /proc/meminfo's MemAvailable) is below `fraction`
+    of MemTotal or below `floor` bytes, whichever is larger. A meminfo without the two
+    fields (not Linux) is never low."""
+    if "MemAvailable" not in meminfo or "MemTotal" not in meminfo:
+        return False
+    return meminfo["MemAvailable"] < max(fraction * meminfo["MemTotal"], floor)
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """/proc/meminfo as bytes per field ({} where it cannot be read)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return out
+
+
+def release_if_memory_low() -> bool:
+    """`release_free_memory()` when `memory_low(read_meminfo())` (see the module docstring);
+    returns whether it released. A no-op (False) unless `retain_freed_memory` is in effect;
+    cheap enough to call after every step (one read of /proc/meminfo)."""
+    if not _applied or not memory_low(read_meminfo()):
+        return False
+    log.info("host memory low: handing the heap's free pages back to the OS")
+    release_free_memory()
+    return True
 
 
 def configure_from_env() -> bool:

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from isheep_jax import checkpoint, distributed, io_utils, sharding
+from isheep_jax import checkpoint, distributed, host_memory, io_utils, sharding
 from isheep_jax.config import ModelConfig
 from isheep_jax.metrics import MetricsWriter, read_metrics
 from isheep_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
@@ -202,6 +202,7 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
             raise TrainingError(f"non-finite loss ({loss}) at step {s + 1}; nothing was saved for it. Last good "
                                 f"checkpoint: {'step ' + str(last) if last is not None else 'none'} in "
                                 f"{work / 'checkpoints'}. Lower the learning rate or check the data.")
+        host_memory.release_if_memory_low()  # a retained CPU heap can outgrow the host (see host_memory)
         tokens = int((batch["decoder_segment_ids"] > 0).sum())
         writer.write(s + 1, {"loss": loss, "grad_norm": float(m["grad_norm"]), "learning_rate": float(schedule(s)),
                              "target_tokens": float(m["target_tokens"]), "tokens": tokens,

@@ -80,3 +80,35 @@ def test_retained_memory_stops_per_run_page_faults_and_is_released_between_phase
     assert sorted(retain["faults"])[_RUNS // 2] < pages // 20, retain["faults"]
     assert sum(retain["faults"]) < sum(system["faults"]) / 2, (retain["faults"], system["faults"])
     assert retain["returned"] > (400 << 20)  # release_free_memory hands a freed 512 MB array back
+
+
+def test_memory_low_is_available_under_a_quarter_of_total_or_a_floor():
+    gib = 1 << 30
+    assert not host_memory.memory_low({"MemTotal": 24 * gib, "MemAvailable": 7 * gib})
+    assert host_memory.memory_low({"MemTotal": 24 * gib, "MemAvailable": 5 * gib})
+    assert host_memory.memory_low({"MemTotal": 4 * gib, "MemAvailable": gib + gib // 2})  # the 2 GiB floor
+    assert not host_memory.memory_low({"MemTotal": 4 * gib, "MemAvailable": 3 * gib})
+    assert not host_memory.memory_low({})  # no /proc/meminfo: never low
+
+
+def test_read_meminfo_parses_kb_fields(tmp_path):
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:       24576000 kB\nMemAvailable:    1024 kB\nHugePages_Total:       0\n")
+    info = host_memory.read_meminfo(str(f))
+    assert info == {"MemTotal": 24576000 * 1024, "MemAvailable": 1024 * 1024, "HugePages_Total": 0}
+    assert host_memory.read_meminfo(str(tmp_path / "missing")) == {}
+    live = host_memory.read_meminfo()
+    if platform.system() == "Linux":
+        assert 0 < live["MemAvailable"] <= live["MemTotal"]
+
+
+def test_release_if_memory_low_trims_only_when_low(monkeypatch):
+    calls = []
+    monkeypatch.setattr(host_memory, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(host_memory, "_applied", True)
+    monkeypatch.setattr(host_memory, "read_meminfo", lambda: {"MemTotal": 100 << 30, "MemAvailable": 90 << 30})
+    assert not host_memory.release_if_memory_low() and not calls
+    monkeypatch.setattr(host_memory, "read_meminfo", lambda: {"MemTotal": 100 << 30, "MemAvailable": 10 << 30})
+    assert host_memory.release_if_memory_low() and calls == [1]
+    monkeypatch.setattr(host_memory, "_applied", False)  # the system allocator: nothing retained to hand back
+    assert not host_memory.release_if_memory_low() and calls == [1]
