@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ENV = "ISHEEP_HOST_MALLOC"  # 'retain' | 'system' | unset (auto, see `wanted`)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 _applied = False
+_released = False  # release_if_memory_low has released at least once
 
 
 @functools.cache
@@ -126,9 +127,13 @@ def release_if_memory_low() -> bool:
     """`release_free_memory()` when `memory_low(read_meminfo())` (see the module docstring);
     returns whether it released. A no-op (False) unless `retain_freed_memory` is in effect;
     cheap enough to call after every step (one read of /proc/meminfo)."""
+    global _released
     if not _applied or not memory_low(read_meminfo()):
         return False
-    log.info("host memory low: handing the heap's free pages back to the OS")
+    # Once at INFO: on a host short of memory this runs after every step.
+    log.log(logging.DEBUG if _released else logging.INFO,
+            "host memory low: handing the heap's free pages back to the OS (again each time it is low)")
+    _released = True
     release_free_memory()
     return True
 
