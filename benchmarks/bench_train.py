@@ -3,10 +3,10 @@
 Same weights (SmolLM2-135M-Instruct from the embedded GGUF, or a tiny random Llama), same
 batch of random token ids, same sequence length, f32, full-parameter AdamW, loss on every
 token. Compile time is excluded (warm-up steps) and printed separately. Our steps run
-first, then torch's (alternating them puts both allocators in one retained heap, see
-isheep_jax/host_memory.py, and our steps then page-fault their buffers after every torch
-step: 0.90x against 0.95x); each side's figure is the median of its steps, and every step's
-seconds are printed, since a shared VM drifts. MFU counts 6N FLOPs
+first, then torch's: alternating them puts both allocators in one retained heap (see
+isheep_jax/host_memory.py), and our step then measured 15.1-16.2 s against 12.4-14.8 s
+alone (benchmarks/RESULTS.md). Each side's figure is the median of its steps, and every
+step's seconds are printed, since a shared VM drifts. MFU counts 6N FLOPs
 per token (N = parameters; attention's extra FLOPs ignored, as usual) against the peak f32
 matmul rate measured here with a large jnp.dot.
 
