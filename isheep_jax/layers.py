@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isheep_jax import cpu_kernels, sharding
+
 # A large finite negative: fully masked rows (padding queries) stay finite, never NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
@@ -99,6 +101,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal:
     b, t, h, d = q.shape
     kvh, g = k.shape[1], h // k.shape[1]
     if t == 1:
+        if _cpu_kernel_applies(q, k, v):
+            mask = jnp.broadcast_to(mask, (b, 1, 1, k.shape[2]))
+            return jax.lax.platform_dependent(q, k, v, mask, cpu=cpu_kernels.decode_attention,
+                                              default=_decode_attention)
         return _decode_attention(q, k, v, mask)
     n = causal_blocks(t) if causal else 1
     before = k.shape[2] - t  # keys every query sees (causal)
@@ -129,6 +135,14 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     `attention`'s transpose); mask [batch, 1, T, T] bool. Returns [batch, T, heads, D].
     """
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def _cpu_kernel_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+    """Whether decode attention runs as `cpu_kernels.decode_attention` when lowered for the
+    CPU: f32 operands, and one device (the custom call has no partitioning rule, so over a
+    mesh XLA would gather the cache onto every device; meshes keep XLA's formulation)."""
+    return (jax.default_backend() == "cpu" and sharding.mesh_size() == 1
+            and cpu_kernels.decode_attention_supported(q, k, v) and cpu_kernels.available())
 
 
 def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

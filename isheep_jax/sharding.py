@@ -107,6 +107,12 @@ def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_R
         _CONTEXT.reset(token)
 
 
+def mesh_size() -> int:
+    """Devices of the mesh of the active `activation_sharding` context (1 outside one)."""
+    ctx = _CONTEXT.get()
+    return 1 if ctx is None else ctx[0].size
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; a no-op outside `activation_sharding`."""
     ctx = _CONTEXT.get()
