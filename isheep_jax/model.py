@@ -303,22 +303,23 @@ class Transformer(nn.Module):
 
 
 def unstack_layers(params: Any, head_dtype: Any = None) -> Any:
-    """Params in the layout `decode_forward` takes: `layers` as a tuple of per-layer trees,
-    and an `lm_head` kernel [E, V] even when the embeddings are tied.
+    """Params in the layout `decode_forward` takes: `layers` as a tuple of per-layer trees.
 
     Decoding runs the layers unrolled so each layer's KV cache is its own buffer, updated in
     place; a cache stacked over layers in a scan carry is copied whole at every layer on
-    XLA:CPU (measured 20x slower). A tied head multiplies by the embedding transposed, which
-    XLA:CPU runs at a third of its matmul rate; a transposed copy (vocab x hidden more
-    bytes) made once makes it a plain matmul (SmolLM2-135M, batch 32: 13 ms less per token).
-    head_dtype: that copy's dtype (the compute dtype: the head casts its kernel to it anyway).
+    XLA:CPU (measured 20x slower). A tied head multiplies by the embedding [V, E] itself. (A
+    transposed [E, V] copy had measured faster on an AVX-512 CPU; on the AMD Zen 3 CPU of
+    benchmarks/RESULTS.md the embedding itself is faster at every batch from 1 to 64,
+    SmolLM2-135M batch 32: 180 -> 160 ms per step, and it costs no copy.)
+    head_dtype: the compute dtype. Where it is not the embedding's, a tied head gets its own
+    copy in it (`tied_head`), cast once here instead of at every step.
     """
     n = jax.tree.leaves(params["layers"])[0].shape[0]
     out = dict(params)
     out["layers"] = tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(n))
-    if "lm_head" not in params:
-        head = params["embed"]["embedding"].T
-        out["lm_head"] = {"kernel": head.astype(head_dtype) if head_dtype is not None else head}
+    embedding = params["embed"]["embedding"]
+    if "lm_head" not in params and head_dtype is not None and jnp.dtype(head_dtype) != embedding.dtype:
+        out["tied_head"] = embedding.astype(head_dtype)
     return out
 
 
@@ -362,6 +363,9 @@ def decode_forward(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
         ks.append(k)
         vs.append(v)
     x = RMSNorm(cfg).apply({"params": params["final_norm"]}, _gather_positions(x, logits_index, packing))
-    logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab")).apply(
-        {"params": params["lm_head"]}, x)
+    if "lm_head" in params:
+        logits = Projection(cfg, (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab")).apply(
+            {"params": params["lm_head"]}, x)
+    else:
+        logits = tied_logits(cfg, x, params.get("tied_head", params["embed"]["embedding"]))
     return _finish_logits(logits), KVCache(tuple(ks), tuple(vs), valid, index + t)

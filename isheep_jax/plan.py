@@ -180,10 +180,11 @@ def make_plan(cfg: ModelConfig, mesh_shape: tuple[int, int, int], batch_size: in
     act = {r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r) for r in ("none", "dots", "full")}
     cache = kv_cache_bytes(cfg, mesh, pc.sample_batch, pc.sample_len)
     weights = sampler_weight_bytes(cfg, mesh)
-    # The sampler multiplies by a transposed copy of tied embeddings in compute dtype
-    # (model.unstack_layers).
-    head_copy = shard_bytes((cfg.hidden_size, cfg.vocab_size), np.dtype(cfg.dtype).itemsize,
-                            ("embed", "vocab"), mesh) if cfg.tie_embeddings else 0
+    # The sampler keeps a copy of tied embeddings in the compute dtype, where that is not the
+    # parameters' (model.unstack_layers).
+    cast = cfg.tie_embeddings and np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype)
+    head_copy = shard_bytes((cfg.vocab_size, cfg.hidden_size), np.dtype(cfg.dtype).itemsize,
+                            ("vocab", "embed"), mesh) if cast else 0
     sample_logits = _split(pc.sample_batch, mesh_shape[0] * mesh_shape[1]) * _split(cfg.vocab_size, mesh_shape[2]) * 4
     rows = {"params": params, "optimizer state": moments, "gradients": grads,
             "activations (remat none)": act["none"], "activations (remat dots)": act["dots"],
@@ -299,10 +300,8 @@ def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tupl
     layer_shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s.spec[1:])),
                                    stacked["layers"])
     shard_tree = dict(stacked, layers=tuple(layer_shardings for _ in range(cfg.num_layers)))
-    if "lm_head" not in stacked:  # tied: the sampler's transposed copy of the embedding
-        spec = tuple(stacked["embed"]["embedding"].spec)
-        spec = (spec + (None,) * (2 - len(spec)))[::-1]
-        shard_tree["lm_head"] = {"kernel": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))}
+    if "tied_head" in unstacked:  # tied, cast to the compute dtype: sharded like the embedding
+        shard_tree["tied_head"] = stacked["embed"]["embedding"]
     capacity = pc.sample_len // 2
     b, p = pc.sample_batch, pc.sample_len - capacity
     rows = sharding.logical_to_sharding(("batch", "length"), (b, p), mesh)
