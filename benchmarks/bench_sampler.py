@@ -2,7 +2,8 @@
 
 Same model weights (the embedded GGUF, dequantised), same chat-templated prompts, same
 batch, 128 new tokens forced on both sides (EOS disabled), temperature 1, top-p 0.95.
-Our compile time is excluded (one warm-up call per shape) and printed separately.
+Our compile time is excluded (one warm-up call per shape) and printed separately. Each side
+is timed `--repeats` times per batch and the median reported.
 
     python benchmarks/bench_sampler.py [--batches 1 8 32 64] [--new_tokens 128] [--kv_cache_dtype bfloat16]
     python benchmarks/bench_sampler.py --preset gin_configs/models/smollm2_135m.gin --tokenizer DIR --dtype bfloat16
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--skip_torch", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed calls per side and batch; the median is reported (a shared VM drifts by +-20 %%)")
     ap.add_argument("--kv_cache_dtype", default="", help="ours only ('' = compute dtype, f32)")
     ap.add_argument("--no_share_prefix", action="store_true", help="ours: prefill the prompts' common prefix per row")
     ap.add_argument("--preset", default="", help="a gin model preset (random weights); needs --tokenizer")
@@ -96,20 +99,28 @@ def main() -> None:
         t0 = time.perf_counter()
         gen.generate(prompts, s, add_special_tokens=False, progress=False)  # compile + run
         first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = gen.generate(prompts, s, add_special_tokens=False, progress=False)
-        ours = sum(len(c.token_ids) for c in out) / (time.perf_counter() - t0)
+        rates = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = gen.generate(prompts, s, add_special_tokens=False, progress=False)
+            rates.append(sum(len(c.token_ids) for c in out) / (time.perf_counter() - t0))
+        ours = float(np.median(rates))
         theirs = float("nan")
         if not args.skip_torch:
             enc = hf_tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(tdev)
             with torch.no_grad():  # warm-up (CUDA context, kernels), like our compile call
                 hf_model.generate(**enc, max_new_tokens=4, do_sample=True, pad_token_id=hf_tok.pad_token_id).cpu()
-                t0 = time.perf_counter()
-                r = hf_model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_p=0.95,
-                                      temperature=1.0, pad_token_id=hf_tok.pad_token_id).cpu()  # waits for the GPU
-                theirs = (r.shape[1] - enc["input_ids"].shape[1]) * b / (time.perf_counter() - t0)
+                their_rates = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    r = hf_model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_p=0.95,
+                                          temperature=1.0, pad_token_id=hf_tok.pad_token_id).cpu()  # waits for the GPU
+                    their_rates.append((r.shape[1] - enc["input_ids"].shape[1]) * b / (time.perf_counter() - t0))
+                theirs = float(np.median(their_rates))
         rows.append((b, ours, theirs, first))
-        print(f"batch {b}: ours {ours:.1f} tok/s, transformers {theirs:.1f} tok/s", flush=True)
+        print(f"batch {b}: ours {ours:.1f} tok/s, transformers {theirs:.1f} tok/s (median of {args.repeats}; ours "
+              f"{' '.join(f'{x:.1f}' for x in rates)}"
+              + (f", transformers {' '.join(f'{x:.1f}' for x in their_rates)})" if not args.skip_torch else ")"), flush=True)
 
     where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     model = os.path.basename(args.preset).removesuffix(".gin") + " (random weights)" if args.preset \
