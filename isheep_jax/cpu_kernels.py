@@ -78,7 +78,7 @@ def build(source: str = SOURCE, out_dir: str | None = None) -> str:
     include = jax.ffi.include_dir()
     with open(source, "rb") as f:
         text = f.read()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, errors="replace", timeout=60).stdout
     key = hashlib.sha256(b"\0".join(
         [text, " ".join(FLAGS).encode(), version.encode(), jaxlib.__version__.encode(), _cpu_id().encode()])).hexdigest()
     folder = os.path.join(out_dir or _cache_dir(), key[:16])
@@ -91,7 +91,8 @@ def build(source: str = SOURCE, out_dir: str | None = None) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        res = subprocess.run([cxx, *FLAGS, "-I", include, source, "-o", tmp], capture_output=True, text=True)
+        res = subprocess.run([cxx, *FLAGS, "-I", include, source, "-o", tmp], capture_output=True, text=True,
+                             errors="replace", timeout=600)
         if res.returncode:
             raise RuntimeError(f"{cxx} failed on {source}:\n{res.stderr[-2000:]}")
         os.replace(tmp, lib)
@@ -109,7 +110,7 @@ def available() -> bool:
     try:
         lib = ctypes.cdll.LoadLibrary(build())
         jax.ffi.register_ffi_target(DECODE_ATTENTION, jax.ffi.pycapsule(lib.IsheepDecodeAttention), platform="cpu")
-    except (RuntimeError, OSError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 (a speed-up must never take the sampler down)
         log.warning("CPU kernels unavailable, using XLA's decode attention instead: %s", e)
         return False
     return True
@@ -124,9 +125,13 @@ def decode_attention_supported(q: jax.Array, k: jax.Array, v: jax.Array) -> bool
 def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """The kernel: q [B, 1, H, D]; k, v [B, K, S, D]; mask [B, 1, 1, S] -> [B, 1, H, D].
 
+    Equals `layers._decode_attention` on every row with a visible slot; a row with none gets
+    zeros (XLA's softmax would average all of v; the sampler never has such a row).
+
     Only for the CPU: callers choose it with `jax.lax.platform_dependent`, after `available()`."""
     b, _, h, d = q.shape
     kvh, s = k.shape[1], k.shape[2]
-    out = jax.ffi.ffi_call(DECODE_ATTENTION, jax.ShapeDtypeStruct((b, kvh, h // kvh, d), jnp.float32))(
+    out = jax.ffi.ffi_call(DECODE_ATTENTION, jax.ShapeDtypeStruct((b, kvh, h // kvh, d), jnp.float32),
+                           vmap_method="sequential")(
         q.reshape(b, kvh, h // kvh, d), k, v, mask.reshape(b, s))
     return out.reshape(b, 1, h, d)

@@ -101,7 +101,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal:
     b, t, h, d = q.shape
     kvh, g = k.shape[1], h // k.shape[1]
     if t == 1:
-        if _cpu_kernel_applies(q, k, v):
+        # Only a cached decode step (causal=False) takes the kernel: it has no gradient, and a
+        # length-1 training or scoring forward (causal) must stay differentiable.
+        if not causal and _cpu_kernel_applies(q, k, v):
             mask = jnp.broadcast_to(mask, (b, 1, 1, k.shape[2]))
             return jax.lax.platform_dependent(q, k, v, mask, cpu=cpu_kernels.decode_attention,
                                               default=_decode_attention)

@@ -57,9 +57,15 @@ def test_attention_uses_the_kernel_on_one_cpu_device_only():
     assert cpu_kernels.DECODE_ATTENTION in _lowered(layers.attention, q, k, v, m)
     # Other platforms (an AOT lowering for TPU from this host) get XLA's formulation.
     assert cpu_kernels.DECODE_ATTENTION not in _lowered(layers.attention, q, k, v, m, platforms=("tpu",))
-    # bf16 operands, and prefill (several queries), are not the kernel's.
+    # Not the kernel's: bf16 operands; a causal forward of one token (training, scoring);
+    # several queries (prefill); more than 16 query heads per kv head.
     assert cpu_kernels.DECODE_ATTENTION not in _lowered(
         layers.attention, q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), m)
+    assert cpu_kernels.DECODE_ATTENTION not in _lowered(lambda *a: layers.attention(*a, causal=True), q, k, v, m)
+    q4 = jnp.concatenate([q] * 4, axis=1)
+    assert cpu_kernels.DECODE_ATTENTION not in _lowered(layers.attention, q4, k, v, jnp.ones((2, 1, 4, 16), bool))
+    wide = jnp.ones((2, 1, 17, 64), jnp.float32)
+    assert cpu_kernels.DECODE_ATTENTION not in _lowered(layers.attention, wide, k[:, :1], v[:, :1], m)
     if len(jax.devices()) > 1:  # a mesh: the custom call has no partitioning rule
         with sharding.activation_sharding(sharding.make_mesh()):  # (a new function: a new trace)
             assert cpu_kernels.DECODE_ATTENTION not in _lowered(lambda *a: layers.attention(*a), q, k, v, m)
@@ -76,3 +82,13 @@ def test_build_is_cached_and_a_failing_compiler_is_a_clear_error(tmp_path, monke
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(RuntimeError, match="no-such-compiler' is not an executable"):
         cpu_kernels.build(out_dir=str(tmp_path / "other"))
+
+
+def test_one_token_training_forward_stays_differentiable_and_the_kernel_vmaps():
+    rng = np.random.default_rng(2)
+    q, k, v, m = _operands(rng, 2, 1, 2, 1, 16, np.ones((2, 1), bool))
+    grad = jax.grad(lambda q: layers.attention(q, k, v, m, causal=True).sum())(q)
+    assert grad.shape == q.shape and np.all(np.isfinite(np.asarray(grad)))
+    q, k, v, m = _operands(rng, 3, 2, 2, 8, 16, np.ones((3, 8), bool))
+    batched = jax.vmap(cpu_kernels.decode_attention, in_axes=(None, 0, 0, None))(q, jnp.stack([k, v]), jnp.stack([v, k]), m)
+    np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(layers._decode_attention(q, v, k, m)), rtol=2e-5, atol=2e-6)

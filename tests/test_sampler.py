@@ -56,6 +56,43 @@ def test_greedy_matches_transformers_generate(tiny):
         assert completion.finish_reason == "length"
 
 
+def test_one_device_decoding_with_the_cpu_kernel(tiny, tmp_path, monkeypatch):
+    """The tests' default mesh has 8 devices (XLA's decode attention); one device is where the
+    CPU kernel runs: greedy tokens still equal transformers', log-probs equal XLA's path."""
+    from transformers import AutoModelForCausalLM
+
+    from isheep_jax import cpu_kernels, layers
+
+    if not cpu_kernels.available():
+        pytest.skip("CPU kernels did not build here")
+    hf_dir, _, _, tok = tiny
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    hf.import_hf(hf_dir, str(tmp_path / "ours"))
+    cfg, params = checkpoint.load_model(str(tmp_path / "ours"), mesh)
+    prompts = _mixed_prompts()
+
+    def run():
+        gen = Generator(cfg, params, tok, mesh=mesh)
+        gen.eos_ids = np.asarray([-1], np.int32)
+        return gen.generate(prompts, GREEDY, progress=False)
+
+    jax.clear_caches()  # a fresh trace: the choice of attention is made while tracing
+    with_kernel = run()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    for prompt, completion in zip(prompts, with_kernel):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        assert completion.token_ids == ref
+    monkeypatch.setattr(layers, "_cpu_kernel_applies", lambda *a: False)
+    jax.clear_caches()
+    without = run()
+    for a, b in zip(with_kernel, without):
+        assert a.token_ids == b.token_ids
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("prompts", [_mixed_prompts(6), _prefixed_prompts(6)], ids=["own", "shared_prefix"])
 def test_cached_decoding_equals_full_forward_at_every_step(tiny, prompts):
     """Per-token log-probs from the cached loop equal a full forward over prompt + output,
