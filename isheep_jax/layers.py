@@ -1,5 +1,8 @@
 """Pure building blocks of the transformer: RMSNorm math, RoPE, masks, attention.
 
+One choice is made while tracing: a decode step's attention on one CPU device runs as the
+C++ kernel of `cpu_kernels` (see `_cpu_kernel_applies`), everywhere else as the XLA code here.
+
 RoPE uses the Hugging Face half-split (`rotate_half`) layout, so Hugging Face weights
 convert without permuting Q/K (llama.cpp's GGUF files are un-permuted on import).
 """

@@ -39,19 +39,23 @@ def _prefixed_prompts(n: int = 8, shared: int = 27, vocab: int = 320) -> list[li
     return [head + x for x in _mixed_prompts(n, vocab)]
 
 
-def test_greedy_matches_transformers_generate(tiny):
+def _transformers_greedy(hf_dir, prompts, new_tokens: int = 12) -> list[list[int]]:
+    """transformers' greedy continuation of each prompt on its own (no padding), EOS off."""
     from transformers import AutoModelForCausalLM
 
-    hf_dir, cfg, params, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model.generate(torch.tensor([p]), max_new_tokens=new_tokens, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+
+
+def test_greedy_matches_transformers_generate(tiny):
+    hf_dir, cfg, params, tok = tiny
     prompts = _mixed_prompts()
     gen = Generator(cfg, params, tok)
     gen.eos_ids = np.asarray([-1], np.int32)  # the random model has no EOS: compare all 12 tokens
     out = gen.generate(prompts, GREEDY, progress=False)
-    for prompt, completion in zip(prompts, out):
-        with torch.no_grad():
-            ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    for ref, completion in zip(_transformers_greedy(hf_dir, prompts), out):
         assert completion.token_ids == ref
         assert completion.finish_reason == "length"
 
@@ -59,8 +63,6 @@ def test_greedy_matches_transformers_generate(tiny):
 def test_one_device_decoding_with_the_cpu_kernel(tiny, tmp_path, monkeypatch):
     """The tests' default mesh has 8 devices (XLA's decode attention); one device is where the
     CPU kernel runs: greedy tokens still equal transformers', log-probs equal XLA's path."""
-    from transformers import AutoModelForCausalLM
-
     from isheep_jax import cpu_kernels, layers
 
     if not cpu_kernels.available():
@@ -76,13 +78,17 @@ def test_one_device_decoding_with_the_cpu_kernel(tiny, tmp_path, monkeypatch):
         gen.eos_ids = np.asarray([-1], np.int32)
         return gen.generate(prompts, GREEDY, progress=False)
 
+    kernel_calls, kernel = [], cpu_kernels.decode_attention
+
+    def counted(*a):
+        kernel_calls.append(1)  # once per traced decode-step layer
+        return kernel(*a)
+
+    monkeypatch.setattr(cpu_kernels, "decode_attention", counted)
     jax.clear_caches()  # a fresh trace: the choice of attention is made while tracing
     with_kernel = run()
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    for prompt, completion in zip(prompts, with_kernel):
-        with torch.no_grad():
-            ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert kernel_calls, "the one-device sampler did not take the CPU kernel"
+    for ref, completion in zip(_transformers_greedy(hf_dir, prompts), with_kernel):
         assert completion.token_ids == ref
     monkeypatch.setattr(layers, "_cpu_kernel_applies", lambda *a: False)
     jax.clear_caches()
