@@ -2,15 +2,18 @@
 
 Same weights (SmolLM2-135M-Instruct from the embedded GGUF, or a tiny random Llama), same
 batch of random token ids, same sequence length, f32, full-parameter AdamW, loss on every
-token. Compile time is excluded (warm-up steps) and printed separately. Our steps run
-first, then torch's: alternating them puts both allocators in one retained heap (see
-isheep_jax/host_memory.py), and our step then measured 15.1-16.2 s against 12.4-14.8 s
-alone (benchmarks/RESULTS.md). Each side's figure is the median of its steps, and every
-step's seconds are printed, since a shared VM drifts. MFU counts 6N FLOPs
-per token (N = parameters; attention's extra FLOPs ignored, as usual) against the peak f32
-matmul rate measured here with a large jnp.dot.
+token. Each side runs in fresh processes of its own, `--runs` of them, in the order ours,
+torch, torch, ours, ... (so a drifting VM weighs on both; in one process the two would also
+share a host heap, which slowed our step by ~15 %: benchmarks/RESULTS.md). Compile time and
+warm-up steps are excluded and printed separately; each side's figure is the median of all
+its timed steps over its runs, and every step's seconds are printed. Our process uses the
+host allocator settings the `isheep` command applies on CPU hosts (isheep_jax/host_memory.py);
+the torch process uses glibc's defaults, as a plain torch loop does (`--torch_malloc retain`
+gives it ours). MFU counts 6N FLOPs per token (N = parameters; attention's extra FLOPs
+ignored, as usual) against the peak f32 matmul rate measured in each process with a large
+jnp.dot (the median over processes).
 
-    python benchmarks/bench_train.py [--model smollm2|tiny] [--batch 8] [--seq 256] [--steps 6] [--scan_layers true]
+    python benchmarks/bench_train.py [--model smollm2|tiny] [--batch 8] [--seq 256] [--steps 6] [--runs 2]
     python benchmarks/bench_train.py --preset gin_configs/models/qwen15_1_8b.gin --dtype bfloat16 ...
 
 --preset builds a model preset's shapes with random weights (no download). On a GPU both
@@ -21,9 +24,12 @@ sides run there (torch under CUDA autocast for bf16) and the peak is a bf16 (or 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -47,9 +53,9 @@ def peak_matmul_flops(n: int = 2048, reps: int = 10, dtype: str = "float32") -> 
     return 2 * n**3 * reps / float(np.median(times))
 
 
-def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> tuple[Callable[[], float], float]:
-    """Our jit train step on `tokens`: (a function running one step and returning its
-    seconds, seconds of compile + warm-up)."""
+def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> Callable[[], float]:
+    """Our jit train step on `tokens`: a function running one step (the first compiles) and
+    returning its seconds."""
     import jax
 
     from isheep_jax import checkpoint, host_memory, sharding
@@ -80,13 +86,12 @@ def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> tuple[Callable[[], f
         host_memory.release_if_memory_low()  # as the trainer does (see host_memory)
         return dt
 
-    compile_s = sum(one() for _ in range(args.warmup))
-    return one, compile_s
+    return one
 
 
 def _torch(args, model_dir: str, tmp: str, tokens: np.ndarray, tdev: str) -> Callable[[], float]:
-    """A plain transformers + torch AdamW step on `tokens` (warmed up): a function running
-    one step and returning its seconds."""
+    """A plain transformers + torch AdamW step on `tokens`: a function running one step and
+    returning its seconds."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -111,8 +116,6 @@ def _torch(args, model_dir: str, tmp: str, tokens: np.ndarray, tdev: str) -> Cal
         float(out.loss.detach())  # waits for the device, like float(metrics["loss"]) on our side
         return time.perf_counter() - t0
 
-    for _ in range(args.warmup):
-        one()
     return one
 
 
@@ -123,7 +126,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)  # on CPU the first run after compiling is slow too
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed steps: compile, the slow first run, and (CPU) the retained heap's growth")
+    ap.add_argument("--runs", type=int, default=2,
+                    help="fresh processes per side, in the order ours, torch, torch, ours, ...")
+    ap.add_argument("--torch_malloc", choices=["system", "retain"], default="system",
+                    help="host allocator of the torch process: glibc's defaults (a plain torch loop, as its "
+                         "users run it) or the retained heap that `isheep` applies to itself on CPU hosts")
     ap.add_argument("--micro_batches", type=int, default=1)
     ap.add_argument("--remat", default="none")
     ap.add_argument("--scan_layers", choices=["true", "false"], default=None,
@@ -131,15 +140,88 @@ def main() -> None:
                          "XLA schedules the unrolled step faster; see RESULTS.md)")
     ap.add_argument("--attention_impl", choices=["xla", "cudnn"], default="xla", help="ours (see ModelConfig)")
     ap.add_argument("--skip_torch", action="store_true")
-    ap.add_argument("--skip_ours", action="store_true",
-                    help="torch only (on a GPU run each side in its own process: JAX keeps the memory it took)")
+    ap.add_argument("--skip_ours", action="store_true")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="compute dtype (params and Adam state stay f32); torch runs under autocast for bf16")
+    ap.add_argument("--side", choices=["ours", "torch"], default=None, help=argparse.SUPPRESS)  # child process
     args = ap.parse_args()
+    if args.runs < 1 or args.steps < 1 or args.warmup < 0:
+        ap.error("--runs and --steps must be >= 1 and --warmup >= 0")
+    if args.side:
+        _child(args)
+    else:
+        _orchestrate(args)
+
+
+RESULT = "BENCH_TRAIN_RESULT "  # the child's one line for the parent
+
+
+def _orchestrate(args) -> None:
+    """Runs each side `args.runs` times, each in a fresh process (ABBA order, so a drifting VM
+    weighs on both), and prints every step and the table."""
+    sides = [s for s in ("ours", "torch") if not getattr(args, f"skip_{s}")]
+    if not sides:
+        raise SystemExit("bench_train: nothing to run (--skip_ours and --skip_torch)")
+    order = [s for r in range(args.runs) for s in (sides if r % 2 == 0 else sides[::-1])]
+    results: dict[str, list[dict]] = {s: [] for s in sides}
+    for i, side in enumerate(order):
+        env = dict(os.environ)
+        if side == "torch":
+            env[host_memory_env()] = args.torch_malloc
+        cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--side", side]
+        print(f"[{i + 1}/{len(order)}] {side} ...", flush=True)
+        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        lines = [l for l in out.stdout.splitlines() if l.startswith(RESULT)]
+        if out.returncode or not lines:
+            sys.stdout.write(out.stdout)
+            raise SystemExit(f"bench_train: the {side} process failed (exit code {out.returncode})")
+        r = json.loads(lines[-1][len(RESULT):])
+        results[side].append(r)
+        print(f"    {side}: steps " + " ".join(f"{t:.2f}" for t in r["steps"]) + f" s; warm-up (with compile) "
+              f"{r['warmup_s']:.1f} s; peak {r['peak'] / 1e9:.0f} GFLOP/s; host malloc {r['host_malloc']}",
+              flush=True)
+    _report(args, results)
+
+
+def host_memory_env() -> str:
     from isheep_jax import host_memory
-    # Before JAX starts (see host_memory); torch, in the same process on a CPU run, shares it.
+    return host_memory.ENV
+
+
+def _report(args, results: dict[str, list[dict]]) -> None:
+    """Each side's figure: the median of all its timed steps over all its runs."""
+    first = next(iter(results.values()))[0]
+    tokens = args.batch * args.seq
+    peaks = [r["peak"] for rs in results.values() for r in rs]
+    peak = float(np.median(peaks))
+    rate = {s: tokens / float(np.median([t for r in rs for t in r["steps"]])) for s, rs in results.items()}
+    per_run = {s: [f"{tokens / float(np.median(r['steps'])):.1f}" for r in rs] for s, rs in results.items()}
+
+    def mfu(side: str) -> str:
+        return f"{100 * 6 * first['n_params'] * rate[side] / peak:.0f} %" if side in rate else "-"
+
+    print(f"\nmachine: {first['machine']}; {first['versions']}; model {first['name']} "
+          f"({first['n_params'] / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches "
+          f"{args.micro_batches}, remat {args.remat}, {first['layers']}, compute {args.dtype}, f32 params, "
+          f"attention {args.attention_impl}; host malloc: "
+          + ", ".join(f"{s} {rs[0]['host_malloc']}" for s, rs in results.items()))
+    print(f"{args.runs} process(es) per side, {args.warmup} warm-up + {args.steps} timed steps each; tok/s per "
+          "run: " + "; ".join(f"{s} {', '.join(v)}" for s, v in per_run.items()))
+    print(f"peak matmul ({first['peak_what']}), median of {len(peaks)} processes: {peak / 1e12:.3f} TFLOP/s "
+          f"(each: {', '.join(f'{p / 1e9:.0f}' for p in peaks)} GFLOP/s)")
+    print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")
+    print("|---|---|---|---|---|---|---|")
+    ours, theirs = rate.get("ours"), rate.get("torch")
+    ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
+    print(f"| {first['name']} | {args.batch} x {args.seq} | {ours or 0:.1f} | {theirs or 0:.1f} | {ratio} | "
+          f"{mfu('ours')} | {mfu('torch')} |")
+
+
+def _child(args) -> None:
+    from isheep_jax import host_memory
+    # Before JAX (or torch) starts its threads (see host_memory).
     args.host_malloc = "retain" if host_memory.configure_from_env() else "system"
-    if args.skip_ours:  # JAX only builds the weights: leave the accelerator's memory to torch
+    if args.side == "torch":  # JAX only builds the weights: leave the accelerator's memory to torch
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
     tmp = tempfile.mkdtemp(prefix="bench_train_")
@@ -148,11 +230,11 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
 def _run(args, tmp: str) -> None:
+    import importlib.metadata
+
     import gin
     import jax
-    import torch
 
     from isheep_jax import checkpoint, sharding
     from isheep_jax.demo_model import smollm2_checkpoint
@@ -180,37 +262,18 @@ def _run(args, tmp: str) -> None:
     n_params = cfg.num_params()
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
-    otimes, ttimes, compile_s = [], [], 0.0
-    if not args.skip_ours:
-        ours_step, compile_s = _ours(args, cfg, model_dir, tokens)
-        otimes = [ours_step() for _ in range(args.steps)]
-        del ours_step  # our state's buffers
-    from isheep_jax import host_memory
-    host_memory.release_free_memory()  # our freed buffers back to the OS before torch allocates
-    if not args.skip_torch:
-        torch_step = _torch(args, model_dir, tmp, tokens, tdev)
-        ttimes = [torch_step() for _ in range(args.steps)]
-    ours = args.batch * args.seq / float(np.median(otimes)) if otimes else None
-    theirs = args.batch * args.seq / float(np.median(ttimes)) if ttimes else None
-
+    step = _ours(args, cfg, model_dir, tokens) if args.side == "ours" else _torch(args, model_dir, tmp, tokens, tdev)
+    warmup_s = sum(step() for _ in range(args.warmup))
+    times = [step() for _ in range(args.steps)]
+    del step  # the state's buffers, before the peak's matmuls allocate
     n = 8192 if gpu else 2048
-    peak = peak_matmul_flops(n, dtype=args.dtype if gpu else "float32")
-    def mfu(tok_s: float | None) -> str:
-        return f"{100 * 6 * n_params * tok_s / peak:.0f} %" if tok_s else "-"
-
+    peak_dtype = args.dtype if gpu else "float32"
     where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    print(f"\nmachine: {where}; jax {jax.__version__}, torch {torch.__version__}; model {name} "
-          f"({n_params / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches {args.micro_batches}, remat {args.remat}, "
-          f"layers {'scanned' if scan else 'unrolled'}, "
-          f"compute {args.dtype}, f32 params, attention {args.attention_impl}, host malloc {args.host_malloc}")
-    print(f"peak matmul (jnp.dot {n}^2, {args.dtype if gpu else 'float32'}): {peak / 1e12:.3f} TFLOP/s; "
-          f"our compile + first step: {compile_s:.1f} s")
-    print("step seconds: ours " + " ".join(f"{t:.2f}" for t in otimes) + "; torch " + " ".join(f"{t:.2f}" for t in ttimes))
-    print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")
-    print("|---|---|---|---|---|---|---|")
-    ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
-    print(f"| {name} | {args.batch} x {args.seq} | {ours or 0:.1f} | {theirs or 0:.1f} | {ratio} | {mfu(ours)} "
-          f"| {mfu(theirs)} |")
+    print(RESULT + json.dumps({
+        "side": args.side, "steps": times, "warmup_s": warmup_s, "peak": peak_matmul_flops(n, dtype=peak_dtype),
+        "peak_what": f"jnp.dot {n}^2, {peak_dtype}", "n_params": n_params, "name": name, "machine": where,
+        "versions": f"jax {jax.__version__}, torch {importlib.metadata.version('torch')}", "host_malloc": args.host_malloc,
+        "layers": "scanned" if scan else "unrolled"}), flush=True)
 
 
 if __name__ == "__main__":
