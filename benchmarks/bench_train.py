@@ -60,15 +60,16 @@ def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> Callable[[], float]:
 
     from isheep_jax import checkpoint, host_memory, sharding
     from isheep_jax.optim import OptimizerConfig, make_optimizer
-    from isheep_jax.train_step import TrainState, compile_train_step, state_shardings
+    from isheep_jax.train_step import TrainState, compile_train_step, owned_state, state_shardings
 
     mesh = sharding.make_mesh()
     _, params = checkpoint.load_model(model_dir, mesh, remat_policy=args.remat)
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, weight_decay=0.0, warmup_steps=0, warmup_ratio=0.0,
                                          b2=0.999, clip_grad_norm=0.0), 1000)
     _, shard = state_shardings(cfg, opt, mesh)
-    state = TrainState(jax.numpy.zeros((), jax.numpy.int32), params,
-                       jax.jit(opt.init, out_shardings=shard.opt_state)(params))
+    state = owned_state(TrainState(jax.numpy.zeros((), jax.numpy.int32), params,
+                                   jax.jit(opt.init, out_shardings=shard.opt_state)(params)), shard)
+    del params  # the restored buffers: owned_state copied them
     m, mb = args.micro_batches, args.batch // args.micro_batches
     batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
              "decoder_loss_weights": np.ones((args.batch, args.seq), np.int32),
@@ -79,11 +80,13 @@ def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> Callable[[], float]:
 
     def one() -> float:
         nonlocal state
+        in_use = host_memory.heap_in_use()
         t0 = time.perf_counter()
         state, metrics = step(state, batch)
         float(metrics["loss"])
+        host_memory.wait_until_freed(in_use)  # as the trainer does (see host_memory)
         dt = time.perf_counter() - t0
-        host_memory.release_if_memory_low()  # as the trainer does (see host_memory)
+        host_memory.release_if_memory_low()
         return dt
 
     return one

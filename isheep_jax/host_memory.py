@@ -36,6 +36,7 @@ import glob
 import logging
 import os
 import platform
+import time
 from typing import Mapping
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,49 @@ def release_if_memory_low() -> bool:
             "host memory low: handing the heap's free pages back to the OS (again each time it is low)")
     _released = True
     release_free_memory()
+    return True
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@functools.cache
+def _mallinfo2():
+    """glibc's `mallinfo2` (2.33+), or None."""
+    fn = getattr(_libc(), "mallinfo2", None)
+    if fn is not None:
+        fn.restype = _MallInfo2
+    return fn
+
+
+def heap_in_use() -> int:
+    """Bytes the heap has handed out (glibc `mallinfo2().uordblks`); 0 unless the retained heap
+    is in effect. It walks the free chunks: about a millisecond."""
+    fn = _mallinfo2() if _applied else None
+    return int(fn().uordblks) if fn is not None else 0
+
+
+def wait_until_freed(in_use_before: int, slack: int = 64 << 20, timeout: float = 0.25) -> bool:
+    """Waits until the heap's in-use bytes are back within `slack` of `in_use_before`, taken just
+    before a step was dispatched (`heap_in_use`); returns whether they were.
+
+    XLA:CPU frees an execution's temporary block on a worker thread 6-12 ms after its outputs
+    are readable. A step dispatched in between asks for its own block while the last one is
+    still held, and the retained heap grows by a whole block (5.8 GB for SmolLM2-135M at
+    8 x 256; 20-30 s of page faults on a VM where first touch is dear, and the next hand-back
+    of a heap that outgrew the host costs them again: benchmarks/RESULTS.md). A no-op (True)
+    unless the retained heap is in effect; gives up after `timeout` seconds (other threads,
+    such as a checkpoint being written, may hold memory of their own)."""
+    if not _applied or _mallinfo2() is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while heap_in_use() > in_use_before + slack:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
     return True
 
 

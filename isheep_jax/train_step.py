@@ -93,6 +93,22 @@ def state_shardings(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
     return abstract_state, TrainState(rep, p_shard, o_shard)
 
 
+def owned_state(state: TrainState, shardings: TrainState) -> TrainState:
+    """A copy of `state` in buffers the runtime owns, so that the donated step updates every
+    leaf in place from its first run. Arrays restored from a checkpoint can be zero-copy views
+    of host memory on the CPU; the runtime cannot donate those, so the first step writes such
+    leaves to fresh buffers (3 of 36 for a tiny model, varying with the host buffers'
+    alignment). On XLA:CPU those land above that step's temporary block in the host heap, and
+    the block can then no longer merge back into the heap's top: the heap grew by a whole
+    temporary block (5.8 GB for SmolLM2-135M at 8 x 256) on the next step
+    (benchmarks/RESULTS.md). The copy costs one pass over the state, once. Other backends
+    return `state` as it is: their restored arrays live in device memory the runtime owns,
+    and a copy would double the state's footprint there."""
+    if jax.default_backend() != "cpu":
+        return state
+    return jax.jit(lambda st: jax.tree.map(jnp.copy, st), out_shardings=shardings)(state)
+
+
 def batch_sharding(mesh: Mesh, shape: tuple[int, ...],
                    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES) -> NamedSharding:
     """[micro, rows, length] arrays: rows over the batch axes."""

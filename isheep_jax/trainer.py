@@ -33,7 +33,7 @@ from isheep_jax.config import ModelConfig
 from isheep_jax.metrics import MetricsWriter, read_metrics
 from isheep_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from isheep_jax.sft_data import MODEL_KEYS, SFTArrays
-from isheep_jax.train_step import TrainState, batch_sharding, compile_train_step, state_shardings
+from isheep_jax.train_step import TrainState, batch_sharding, compile_train_step, owned_state, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,16 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
             raise TrainingError(f"{work / 'checkpoints'}: checkpoint of step {start} was written for other data or "
                                 f"settings (fingerprint {restored['meta'].get('fingerprint')} != {fingerprint}); "
                                 "use a new work directory or delete it")
-        state = TrainState(*restored["state"])
+        state = owned_state(TrainState(*restored["state"]), shard)  # donated in place from step 1 on
+        del restored
         log.info("resuming training at step %d of %d", start, steps)
     else:
         start = 0
         _, params = checkpoint.load_model(init_model_dir, mesh, rules, dtype=cfg.dtype)
         opt_state = jax.jit(optimizer.init, out_shardings=shard.opt_state)(params)
-        state = TrainState(distributed.put_global(np.zeros((), np.int32), shard.step), params, opt_state)
+        state = owned_state(TrainState(distributed.put_global(np.zeros((), np.int32), shard.step), params, opt_state),
+                            shard)  # restored arrays may not be donatable (see owned_state)
+        del params, opt_state
 
     writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
     batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
@@ -194,8 +197,10 @@ def train(init_model_dir: str | os.PathLike, data: SFTArrays, work_dir: str | os
     for s in range(start, steps):
         rows = batch_rows(data.num_rows, tc.batch_size, s, tc.seed, tc.num_epochs)
         batch = make_batch(data, rows, tc.micro_batches)
+        in_use = host_memory.heap_in_use()
         state, m = step_fn(state, {k: distributed.put_global(v, b_shard) for k, v in batch.items()})
         loss = float(m["loss"])  # one scalar per step: the NaN guard and the log need it anyway
+        host_memory.wait_until_freed(in_use)  # the step's temporaries, before the next asks (see host_memory)
         now = time.perf_counter()
         if not math.isfinite(loss):
             last = mngr.latest_step()

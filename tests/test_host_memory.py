@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,10 +52,12 @@ for run in range(3 + %(runs)d):
     if run >= 3:
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 big = np.ones(128 << 20, np.float32)
-held = rss()
+held, in_use_held = rss(), host_memory.heap_in_use()
 del big
+in_use_freed = host_memory.heap_in_use()
 host_memory.release_free_memory()
-print(json.dumps({"applied": applied, "faults": faults, "returned": held - rss()}))
+print(json.dumps({"applied": applied, "faults": faults, "returned": held - rss(),
+                  "in_use": [in_use_held, in_use_freed]}))
 """
 _RUNS = 20
 
@@ -80,6 +83,24 @@ def test_retained_memory_stops_per_run_page_faults_and_is_released_between_phase
     assert sorted(retain["faults"])[_RUNS // 2] < pages // 20, retain["faults"]
     assert sum(retain["faults"]) < sum(system["faults"]) / 2, (retain["faults"], system["faults"])
     assert retain["returned"] > (400 << 20)  # release_free_memory hands a freed 512 MB array back
+    held, freed = retain["in_use"]  # heap_in_use counts the 512 MB array while it lives
+    assert held - freed > (480 << 20), retain["in_use"]
+    assert system["in_use"] == [0, 0]  # not the retained heap: nothing to wait for
+
+
+def test_wait_until_freed_polls_until_in_use_falls_or_times_out(monkeypatch):
+    monkeypatch.setattr(host_memory, "_applied", True)
+    if host_memory._mallinfo2() is None:
+        pytest.skip("no mallinfo2 (not glibc >= 2.33)")
+    readings = iter([3 << 30, 3 << 30, 1 << 30])  # a 2 GB block still held for two polls, then freed
+    monkeypatch.setattr(host_memory, "heap_in_use", lambda: next(readings))
+    assert host_memory.wait_until_freed(1 << 30)
+    monkeypatch.setattr(host_memory, "heap_in_use", lambda: 3 << 30)  # never freed: give up
+    t0 = time.monotonic()
+    assert not host_memory.wait_until_freed(1 << 30, timeout=0.05)
+    assert time.monotonic() - t0 < 1.0
+    monkeypatch.setattr(host_memory, "_applied", False)  # the system allocator: no wait
+    assert host_memory.wait_until_freed(0)
 
 
 def test_memory_low_is_available_under_a_quarter_of_total_or_a_floor():

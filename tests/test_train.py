@@ -15,7 +15,7 @@ from isheep_jax.generate import Generator, SamplingSettings
 from isheep_jax.metrics import read_metrics
 from isheep_jax.optim import OptimizerConfig, decay_mask, make_optimizer
 from isheep_jax.tokenizer import Tokenizer
-from isheep_jax.train_step import compile_train_step, per_segment_loss, state_shardings, TrainState
+from isheep_jax.train_step import compile_train_step, owned_state, per_segment_loss, state_shardings, TrainState
 from isheep_jax.trainer import TrainConfig, TrainingError, batch_rows, make_batch, train
 
 PAIRS = [
@@ -193,6 +193,33 @@ def test_train_step_on_meshes_equals_one_device(task, tiny_model, shape):
     assert q.sharding == mu.sharding
     if shape != (8, 1, 1):
         assert q.addressable_shards[0].data.size < q.size
+
+
+def _buffers(state) -> list[int]:
+    return [s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(state) for s in x.addressable_shards]
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_owned_state_is_updated_in_place_from_the_first_step(task, tiny_model, devices):
+    # Restored arrays can be zero-copy views of host memory that the runtime cannot donate;
+    # their first step then writes fresh buffers, which fragments XLA:CPU's host heap (see
+    # owned_state). After owned_state every shard of every leaf keeps its buffer, and the
+    # values are the restored ones.
+    mesh = sharding.make_mesh(devices, 1, 1, devices=jax.devices()[:devices])
+    cfg = checkpoint.load_config(tiny_model)
+    opt = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0, warmup_ratio=0.0), 10)
+    _, shard = state_shardings(cfg, opt, mesh)
+    _, params = checkpoint.load_model(tiny_model, mesh)
+    restored = TrainState(jax.numpy.zeros((), jax.numpy.int32), params,
+                          jax.jit(opt.init, out_shardings=shard.opt_state)(params))
+    state = owned_state(restored, shard)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state, restored)
+    assert jax.tree.map(lambda x: x.sharding, state) == shard
+    batch = make_batch(sft_data.load_examples(task, 48, 32), np.arange(4), 2)
+    step = compile_train_step(cfg, opt, mesh, batch["decoder_input_tokens"].shape)
+    before = _buffers(state)
+    state, _ = step(state, batch)
+    assert _buffers(state) == before
 
 
 @pytest.mark.parametrize("change", [dict(remat_policy="full"), dict(remat_policy="dots"), dict(scan_layers=False)])
