@@ -13,9 +13,13 @@ size that fits XLA's allocation order despite fragmentation; steps after that fa
 That order is not fixed (XLA's threads allocate concurrently), so now and then a step finds
 no free block that fits and the heap grows by a whole temporary buffer again: a SmolLM2-135M
 train step went 8.6 -> 14.3 -> 20.2 GB over 6 steps, and the next growth killed the process
-on a 24 GB host. Long loops therefore call `release_if_memory_low()` after each step: once
-the host's available memory falls below a margin (`memory_low`) it hands the free pages
-back, at the cost of one step's page faults, instead of growing into the OOM killer.
+on a 24 GB host. Two causes are handled for training: the first step writing restored arrays
+that the runtime cannot donate to fresh buffers above the temporary block
+(`train_step.owned_state`), and the next step asking for its block before XLA has freed the
+last one, a few ms after the outputs are readable (`wait_until_freed`). Long loops also
+call `release_if_memory_low()` after each step: once the host's available memory falls
+below a margin (`memory_low`) it hands the free pages back, at the cost of one step's
+page faults, instead of growing into the OOM killer.
 Between phases that allocate differently (sampling, training, the torch side of a
 benchmark) `release_free_memory()` hands the free pages back, so one phase's freed blocks
 do not add to the next one's footprint.
