@@ -167,10 +167,11 @@ def _orchestrate(args) -> None:
         raise SystemExit("bench_train: nothing to run (--skip_ours and --skip_torch)")
     order = [s for r in range(args.runs) for s in (sides if r % 2 == 0 else sides[::-1])]
     results: dict[str, list[dict]] = {s: [] for s in sides}
+    from isheep_jax import host_memory  # (no JAX import: the parent never starts JAX)
     for i, side in enumerate(order):
         env = dict(os.environ)
         if side == "torch":
-            env[host_memory_env()] = args.torch_malloc
+            env[host_memory.ENV] = args.torch_malloc
         cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--side", side]
         print(f"[{i + 1}/{len(order)}] {side} ...", flush=True)
         out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -184,11 +185,6 @@ def _orchestrate(args) -> None:
               f"{r['warmup_s']:.1f} s; peak {r['peak'] / 1e9:.0f} GFLOP/s; host malloc {r['host_malloc']}",
               flush=True)
     _report(args, results)
-
-
-def host_memory_env() -> str:
-    from isheep_jax import host_memory
-    return host_memory.ENV
 
 
 def _report(args, results: dict[str, list[dict]]) -> None:
@@ -232,6 +228,7 @@ def _child(args) -> None:
         _run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
 
 def _run(args, tmp: str) -> None:
     import importlib.metadata
