@@ -31,9 +31,21 @@ def main() -> None:
     if run_dir is None:
         run_dir = os.path.join(tempfile.mkdtemp(prefix="bench_loop_"), "run")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "isheep_jax.cli", "run", "--gin_file", "runs/demo_cpu.gin",
-                        "--run_dir", run_dir, f"--gin.LoopConfig.iterations={args.iterations}"], check=True,
-                       env={**os.environ, "ISHEEP_XLA_CACHE": ""})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "isheep_jax.cli",
+                "run",
+                "--gin_file",
+                "runs/demo_cpu.gin",
+                "--run_dir",
+                run_dir,
+                f"--gin.LoopConfig.iterations={args.iterations}",
+            ],
+            check=True,
+            env={**os.environ, "ISHEEP_XLA_CACHE": ""},
+        )
         total = time.perf_counter() - t0
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; run {run_dir}")
@@ -43,10 +55,14 @@ def main() -> None:
     while os.path.exists(os.path.join(run_dir, f"iter_{i}", "summary.json")):
         with open(os.path.join(run_dir, f"iter_{i}", "summary.json")) as f:
             s = json.load(f)
-        items = {"synthesize": f"{s['candidates_parsed']} candidates", "respond": f"{s['instructions']} responses",
-                 "assess": f"{2 * s['responses']} ratings", "filter": f"{s['pairs_kept']} kept",
-                 "train": f"{s['train_steps']} steps",
-                 "eval": ("base model + " if i == 0 and s.get("eval_base") else "") + "trained model"}
+        items = {
+            "synthesize": f"{s['candidates_parsed']} candidates",
+            "respond": f"{s['instructions']} responses",
+            "assess": f"{2 * s['responses']} ratings",
+            "filter": f"{s['pairs_kept']} kept",
+            "train": f"{s['train_steps']} steps",
+            "eval": ("base model + " if i == 0 and s.get("eval_base") else "") + "trained model",
+        }
         for stage in ("synthesize", "respond", "assess", "filter", "train", "eval"):
             if stage not in s["stage_seconds"]:
                 continue

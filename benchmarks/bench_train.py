@@ -7,7 +7,7 @@ torch, torch, ours, ... (so a drifting VM weighs on both; in one process the two
 share a host heap, which slowed our step by ~15 %: benchmarks/RESULTS.md). Compile time and
 warm-up steps are excluded and printed separately; each side's figure is the median of all
 its timed steps over its runs, and every step's seconds are printed. Our process uses the
-host allocator settings the `isheep` command applies on CPU hosts (isheep_jax/host_memory.py);
+host allocator settings the `isheep` command applies on CPU hosts (isheep_jax/backends/cpu/host_memory.py);
 the torch process uses glibc's defaults, as a plain torch loop does (`--torch_malloc retain`
 gives it ours). MFU counts 6N FLOPs per token (N = parameters; attention's extra FLOPs
 ignored, as usual) against the peak f32 matmul rate measured in each process with a large
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,23 +58,43 @@ def _ours(args, cfg, model_dir: str, tokens: np.ndarray) -> Callable[[], float]:
     returning its seconds."""
     import jax
 
-    from isheep_jax import checkpoint, host_memory, sharding
-    from isheep_jax.optim import OptimizerConfig, make_optimizer
-    from isheep_jax.train_step import TrainState, compile_train_step, owned_state, state_shardings
+    from isheep_jax.backends.cpu import host_memory
+    from isheep_jax.model import checkpoint
+    from isheep_jax.parallel import sharding
+    from isheep_jax.training.optim import OptimizerConfig, make_optimizer
+    from isheep_jax.training.train_step import TrainState, compile_train_step, owned_state, state_shardings
 
     mesh = sharding.make_mesh()
     _, params = checkpoint.load_model(model_dir, mesh, remat_policy=args.remat)
-    opt = make_optimizer(OptimizerConfig(learning_rate=1e-5, weight_decay=0.0, warmup_steps=0, warmup_ratio=0.0,
-                                         b2=0.999, clip_grad_norm=0.0), 1000)
+    opt = make_optimizer(
+        OptimizerConfig(
+            learning_rate=1e-5,
+            weight_decay=0.0,
+            warmup_steps=0,
+            warmup_ratio=0.0,
+            b2=0.999,
+            clip_grad_norm=0.0,
+        ),
+        1000,
+    )
     _, shard = state_shardings(cfg, opt, mesh)
-    state = owned_state(TrainState(jax.numpy.zeros((), jax.numpy.int32), params,
-                                   jax.jit(opt.init, out_shardings=shard.opt_state)(params)), shard)
+    state = owned_state(
+        TrainState(
+            jax.numpy.zeros((), jax.numpy.int32),
+            params,
+            jax.jit(opt.init, out_shardings=shard.opt_state)(params),
+        ),
+        shard,
+    )
     del params  # the restored buffers: owned_state copied them
     m, mb = args.micro_batches, args.batch // args.micro_batches
-    batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
-             "decoder_loss_weights": np.ones((args.batch, args.seq), np.int32),
-             "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
-             "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))}
+    batch = {
+        "decoder_input_tokens": tokens[:, :-1],
+        "decoder_target_tokens": tokens[:, 1:],
+        "decoder_loss_weights": np.ones((args.batch, args.seq), np.int32),
+        "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
+        "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq)),
+    }
     batch = {k: np.ascontiguousarray(v).reshape(m, mb, args.seq) for k, v in batch.items()}
     step = compile_train_step(cfg, opt, mesh, (m, mb, args.seq))
 
@@ -98,7 +118,7 @@ def _torch(args, model_dir: str, tmp: str, tokens: np.ndarray, tdev: str) -> Cal
     import torch
     from transformers import AutoModelForCausalLM
 
-    from isheep_jax.convert import hf
+    from isheep_jax.model.convert import hf
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf_dir = os.path.join(tmp, "hf")
@@ -129,24 +149,48 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=3,
-                    help="untimed steps: compile, the slow first run, and (CPU) the retained heap's growth")
-    ap.add_argument("--runs", type=int, default=2,
-                    help="fresh processes per side, in the order ours, torch, torch, ours, ...")
-    ap.add_argument("--torch_malloc", choices=["system", "retain"], default="system",
-                    help="host allocator of the torch process: glibc's defaults (a plain torch loop, as its "
-                         "users run it) or the retained heap that `isheep` applies to itself on CPU hosts")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps: compile, the slow first run, and (CPU) the retained heap's growth",
+    )
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=2,
+        help="fresh processes per side, in the order ours, torch, torch, ours, ...",
+    )
+    ap.add_argument(
+        "--torch_malloc",
+        choices=["system", "retain"],
+        default="system",
+        help="host allocator of the torch process: glibc's defaults (a plain torch loop, as its "
+        "users run it) or the retained heap that `isheep` applies to itself on CPU hosts",
+    )
     ap.add_argument("--micro_batches", type=int, default=1)
     ap.add_argument("--remat", default="none")
-    ap.add_argument("--scan_layers", choices=["true", "false"], default=None,
-                    help="ours: scan the layers (default on a GPU) or unroll them (default on CPU, where "
-                         "XLA schedules the unrolled step faster; see RESULTS.md)")
-    ap.add_argument("--attention_impl", choices=["xla", "cudnn"], default="xla", help="ours (see ModelConfig)")
+    ap.add_argument(
+        "--scan_layers",
+        choices=["true", "false"],
+        default=None,
+        help="ours: scan the layers (default on a GPU) or unroll them (default on CPU, where "
+        "XLA schedules the unrolled step faster; see RESULTS.md)",
+    )
+    ap.add_argument(
+        "--attention_impl", choices=["xla", "cudnn"], default="xla", help="ours (see ModelConfig)"
+    )
     ap.add_argument("--skip_torch", action="store_true")
     ap.add_argument("--skip_ours", action="store_true")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="compute dtype (params and Adam state stay f32); torch runs under autocast for bf16")
-    ap.add_argument("--side", choices=["ours", "torch"], default=None, help=argparse.SUPPRESS)  # child process
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="compute dtype (params and Adam state stay f32); torch runs under autocast for bf16",
+    )
+    ap.add_argument(
+        "--side", choices=["ours", "torch"], default=None, help=argparse.SUPPRESS
+    )  # child process
     args = ap.parse_args()
     if args.runs < 1 or args.steps < 1 or args.warmup < 0:
         ap.error("--runs and --steps must be >= 1 and --warmup >= 0")
@@ -167,7 +211,8 @@ def _orchestrate(args) -> None:
         raise SystemExit("bench_train: nothing to run (--skip_ours and --skip_torch)")
     order = [s for r in range(args.runs) for s in (sides if r % 2 == 0 else sides[::-1])]
     results: dict[str, list[dict]] = {s: [] for s in sides}
-    from isheep_jax import host_memory  # (no JAX import: the parent never starts JAX)
+    from isheep_jax.backends.cpu import host_memory  # (no JAX import: the parent never starts JAX)
+
     for i, side in enumerate(order):
         env = dict(os.environ)
         if side == "torch":
@@ -179,11 +224,13 @@ def _orchestrate(args) -> None:
         if out.returncode or not lines:
             sys.stdout.write(out.stdout)
             raise SystemExit(f"bench_train: the {side} process failed (exit code {out.returncode})")
-        r = json.loads(lines[-1][len(RESULT):])
+        r = json.loads(lines[-1][len(RESULT) :])
         results[side].append(r)
-        print(f"    {side}: steps " + " ".join(f"{t:.2f}" for t in r["steps"]) + f" s; warm-up (with compile) "
-              f"{r['warmup_s']:.1f} s; peak {r['peak'] / 1e9:.0f} GFLOP/s; host malloc {r['host_malloc']}",
-              flush=True)
+        print(
+            f"    {side}: steps " + " ".join(f"{t:.2f}" for t in r["steps"]) + f" s; warm-up (with compile) "
+            f"{r['warmup_s']:.1f} s; peak {r['peak'] / 1e9:.0f} GFLOP/s; host malloc {r['host_malloc']}",
+            flush=True,
+        )
     _report(args, results)
 
 
@@ -199,25 +246,34 @@ def _report(args, results: dict[str, list[dict]]) -> None:
     def mfu(side: str) -> str:
         return f"{100 * 6 * first['n_params'] * rate[side] / peak:.0f} %" if side in rate else "-"
 
-    print(f"\nmachine: {first['machine']}; {first['versions']}; model {first['name']} "
-          f"({first['n_params'] / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches "
-          f"{args.micro_batches}, remat {args.remat}, {first['layers']}, compute {args.dtype}, f32 params, "
-          f"attention {args.attention_impl}; host malloc: "
-          + ", ".join(f"{s} {rs[0]['host_malloc']}" for s, rs in results.items()))
-    print(f"{args.runs} process(es) per side, {args.warmup} warm-up + {args.steps} timed steps each; tok/s per "
-          "run: " + "; ".join(f"{s} {', '.join(v)}" for s, v in per_run.items()))
-    print(f"peak matmul ({first['peak_what']}), median of {len(peaks)} processes: {peak / 1e12:.3f} TFLOP/s "
-          f"(each: {', '.join(f'{p / 1e9:.0f}' for p in peaks)} GFLOP/s)")
+    print(
+        f"\nmachine: {first['machine']}; {first['versions']}; model {first['name']} "
+        f"({first['n_params'] / 1e6:.1f}M params), batch {args.batch} x {args.seq}, micro-batches "
+        f"{args.micro_batches}, remat {args.remat}, {first['layers']}, compute {args.dtype}, f32 params, "
+        f"attention {args.attention_impl}; host malloc: "
+        + ", ".join(f"{s} {rs[0]['host_malloc']}" for s, rs in results.items())
+    )
+    print(
+        f"{args.runs} process(es) per side, {args.warmup} warm-up + {args.steps} timed steps each; tok/s per "
+        "run: " + "; ".join(f"{s} {', '.join(v)}" for s, v in per_run.items())
+    )
+    print(
+        f"peak matmul ({first['peak_what']}), median of {len(peaks)} processes: {peak / 1e12:.3f} TFLOP/s "
+        f"(each: {', '.join(f'{p / 1e9:.0f}' for p in peaks)} GFLOP/s)"
+    )
     print("| model | batch x seq | ours tok/s | torch tok/s | ratio | our MFU | torch MFU |")
     print("|---|---|---|---|---|---|---|")
     ours, theirs = rate.get("ours"), rate.get("torch")
     ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
-    print(f"| {first['name']} | {args.batch} x {args.seq} | {ours or 0:.1f} | {theirs or 0:.1f} | {ratio} | "
-          f"{mfu('ours')} | {mfu('torch')} |")
+    print(
+        f"| {first['name']} | {args.batch} x {args.seq} | {ours or 0:.1f} | {theirs or 0:.1f} | {ratio} | "
+        f"{mfu('ours')} | {mfu('torch')} |"
+    )
 
 
 def _child(args) -> None:
-    from isheep_jax import host_memory
+    from isheep_jax.backends.cpu import host_memory
+
     # Before JAX (or torch) starts its threads (see host_memory).
     args.host_malloc = "retain" if host_memory.configure_from_env() else "system"
     if args.side == "torch":  # JAX only builds the weights: leave the accelerator's memory to torch
@@ -236,10 +292,11 @@ def _run(args, tmp: str) -> None:
     import gin
     import jax
 
-    from isheep_jax import checkpoint, sharding
-    from isheep_jax.demo_model import smollm2_checkpoint
-    from isheep_jax.config import ModelConfig
-    from isheep_jax.params import init_params
+    from isheep_jax.model import checkpoint
+    from isheep_jax.model.config import ModelConfig
+    from isheep_jax.model.embedded import smollm2_checkpoint
+    from isheep_jax.model.params import init_params
+    from isheep_jax.parallel import sharding
 
     gpu = jax.default_backend() == "gpu"
     tdev = "cuda" if gpu else "cpu"
@@ -249,31 +306,62 @@ def _run(args, tmp: str) -> None:
         cfg = ModelConfig()
         gin.clear_config()
     elif args.model == "tiny":
-        cfg = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-                          num_kv_heads=2, head_dim=64, tie_embeddings=True)
+        cfg = ModelConfig(
+            vocab_size=4096,
+            hidden_size=256,
+            intermediate_size=768,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            tie_embeddings=True,
+        )
     if args.preset or args.model == "tiny":
         model_dir = os.path.join(tmp, name)
         checkpoint.save_model(model_dir, init_params(cfg, sharding.make_mesh()), cfg)
     else:
         model_dir = smollm2_checkpoint()
     scan = gpu if args.scan_layers is None else args.scan_layers == "true"
-    cfg = checkpoint.load_config(model_dir).replace(remat_policy=args.remat, dtype=args.dtype,
-                                                    attention_impl=args.attention_impl, scan_layers=scan)
+    cfg = checkpoint.load_config(model_dir).replace(
+        remat_policy=args.remat, dtype=args.dtype, attention_impl=args.attention_impl, scan_layers=scan
+    )
     n_params = cfg.num_params()
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)).astype(np.int32)
-    step = _ours(args, cfg, model_dir, tokens) if args.side == "ours" else _torch(args, model_dir, tmp, tokens, tdev)
+    step = (
+        _ours(args, cfg, model_dir, tokens)
+        if args.side == "ours"
+        else _torch(args, model_dir, tmp, tokens, tdev)
+    )
     warmup_s = sum(step() for _ in range(args.warmup))
     times = [step() for _ in range(args.steps)]
     del step  # the state's buffers, before the peak's matmuls allocate
     n = 8192 if gpu else 2048
     peak_dtype = args.dtype if gpu else "float32"
-    where = jax.devices()[0].device_kind if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    print(RESULT + json.dumps({
-        "side": args.side, "steps": times, "warmup_s": warmup_s, "peak": peak_matmul_flops(n, dtype=peak_dtype),
-        "peak_what": f"jnp.dot {n}^2, {peak_dtype}", "n_params": n_params, "name": name, "machine": where,
-        "versions": f"jax {jax.__version__}, torch {importlib.metadata.version('torch')}", "host_malloc": args.host_malloc,
-        "layers": "scanned" if scan else "unrolled"}), flush=True)
+    where = (
+        jax.devices()[0].device_kind
+        if gpu
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
+    print(
+        RESULT
+        + json.dumps(
+            {
+                "side": args.side,
+                "steps": times,
+                "warmup_s": warmup_s,
+                "peak": peak_matmul_flops(n, dtype=peak_dtype),
+                "peak_what": f"jnp.dot {n}^2, {peak_dtype}",
+                "n_params": n_params,
+                "name": name,
+                "machine": where,
+                "versions": f"jax {jax.__version__}, torch {importlib.metadata.version('torch')}",
+                "host_malloc": args.host_malloc,
+                "layers": "scanned" if scan else "unrolled",
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -14,54 +14,81 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _cmd_import_hf(a: argparse.Namespace) -> None:
-    from isheep_jax.convert import hf
+    from isheep_jax.model.convert import hf
+
     cfg = hf.import_hf(a.hf_dir, a.out, param_dtype=a.param_dtype)
     print(f"imported {cfg.model_type} ({cfg.num_params() / 1e6:.1f}M params) -> {a.out}")
 
 
 def _cmd_import_gguf(a: argparse.Namespace) -> None:
-    from isheep_jax.convert import gguf_import
+    from isheep_jax.model.convert import gguf_import
+
     cfg = gguf_import.import_gguf(a.gguf, a.out, param_dtype=a.param_dtype)
     print(f"imported {cfg.model_type} ({cfg.num_params() / 1e6:.1f}M params) -> {a.out}")
 
 
 def _cmd_export_hf(a: argparse.Namespace) -> None:
-    from isheep_jax.convert import hf
+    from isheep_jax.model.convert import hf
+
     hf.export_hf(a.model, a.out, dtype=a.dtype, max_shard_bytes=int(a.max_shard_gb * (1 << 30)))
     print(f"exported {a.model} -> {a.out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
 def _cmd_sample(a: argparse.Namespace) -> None:
-    from isheep_jax.generate import SamplingSettings
-
-    from isheep_jax.generate import GeneratorCache
-    from isheep_jax.loop import resolve_model
+    from isheep_jax.model.embedded import resolve_model
+    from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings
 
     gen = GeneratorCache().get(resolve_model("embedded:smollm2" if a.model == "smollm2" else a.model))
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     rendered = [gen.tokenizer.render_prompt(p, a.style) for p in prompts]
-    settings = SamplingSettings(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                                top_k=a.top_k, seed=a.seed, batch_size=a.batch_size)
+    settings = SamplingSettings(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        top_k=a.top_k,
+        seed=a.seed,
+        batch_size=a.batch_size,
+    )
     for p, c in zip(prompts, gen.generate(rendered, settings, add_special_tokens=a.style == "raw")):
         print(json.dumps({"prompt": p, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
 
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+def gin_dir() -> str:
+    """The shipped gin configs (presets for runs, models and meshes).
+
+    A wheel carries the repository's `gin_configs/` inside the package (pyproject's
+    package-dir); a source checkout (an editable install) has it beside the package.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    packaged = os.path.join(here, "gin_configs")
+    return packaged if os.path.isdir(packaged) else os.path.join(os.path.dirname(here), "gin_configs")
 
 
 def parse_gin(files: list[str], bindings: list[str]) -> None:
-    """Parses gin files (searched in the cwd and the repo's gin_configs/) and KEY=VALUE bindings."""
+    """Parses gin files and KEY=VALUE bindings.
+
+    Args:
+      files: gin files, each looked up in the current directory, then in `gin_dir()`.
+      bindings: gin bindings such as 'LoopConfig.iterations = 3'.
+
+    Raises:
+      FileNotFoundError: a file is in neither place.
+    """
     import gin
 
-    from isheep_jax import evaluate, loop, optim, plan, trainer  # noqa: F401  (register the configurables)
+    from isheep_jax import evals, loop, plan  # noqa: F401  (register the configurables)
+    from isheep_jax.training import optim, trainer  # noqa: F401
 
+    shipped = gin_dir()
     gin.clear_config()
-    gin.add_config_file_search_path(GIN_DIR)  # for `include 'models/...'` inside gin files
+    gin.add_config_file_search_path(shipped)  # for `include 'models/...'` inside gin files
     resolved = []
     for f in files:
-        path = f if os.path.exists(f) else os.path.join(GIN_DIR, f)
+        path = f if os.path.exists(f) else os.path.join(shipped, f)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"gin file {f!r} not found (looked in the current directory and {GIN_DIR})")
+            raise FileNotFoundError(
+                f"gin file {f!r} not found (looked in the current directory and {shipped})"
+            )
         resolved.append(path)
     gin.parse_config_files_and_bindings(resolved, bindings)
 
@@ -71,8 +98,10 @@ def _split_gin_flags(rest: list[str]) -> list[str]:
     out = []
     for arg in rest:
         if not arg.startswith("--gin.") or "=" not in arg:
-            raise ValueError(f"unknown argument {arg!r} (gin bindings look like --gin.LoopConfig.iterations=3)")
-        key, value = arg[len("--gin."):].split("=", 1)
+            raise ValueError(
+                f"unknown argument {arg!r} (gin bindings look like --gin.LoopConfig.iterations=3)"
+            )
+        key, value = arg[len("--gin.") :].split("=", 1)
         out.append(f"{key} = {value}")
     return out
 
@@ -82,7 +111,10 @@ def _cmd_run(a: argparse.Namespace) -> None:
 
     parse_gin(a.gin_file, a.gin_bindings)
     summaries = loop.run(a.run_dir, force=a.force)
-    print(f"run finished: {len(summaries)} iteration(s) in {a.run_dir}; `isheep report {a.run_dir}` writes the report")
+    print(
+        f"run finished: {len(summaries)} iteration(s) in {a.run_dir}; "
+        f"`isheep report {a.run_dir}` writes the report"
+    )
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
@@ -96,36 +128,44 @@ def _cmd_status(a: argparse.Namespace) -> None:
     st = loop.status(a.run_dir)
     for i, info in st["iterations"].items():
         chunks = ", ".join(f"{k} {v}" for k, v in info["chunks_on_disk"].items())
-        print(f"iteration {i}: done {', '.join(info['done']) or 'nothing'}" + (f" (chunks: {chunks})" if chunks else ""))
-    print(f"next: {st['next'] or 'nothing (all started iterations are finished; rerun `isheep run` to go on)'}")
+        print(
+            f"iteration {i}: done {', '.join(info['done']) or 'nothing'}"
+            + (f" (chunks: {chunks})" if chunks else "")
+        )
+    print(
+        f"next: {st['next'] or 'nothing (all started iterations are finished; rerun `isheep run` to go on)'}"
+    )
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
-    from isheep_jax import evaluate
-    from isheep_jax.loop import resolve_model
+    from isheep_jax import evals
+    from isheep_jax.model.embedded import resolve_model
 
     parse_gin(a.gin_file, a.gin_bindings)
-    ec = evaluate.EvalConfig()
+    ec = evals.EvalConfig()
     if a.suite:
         ec = dataclasses.replace(ec, suites=tuple(s.strip() for s in a.suite.split(",") if s.strip()))
-    spec = evaluate.ModelSpec(resolve_model(a.checkpoint), a.prompt_style)
+    spec = evals.ModelSpec(resolve_model(a.checkpoint), a.prompt_style)
     reference = judge = None
     if a.reference:
-        reference = (evaluate.ModelSpec(resolve_model(a.reference), a.reference_style),
-                     os.path.join(a.out, "reference"))
+        reference = (
+            evals.ModelSpec(resolve_model(a.reference), a.reference_style),
+            os.path.join(a.out, "reference"),
+        )
     if a.judge:
-        judge = evaluate.ModelSpec(resolve_model(a.judge), a.judge_style)
-    results = evaluate.evaluate(spec, a.out, ec, reference=reference, judge=judge)
-    print(evaluate.format_headline(a.checkpoint, evaluate.headline(results)))
+        judge = evals.ModelSpec(resolve_model(a.judge), a.judge_style)
+    results = evals.evaluate(spec, a.out, ec, reference=reference, judge=judge)
+    print(evals.format_headline(a.checkpoint, evals.headline(results)))
     print(f"results in {os.path.join(a.out, 'eval.json')}")
 
 
 def _cmd_plan(a: argparse.Namespace) -> None:
     import gin
 
-    from isheep_jax import plan, sharding
-    from isheep_jax.config import ModelConfig
-    from isheep_jax.trainer import TrainConfig
+    from isheep_jax import plan
+    from isheep_jax.model.config import ModelConfig
+    from isheep_jax.parallel import sharding
+    from isheep_jax.training.trainer import TrainConfig
 
     parse_gin(a.gin_file, a.gin_bindings)
     cfg, tc, pc = ModelConfig(), TrainConfig(), plan.PlanConfig()
@@ -137,31 +177,43 @@ def _cmd_plan(a: argparse.Namespace) -> None:
         except ValueError:  # not bound
             shape.append(default)
     if -1 in shape:
-        raise ValueError("isheep plan needs every mesh size (data, fsdp, tensor) bound, e.g. --gin_file "
-                         "meshes/v5p_128.gin; -1 (fill the devices) has no meaning without devices")
+        raise ValueError(
+            "isheep plan needs every mesh size (data, fsdp, tensor) bound, e.g. --gin_file "
+            "meshes/v5p_128.gin; -1 (fill the devices) has no meaning without devices"
+        )
     seq_len = tc.max_prompt_len + tc.max_response_len
     p = plan.make_plan(cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc)
     print(plan.format_plan(p, cfg, tuple(shape), pc.chip, (tc.batch_size, tc.micro_batches, seq_len)))
-    why_not = ("--no_compile" if a.no_compile else
-               "no PlanConfig.topology (e.g. 'v5p:4x4x4'; the TPU mesh presets set it)" if not pc.topology else
-               "libtpu is not installed (pip install 'isheep_jax[tpu-aot]')" if not plan.libtpu_installed() else "")
+    why_not = (
+        "--no_compile"
+        if a.no_compile
+        else "no PlanConfig.topology (e.g. 'v5p:4x4x4'; the TPU mesh presets set it)"
+        if not pc.topology
+        else "libtpu is not installed (pip install 'isheep_jax[tpu-aot]')"
+        if not plan.libtpu_installed()
+        else ""
+    )
     if why_not:
         print(f"\ncompiler figure: not computed: {why_not}; the table above is the analytic plan")
         return
     devices = plan.tpu_devices(pc.topology)
     if len(devices) != shape[0] * shape[1] * shape[2]:
-        raise ValueError(f"PlanConfig.topology {pc.topology!r} has {len(devices)} devices but the mesh data "
-                         f"{shape[0]} x fsdp {shape[1]} x tensor {shape[2]} needs {shape[0] * shape[1] * shape[2]}")
+        raise ValueError(
+            f"PlanConfig.topology {pc.topology!r} has {len(devices)} devices but the mesh data "
+            f"{shape[0]} x fsdp {shape[1]} x tensor {shape[2]} needs {shape[0] * shape[1] * shape[2]}"
+        )
     mesh = sharding.make_mesh(*shape, devices=devices)
-    print(f"\ncompiling the train step and the sampler for {pc.topology} ({mesh.devices.size} devices) ...",
-          flush=True)
+    print(
+        f"\ncompiling the train step and the sampler for {pc.topology} ({mesh.devices.size} devices) ...",
+        flush=True,
+    )
     rows = tc.batch_size // tc.micro_batches
     mem = plan.compiled_memory(cfg, mesh, (tc.micro_batches, rows, seq_len), pc)
     print(plan.format_compiled(mem, p, pc.topology))
 
 
 def _cmd_report(a: argparse.Namespace) -> None:
-    from isheep_jax.report import write_report
+    from isheep_jax.loop.report import write_report
 
     print(f"report written to {write_report(a.run_dir)}")
 
@@ -216,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="IFEval-style accuracy, held-out loss and win-rate of one checkpoint")
     s.add_argument("--checkpoint", required=True, help="checkpoint directory, or 'embedded:smollm2'")
     s.add_argument("--out", required=True, help="eval directory (resumable; eval.json holds the results)")
-    s.add_argument("--suite", default="", help="comma-separated subset of ifeval,heldout_loss,winrate "
-                   "(default: EvalConfig.suites)")
+    s.add_argument(
+        "--suite",
+        default="",
+        help="comma-separated subset of ifeval,heldout_loss,winrate (default: EvalConfig.suites)",
+    )
     s.add_argument("--prompt_style", default="chat", help="'raw' (base model), 'chat', 'chatml' or 'llama3'")
     s.add_argument("--reference", default="", help="checkpoint the win-rate compares against")
     s.add_argument("--reference_style", default="chat")
@@ -227,9 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser("plan", help="per-device memory of training and sampling for a model preset and mesh")
-    s.add_argument("--gin_file", action="append", default=[], help="model, mesh and run gin files; may repeat")
-    s.add_argument("--no_compile", action="store_true",
-                   help="analytic plan only: skip the ahead-of-time TPU compilation (minutes for 70B models)")
+    s.add_argument(
+        "--gin_file", action="append", default=[], help="model, mesh and run gin files; may repeat"
+    )
+    s.add_argument(
+        "--no_compile",
+        action="store_true",
+        help="analytic plan only: skip the ahead-of-time TPU compilation (minutes for 70B models)",
+    )
     s.set_defaults(fn=_cmd_plan)
 
     s = sub.add_parser("status", help="what a run has done and what comes next")
@@ -247,9 +307,9 @@ def _enable_compilation_cache() -> None:
     recompiling the sampler and train step. ISHEEP_XLA_CACHE='' turns it off."""
     import jax
 
-    from isheep_jax.demo_model import CACHE_DIR
+    from isheep_jax.core.cache import xla_cache_dir
 
-    path = os.environ.get("ISHEEP_XLA_CACHE", os.path.join(CACHE_DIR, "xla"))
+    path = xla_cache_dir()
     if path and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -261,20 +321,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("isheep_jax").setLevel(logging.INFO)
     try:
         from absl import logging as absl_logging
+
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:
         pass
     args, rest = build_parser().parse_known_args(argv)
     try:
-        from isheep_jax import distributed, host_memory
-        host_memory.configure_from_env()  # before JAX starts its threads (see host_memory)
+        from isheep_jax.backends.cpu import host_memory
+        from isheep_jax.parallel import distributed
+
+        host_memory.install_hooks()  # before JAX starts its threads (see host_memory)
         distributed.initialize_from_env()  # before anything touches the devices
         if args.command != "plan":  # plan compiles for TPU topologies, not for this host
             _enable_compilation_cache()
         args.gin_bindings = _split_gin_flags(rest)
         args.fn(args)
     except Exception as e:  # our errors name the file and problem: one line, exit code 2
-        from isheep_jax.trainer import TrainingError  # (imported on the error path only)
+        from isheep_jax.training.trainer import TrainingError  # (imported on the error path only)
+
         if not isinstance(e, (ValueError, OSError, TrainingError)):
             raise
         print(f"isheep {args.command}: error: {e}", file=sys.stderr)

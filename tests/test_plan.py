@@ -7,14 +7,22 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from isheep_jax import plan, sharding
-from isheep_jax.config import ModelConfig
-from isheep_jax.optim import OptimizerConfig, make_optimizer
-from isheep_jax.sft_data import MODEL_KEYS
-from isheep_jax.train_step import compile_train_step, state_shardings
+from isheep_jax import plan
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.parallel import sharding
+from isheep_jax.training.optim import OptimizerConfig, make_optimizer
+from isheep_jax.training.sft_data import MODEL_KEYS
+from isheep_jax.training.train_step import compile_train_step, state_shardings
 
-TINY = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-            head_dim=32)
+TINY = dict(
+    vocab_size=1000,
+    hidden_size=128,
+    intermediate_size=256,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+)
 
 
 def test_shard_bytes_follow_the_rules():
@@ -37,8 +45,9 @@ def test_plan_agrees_with_the_compiled_train_step(remat):
     opt = make_optimizer(OptimizerConfig(), 10)
     abstract_state, _ = state_shardings(cfg, opt, mesh)
     batch = {k: jax.ShapeDtypeStruct((1, rows, length), jnp.int32) for k in MODEL_KEYS}
-    measured = plan.compiler_memory(compile_train_step(cfg, opt, mesh, (1, rows, length))
-                                    .lower(abstract_state, batch).compile())
+    measured = plan.compiler_memory(
+        compile_train_step(cfg, opt, mesh, (1, rows, length)).lower(abstract_state, batch).compile()
+    )
     p = plan.make_plan(cfg, (1, 1, 1), rows, 1, length, plan.PlanConfig())
     state = p.rows["params"] + p.rows["optimizer state"]
     assert abs(measured["arguments"] - state) / state < 0.02, (measured, p.rows)
@@ -58,9 +67,23 @@ def test_remat_and_sharding_shrink_the_plan():
 def test_isheep_plan_72b_on_v5p_128(capsys):
     from isheep_jax import cli
 
-    assert cli.main(["plan", "--no_compile", "--gin_file", "models/qwen15_72b.gin", "--gin_file", "meshes/v5p_128.gin",
-                     "--gin.TrainConfig.remat_policy='full'", "--gin.TrainConfig.batch_size=64",
-                     "--gin.TrainConfig.max_prompt_len=1024", "--gin.TrainConfig.max_response_len=1024"]) == 0
+    assert (
+        cli.main(
+            [
+                "plan",
+                "--no_compile",
+                "--gin_file",
+                "models/qwen15_72b.gin",
+                "--gin_file",
+                "meshes/v5p_128.gin",
+                "--gin.TrainConfig.remat_policy='full'",
+                "--gin.TrainConfig.batch_size=64",
+                "--gin.TrainConfig.max_prompt_len=1024",
+                "--gin.TrainConfig.max_response_len=1024",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "72.29B params" in out and "data 1 x fsdp 16 x tensor 4 = 64 v5p chips" in out
     params_gib = float(next(line.split()[-1] for line in out.splitlines() if line.startswith("params ")))
@@ -74,8 +97,15 @@ def test_isheep_plan_72b_on_v5p_128(capsys):
 
 # Every per-device dim a multiple of 128 after sharding over (fsdp 2, tensor 2), so TPU
 # tile padding does not blur the comparison.
-ALIGNED = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
-               head_dim=128)
+ALIGNED = dict(
+    vocab_size=1024,
+    hidden_size=256,
+    intermediate_size=512,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=128,
+)
 SMALL_SAMPLER = plan.PlanConfig(chip="v5e", sample_batch=8, sample_len=256)
 
 
@@ -123,7 +153,7 @@ def test_bf16_kv_cache_halves_the_planned_and_compiled_cache():
     """`Generator.kv_cache_dtype` reaches the plan and the compiled sampler alike."""
     import gin
 
-    from isheep_jax import generate  # noqa: F401  (registers Generator with gin)
+    from isheep_jax.sampling import generator  # noqa: F401  (registers Generator with gin)
 
     cfg = ModelConfig(**ALIGNED)
     mesh = sharding.make_mesh(1, 2, 2, devices=jax.devices()[:4])
@@ -138,7 +168,9 @@ def test_bf16_kv_cache_halves_the_planned_and_compiled_cache():
     # The compiled sampler shrinks too, by less than the plan's saving: XLA:CPU converts a
     # layer's cache to f32 in temporaries (see Generator's docstring on speed).
     assert 0.2 * saved < drop <= saved, (mem32, mem16, saved)
-    gin.bind_parameter("Generator.kv_cache_dtype", "int8")  # the Generator's own check, not a silent 1-byte plan
+    gin.bind_parameter(
+        "Generator.kv_cache_dtype", "int8"
+    )  # the Generator's own check, not a silent 1-byte plan
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         plan.configured_cache_dtype(cfg)
 
@@ -160,15 +192,22 @@ def test_isheep_plan_compiles_for_the_topology(capsys):
 
     model = [f"--gin.ModelConfig.{k}={v}" for k, v in ALIGNED.items()]
     mesh = ["--gin.make_mesh.data=1", "--gin.make_mesh.fsdp=2", "--gin.make_mesh.tensor=2"]
-    small = ["--gin.PlanConfig.chip='v5e'", "--gin.PlanConfig.sample_batch=8", "--gin.PlanConfig.sample_len=256",
-             "--gin.TrainConfig.max_prompt_len=128", "--gin.TrainConfig.max_response_len=128"]
+    small = [
+        "--gin.PlanConfig.chip='v5e'",
+        "--gin.PlanConfig.sample_batch=8",
+        "--gin.PlanConfig.sample_len=256",
+        "--gin.TrainConfig.max_prompt_len=128",
+        "--gin.TrainConfig.max_response_len=128",
+    ]
     assert cli.main(["plan", *model, *mesh, *small, "--gin.PlanConfig.topology='v5e:2x2'"]) == 0
     out = capsys.readouterr().out
     assert "compiled ahead of time for v5e:2x2" in out
-    compiled = out[out.index("compiled ahead of time"):].splitlines()
-    rows = {name: next(line for line in compiled if line.startswith(name)).split()[-7:]
-            for name in ("training step", "sampling")}
-    for name, (args, outs, aliased, temps, peak, analytic, verdict) in rows.items():
+    compiled = out[out.index("compiled ahead of time") :].splitlines()
+    rows = {
+        name: next(line for line in compiled if line.startswith(name)).split()[-7:]
+        for name in ("training step", "sampling")
+    }
+    for name, (_args, _outs, _aliased, _temps, peak, _analytic, verdict) in rows.items():
         assert verdict == "fits" and float(peak) > 0, (name, compiled)  # GiB: a few MB show as 0.01
     # A topology with another number of chips than the mesh is refused by name.
     assert cli.main(["plan", *model, *mesh, *small, "--gin.PlanConfig.topology='v5e:4x4'"]) == 2

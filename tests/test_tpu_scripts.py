@@ -23,47 +23,101 @@ def _command(proc):
 
 def test_create_direct_and_queued():
     cmd = _command(_run("create.sh", *BASE, "--type", "v5p-8", "--dry-run"))
-    assert cmd == ["gcloud", "compute", "tpus", "tpu-vm", "create", "isheep-7b", "--zone=us-east5-a",
-                   "--accelerator-type=v5p-8", "--version=v2-alpha-tpuv5"]
-    cmd = _command(_run("create.sh", *BASE, "--type", "v5e-64", "--queued", "--spot", "--project", "p1", "--dry-run"))
+    assert cmd == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "isheep-7b",
+        "--zone=us-east5-a",
+        "--accelerator-type=v5p-8",
+        "--version=v2-alpha-tpuv5",
+    ]
+    cmd = _command(
+        _run("create.sh", *BASE, "--type", "v5e-64", "--queued", "--spot", "--project", "p1", "--dry-run")
+    )
     assert cmd[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"]
-    assert {"--node-id=isheep-7b", "--accelerator-type=v5litepod-64", "--runtime-version=v2-alpha-tpuv5-lite",
-            "--spot", "--project=p1"} <= set(cmd)
+    assert {
+        "--node-id=isheep-7b",
+        "--accelerator-type=v5litepod-64",
+        "--runtime-version=v2-alpha-tpuv5-lite",
+        "--spot",
+        "--project=p1",
+    } <= set(cmd)
 
 
 def test_install_launch_logs_stop_delete():
     cmd = _command(_run("install.sh", *BASE, "--source", "git+https://example.org/isheep_jax", "--dry-run"))
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "isheep-7b"] and "--worker=all" in cmd
     assert "pip install 'git+https://example.org/isheep_jax'" in cmd[-1] and "jax[tpu]" in cmd[-1]
-    cmd = _command(_run("launch.sh", *BASE, "--type", "v5p-8", "--gin_file", "runs/isheep_paper.gin",
-                        "--run_dir", "gs://bucket/runs/q7", "--gin.LoopConfig.iterations=3", "--dry-run"))
+    cmd = _command(
+        _run(
+            "launch.sh",
+            *BASE,
+            "--type",
+            "v5p-8",
+            "--gin_file",
+            "runs/isheep_paper.gin",
+            "--run_dir",
+            "gs://bucket/runs/q7",
+            "--gin.LoopConfig.iterations=3",
+            "--dry-run",
+        )
+    )
     remote = cmd[-1]
-    assert "--worker=all" in cmd and remote.startswith("--command=nohup isheep run --gin_file runs/isheep_paper.gin")
-    assert "--run_dir gs://bucket/runs/q7 --gin.LoopConfig.iterations=3" in remote and "~/isheep.log" in remote
+    assert "--worker=all" in cmd and remote.startswith(
+        "--command=nohup isheep run --gin_file runs/isheep_paper.gin"
+    )
+    assert (
+        "--run_dir gs://bucket/runs/q7 --gin.LoopConfig.iterations=3" in remote and "~/isheep.log" in remote
+    )
     # A multi-host slice: every worker joins one jax.distributed run.
-    cmd = _command(_run("launch.sh", *BASE, "--type", "v5e-64", "--gin_file", "runs/isheep_paper.gin",
-                        "--run_dir", "gs://bucket/runs/q7", "--dry-run"))
+    cmd = _command(
+        _run(
+            "launch.sh",
+            *BASE,
+            "--type",
+            "v5e-64",
+            "--gin_file",
+            "runs/isheep_paper.gin",
+            "--run_dir",
+            "gs://bucket/runs/q7",
+            "--dry-run",
+        )
+    )
     assert cmd[-1].startswith("--command=ISHEEP_COORDINATOR=auto nohup isheep run") and "--worker=all" in cmd
     cmd = _command(_run("logs.sh", *BASE, "--worker", "3", "--dry-run"))
     assert "--worker=3" in cmd and cmd[-1] == "--command=tail -n 200 -f ~/isheep.log"
     assert "pkill -f 'isheep run'" in _command(_run("stop.sh", *BASE, "--dry-run"))[-1]
     assert _command(_run("delete.sh", *BASE, "--queued", "--dry-run"))[:5] == [
-        "gcloud", "compute", "tpus", "queued-resources", "delete"]
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "delete",
+    ]
 
 
-@pytest.mark.parametrize("script,args,message", [
-    ("create.sh", ["--zone", "us-east5-a", "--type", "v5p-8"], "--name is required"),
-    ("create.sh", ["--name", "Bad_Name", "--zone", "us-east5-a", "--type", "v5p-8"], "lowercase letters"),
-    ("create.sh", [*BASE, "--type", "v3-8"], "expected v4-N, v5e-N, v5p-N or v6e-N"),
-    ("create.sh", ["--name", "a", "--zone", "east", "--type", "v5p-8"], "not a zone name"),
-    ("create.sh", [*BASE, "--type", "v5p-8", "--bogus"], "unknown argument '--bogus'"),
-    ("install.sh", BASE, "--source is required"),
-    ("launch.sh", [*BASE, "--type", "v5p-8", "--run_dir", "gs://b/r"], "--gin_file is required"),
-    ("launch.sh", [*BASE, "--type", "v5p-128", "--gin_file", "g", "--run_dir", "runs/x"],
-     "v5p-128 has 16 hosts: --run_dir must be a gs:// path"),
-    ("logs.sh", [*BASE, "--worker", "x"], "must be a worker number"),
-    ("stop.sh", ["--zone", "us-east5-a", "--name"], "--name needs a value"),
-])
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("create.sh", ["--zone", "us-east5-a", "--type", "v5p-8"], "--name is required"),
+        ("create.sh", ["--name", "Bad_Name", "--zone", "us-east5-a", "--type", "v5p-8"], "lowercase letters"),
+        ("create.sh", [*BASE, "--type", "v3-8"], "expected v4-N, v5e-N, v5p-N or v6e-N"),
+        ("create.sh", ["--name", "a", "--zone", "east", "--type", "v5p-8"], "not a zone name"),
+        ("create.sh", [*BASE, "--type", "v5p-8", "--bogus"], "unknown argument '--bogus'"),
+        ("install.sh", BASE, "--source is required"),
+        ("launch.sh", [*BASE, "--type", "v5p-8", "--run_dir", "gs://b/r"], "--gin_file is required"),
+        (
+            "launch.sh",
+            [*BASE, "--type", "v5p-128", "--gin_file", "g", "--run_dir", "runs/x"],
+            "v5p-128 has 16 hosts: --run_dir must be a gs:// path",
+        ),
+        ("logs.sh", [*BASE, "--worker", "x"], "must be a worker number"),
+        ("stop.sh", ["--zone", "us-east5-a", "--name"], "--name needs a value"),
+    ],
+)
 def test_bad_arguments_are_rejected(script, args, message):
     proc = _run(script, "--dry-run", *args)
     assert proc.returncode == 2 and message in proc.stderr and not proc.stdout

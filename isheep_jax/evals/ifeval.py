@@ -14,14 +14,19 @@ Accuracy, as in the reference's report:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+from isheep_jax.core.io_utils import DataError, iter_jsonl
 from isheep_jax.evals.ifeval_checkers import (
-    CHECKERS, InstructionArgsError, check, check_loose, validate_kwargs,
+    CHECKERS,
+    InstructionArgsError,
+    check,
+    check_loose,
+    validate_kwargs,
 )
-from isheep_jax.io_utils import DataError, iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,7 @@ def _parse_record(record: Any, where: str) -> tuple[Any, str, list[str], list[An
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise DataError(f"{where}: instruction_id_list must be a list of strings")
     if not isinstance(kwargs, list) or len(kwargs) != len(ids):
-        raise DataError(
-            f"{where}: kwargs must be a list with one object per instruction id "
-            f"({len(ids)} ids)"
-        )
+        raise DataError(f"{where}: kwargs must be a list with one object per instruction id ({len(ids)} ids)")
     return key, prompt, ids, kwargs
 
 
@@ -125,7 +127,7 @@ def load_prompts(path: str | os.PathLike, *, strict: bool = True) -> LoadedPromp
 
 def shipped_prompts_path() -> os.PathLike:
     """Our own hand-written prompt set, shipped with the package."""
-    return resources.files("isheep_jax") / "evals" / "data" / "ifeval_prompts.jsonl"
+    return resources.files("isheep_jax.evals") / "data" / "ifeval_prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,13 @@ class Accuracy:
         return self.loose / self.total if self.total else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "strict": self.strict, "loose": self.loose,
-                "strict_accuracy": self.strict_accuracy, "loose_accuracy": self.loose_accuracy}
+        return {
+            "total": self.total,
+            "strict": self.strict,
+            "loose": self.loose,
+            "strict_accuracy": self.strict_accuracy,
+            "loose_accuracy": self.loose_accuracy,
+        }
 
 
 @dataclass(frozen=True)
@@ -204,17 +211,13 @@ def _tally(triples: Iterable[tuple[str, bool, bool]]) -> dict[str, Accuracy]:
 
 def aggregate(outcomes: Sequence[PromptOutcome]) -> IFEvalResult:
     triples = [
-        (inst.id, s, l)
-        for o in outcomes
-        for inst, s, l in zip(o.prompt.instructions, o.strict, o.loose)
+        (inst.id, s, l) for o in outcomes for inst, s, l in zip(o.prompt.instructions, o.strict, o.loose)
     ]
     return IFEvalResult(
         prompts=Accuracy(
             len(outcomes), sum(all(o.strict) for o in outcomes), sum(all(o.loose) for o in outcomes)
         ),
-        instructions=Accuracy(
-            len(triples), sum(s for _, s, _ in triples), sum(l for _, _, l in triples)
-        ),
+        instructions=Accuracy(len(triples), sum(s for _, s, _ in triples), sum(l for _, _, l in triples)),
         per_instruction=_tally(triples),
         per_group=_tally((iid.split(":")[0], s, l) for iid, s, l in triples),
     )

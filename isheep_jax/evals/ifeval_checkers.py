@@ -17,8 +17,9 @@ import inspect
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Mapping, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from isheep_jax.evals import ifeval_text
 from isheep_jax.evals.language_id import SUPPORTED_LANGUAGES, detect_language
@@ -48,8 +49,10 @@ Text = Annotated[str, _Rule(lambda v: bool(v.strip()), "a non-blank string")]
 Letter = Annotated[str, _Rule(lambda v: len(v) == 1, "a single character")]
 Words = Annotated[
     list,
-    _Rule(lambda v: bool(v) and all(isinstance(w, str) and w.strip() for w in v),
-          "a non-empty list of non-blank strings"),
+    _Rule(
+        lambda v: bool(v) and all(isinstance(w, str) and w.strip() for w in v),
+        "a non-empty list of non-blank strings",
+    ),
 ]
 Relation = Literal["less than", "at least"]
 LanguageCode = Literal[tuple(sorted(SUPPORTED_LANGUAGES))]  # type: ignore[valid-type]
@@ -76,8 +79,7 @@ def english_capital(response: str) -> bool:
     return response.isupper() and detect_language(response) in ("en", None)
 
 
-def capital_word_frequency(response: str, *, capital_frequency: Count,
-                           capital_relation: Relation) -> bool:
+def capital_word_frequency(response: str, *, capital_frequency: Count, capital_relation: Relation) -> bool:
     return _compare(ifeval_text.count_capital_words(response), capital_relation, capital_frequency)
 
 
@@ -93,8 +95,7 @@ def keyword_existence(response: str, *, keywords: Words) -> bool:
     return all(re.search(re.escape(k), response, flags=re.IGNORECASE) for k in keywords)
 
 
-def keyword_frequency(response: str, *, keyword: Text, frequency: Count,
-                      relation: Relation) -> bool:
+def keyword_frequency(response: str, *, keyword: Text, frequency: Count, relation: Relation) -> bool:
     found = len(re.findall(re.escape(keyword.strip()), response, flags=re.IGNORECASE))
     return _compare(found, relation, frequency)
 
@@ -102,13 +103,11 @@ def keyword_frequency(response: str, *, keyword: Text, frequency: Count,
 def forbidden_words(response: str, *, forbidden_words: Words) -> bool:
     # Whole words here (\b...\b), unlike existence and frequency.
     return not any(
-        re.search(r"\b" + re.escape(w) + r"\b", response, flags=re.IGNORECASE)
-        for w in forbidden_words
+        re.search(r"\b" + re.escape(w) + r"\b", response, flags=re.IGNORECASE) for w in forbidden_words
     )
 
 
-def letter_frequency(response: str, *, letter: Letter, let_frequency: Count,
-                     let_relation: Relation) -> bool:
+def letter_frequency(response: str, *, letter: Letter, let_frequency: Count, let_relation: Relation) -> bool:
     found = Counter(response.lower())[letter.lower()]
     return _compare(found, let_relation, let_frequency)
 
@@ -137,8 +136,9 @@ def number_paragraphs(response: str, *, num_paragraphs: Count) -> bool:
     return found == num_paragraphs
 
 
-def nth_paragraph_first_word(response: str, *, num_paragraphs: Count, nth_paragraph: Count,
-                             first_word: Text) -> bool:
+def nth_paragraph_first_word(
+    response: str, *, num_paragraphs: Count, nth_paragraph: Count, first_word: Text
+) -> bool:
     """Exactly `num_paragraphs` blank-line paragraphs, the nth (1-based) opening with the word."""
     parts = response.split("\n\n")
     found = sum(1 for part in parts if part.strip())
@@ -183,7 +183,7 @@ def json_format(response: str) -> bool:
     text = response.strip()
     for fence in ("```json", "```Json", "```JSON", "```"):
         if text.startswith(fence):
-            text = text[len(fence):]
+            text = text[len(fence) :]
             break
     text = text.removesuffix("```").strip()
     try:
@@ -337,14 +337,13 @@ def validate_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None) -> di
     for name, hint in accepted.items():
         problem = _value_problem(given[name], hint)
         if problem:
-            raise InstructionArgsError(
-                f"{instruction_id}: kwarg {name}={given[name]!r} must be {problem}"
-            )
+            raise InstructionArgsError(f"{instruction_id}: kwarg {name}={given[name]!r} must be {problem}")
     return given
 
 
-def check(instruction_id: str, response: str, kwargs: Mapping[str, Any] | None = None,
-          prompt: str = "") -> bool:
+def check(
+    instruction_id: str, response: str, kwargs: Mapping[str, Any] | None = None, prompt: str = ""
+) -> bool:
     """Whether `response` follows one instruction (strict: the response as given).
 
     A blank response follows nothing, as in the reference's evaluation. `prompt` is accepted
@@ -373,7 +372,8 @@ def loose_variants(response: str) -> tuple[str, ...]:
     return (response, response.replace("*", ""), *trimmed, *(t.replace("*", "") for t in trimmed))
 
 
-def check_loose(instruction_id: str, response: str, kwargs: Mapping[str, Any] | None = None,
-                prompt: str = "") -> bool:
+def check_loose(
+    instruction_id: str, response: str, kwargs: Mapping[str, Any] | None = None, prompt: str = ""
+) -> bool:
     """Whether any loose variant of `response` follows the instruction."""
     return any(check(instruction_id, v, kwargs, prompt) for v in loose_variants(response))

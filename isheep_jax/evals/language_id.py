@@ -45,8 +45,16 @@ _SCRIPT_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 _SINGLE_LANGUAGE_SCRIPTS = {
-    "Greek": "el", "Hebrew": "he", "Bengali": "bn", "Gurmukhi": "pa", "Gujarati": "gu",
-    "Tamil": "ta", "Telugu": "te", "Kannada": "kn", "Malayalam": "ml", "Thai": "th",
+    "Greek": "el",
+    "Hebrew": "he",
+    "Bengali": "bn",
+    "Gurmukhi": "pa",
+    "Gujarati": "gu",
+    "Tamil": "ta",
+    "Telugu": "te",
+    "Kannada": "kn",
+    "Malayalam": "ml",
+    "Thai": "th",
     "Hangul": "ko",
 }
 
@@ -56,54 +64,60 @@ _STOPWORDS: dict[str, frozenset[str]] = {
     lang: frozenset(words.split())
     for lang, words in {
         "en": "the and of to in is it that for you with on as are this be was have not or by"
-              " from at but an they we my your will can all there what so if about which their"
-              " has would more when one do he she his her our been were it's i'm i",
+        " from at but an they we my your will can all there what so if about which their"
+        " has would more when one do he she his her our been were it's i'm i",
         "de": "der die das und ist nicht ein eine zu den von mit sich des auf für im dem auch"
-              " es als wie ich sie wir sind werden wird oder aber nach bei einen einer noch kann"
-              " nur sehr über durch",
+        " es als wie ich sie wir sind werden wird oder aber nach bei einen einer noch kann"
+        " nur sehr über durch",
         "es": "el la los las del y es en un una por con para no se lo le más pero muy también"
-              " sus este esta fue hay yo como que al",
+        " sus este esta fue hay yo como que al",
         "fr": "le la les de des et est un une du en que qui pas pour dans ce il elle sur avec"
-              " au aux sont mais ou nous vous je très cette être",
+        " au aux sont mais ou nous vous je très cette être",
         "it": "il di che è per un una non sono del della con si da gli nel anche come più ma"
-              " questo questa ha lo le dei delle alla al",
+        " questo questa ha lo le dei delle alla al",
         "pt": "não uma são é os as do da em com para que mais ao dos das pelo pela isso também"
-              " você muito está ser foi tem seu sua ele ela ou mas eu",
+        " você muito está ser foi tem seu sua ele ela ou mas eu",
         "pl": "i w nie na się z do to że jest o jak co ale po tak za od jego są przez dla czy"
-              " już tylko ten ta jej",
+        " już tylko ten ta jej",
         "fi": "ja on ei se että hän oli ovat mutta kun tai myös joka jotka tämä niin kuin sen"
-              " ole olla mitä voi vain nyt jo siitä sitä kanssa hyvin minä sinä me te he",
+        " ole olla mitä voi vain nyt jo siitä sitä kanssa hyvin minä sinä me te he",
         "sw": "na ya wa za kwa ni la katika kama hii lakini pia sana kuwa yake ambayo hiyo"
-              " hivyo watu mimi wewe yeye sisi cha vya kila hata au bado tu huu hayo zaidi"
-              " kutoka baada wakati",
+        " hivyo watu mimi wewe yeye sisi cha vya kila hata au bado tu huu hayo zaidi"
+        " kutoka baada wakati",
         "vi": "và của là có không được các những cho trong với một người này để đã khi như từ"
-              " thì cũng về sẽ đến nhưng rất ra tôi bạn chúng nhiều làm nếu",
+        " thì cũng về sẽ đến nhưng rất ra tôi bạn chúng nhiều làm nếu",
         "ru": "и в не что на я с он как это по но они к у же вы за бы так из от то для его"
-              " все она был мы если или когда уже только ещё очень можно который также этот",
+        " все она был мы если или когда уже только ещё очень можно который также этот",
         "bg": "и в на е се да за не от са че с по това как той тя те но със към ще бъде може"
-              " който която които също много или като ако така му ги им",
+        " който която които също много или като ако така му ги им",
         "uk": "і в у на не що з та це як до за але від для він вона вони ми ви його її також"
-              " які який бути є так чи",
+        " які який бути є так чи",
         "ar": "في من على إلى أن هذا التي الذي عن مع كان هذه ما لا هو هي قد كل ذلك بين أو",
         "fa": "و در به از که این را با است برای آن یک می تا هم بود شود نیز ها های",
         "ur": "کے میں کی ہے اور سے کو کا نے یہ ہیں پر ایک بھی تھا کہ جو وہ لیے ہو",
-        "hi": "है हैं के की का में और से को नहीं यह वह एक पर भी था थे थी लिए कि जो तो हो कर"
-              " गया करने रहा साथ अपने कुछ",
-        "mr": "आहे आहेत आणि या हे ते की ला च्या मध्ये नाही होते केले करून त्या त्यांनी असे"
-              " एक पण तर व ही तो",
-        "ne": "छ छन् र हो को मा पनि गर्न लागि भएको गरेको थियो यो त्यो हुन्छ गर्छ रहेको तथा"
-              " उनी हामी तपाईं भने",
+        "hi": "है हैं के की का में और से को नहीं यह वह एक पर भी था थे थी लिए कि जो तो हो कर गया करने रहा साथ अपने कुछ",
+        "mr": "आहे आहेत आणि या हे ते की ला च्या मध्ये नाही होते केले करून त्या त्यांनी असे एक पण तर व ही तो",
+        "ne": "छ छन् र हो को मा पनि गर्न लागि भएको गरेको थियो यो त्यो हुन्छ गर्छ रहेको तथा उनी हामी तपाईं भने",
     }.items()
 }
 
 # Letters that only (or mostly) one candidate of a shared script uses.
 _DISTINCTIVE_LETTERS: dict[str, str] = {
-    "de": "äöüß", "es": "ñ¿¡", "fr": "çœàèêëîïôûù", "pt": "ãõç", "pl": "ąęłńśźżć",
-    "it": "àèìòù", "fi": "äö",
+    "de": "äöüß",
+    "es": "ñ¿¡",
+    "fr": "çœàèêëîïôûù",
+    "pt": "ãõç",
+    "pl": "ąęłńśźżć",
+    "it": "àèìòù",
+    "fi": "äö",
     # Vietnamese: horn/breve vowels, đ, and the dotted/hooked tone marks of U+1EA0..U+1EF9.
     "vi": "ơưđă" + "".join(chr(c) for c in range(0x1EA0, 0x1EFA)),
-    "ru": "ыэё", "bg": "ъ", "uk": "іїєґ",
-    "ar": "ةيكىأإ", "fa": "پچژگیک", "ur": "ٹڈڑںےہھ",
+    "ru": "ыэё",
+    "bg": "ъ",
+    "uk": "іїєґ",
+    "ar": "ةيكىأإ",
+    "fa": "پچژگیک",
+    "ur": "ٹڈڑںےہھ",
     "mr": "ळ",
 }
 

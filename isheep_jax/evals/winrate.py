@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -33,19 +34,17 @@ _PLACEHOLDERS = ("instruction", "answer_a", "answer_b")
 
 
 def load_judge_template() -> str:
-    """The shipped template, `isheep_jax/prompts/judge_pairwise.txt`."""
-    return (resources.files("isheep_jax") / "prompts" / "judge_pairwise.txt").read_text()
+    """The shipped template, `isheep_jax/evals/data/judge_pairwise.txt`."""
+    return (resources.files("isheep_jax.evals") / "data" / "judge_pairwise.txt").read_text()
 
 
-def build_judge_prompt(instruction: str, answer_a: str, answer_b: str,
-                       template: str | None = None) -> str:
+def build_judge_prompt(instruction: str, answer_a: str, answer_b: str, template: str | None = None) -> str:
     """Fills `$instruction`, `$answer_a`, `$answer_b` of a `string.Template` text.
 
     `$` inside the answers is safe: only the template's own placeholders are substituted.
     """
     text = load_judge_template() if template is None else template
-    named = {m.group("named") or m.group("braced")
-             for m in string.Template.pattern.finditer(text)}
+    named = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)}
     missing = [p for p in _PLACEHOLDERS if p not in named]
     if missing:
         raise ValueError(f"judge template lacks placeholder(s) {['$' + p for p in missing]}")
@@ -60,8 +59,10 @@ def build_judge_prompt(instruction: str, answer_a: str, answer_b: str,
 # --- verdict parsing ---------------------------------------------------------------------
 # A label is "Output (a)", "Answer B", "Response b", ... in any case, or a bare capital A/B
 # (a bare lowercase "a" is usually the article). Group 1 or group 2 holds the letter.
-_LABEL = (r"(?:(?i:output|answer|response|assistant|option|model|candidate)\s*\(?([ABab])\)?"
-          r"|\(?\b([AB])\b\)?)")
+_LABEL = (
+    r"(?:(?i:output|answer|response|assistant|option|model|candidate)\s*\(?([ABab])\)?"
+    r"|\(?\b([AB])\b\)?)"
+)
 
 _BRACKETED = re.compile(r"\[\[\s*(a|b|c|tie)\s*\]\]", re.IGNORECASE)
 _BARE = re.compile(
@@ -73,21 +74,29 @@ _LEADING = re.compile(
     r"(?:(?i:output|answer|response|assistant|option|model|candidate)\s*\(?([ABab])\)?\b"
     r"|\(?([AB])\)?(?=[.:,)\n]|$))"
 )
-_BETTER = (r"(?i:clearly\s+|slightly\s+|much\s+|far\s+|the\s+)?(?i:better|superior|preferred"
-           r"|preferable|stronger|winner|more\s+(?:helpful|accurate|complete|relevant|correct"
-           r"|useful|informative|appropriate|precise|faithful))")
-_PREFERENCES = tuple(re.compile(p) for p in (
-    _LABEL + r"\s+(?i:is|was|seems|appears)\s+" + _BETTER,
-    _LABEL + r"\s+(?i:wins)\b",
-    r"(?i:prefer|choose|pick|select|go\s+with|vote\s+for)\s+" + _LABEL,
-    r"(?i:winner|better\s+(?:one|answer|output|response)|best\s+(?:answer|output|response)"
-    r"|verdict|final\s+answer|choice)\s*(?i:is|:)\s*" + _LABEL,
-))
+_BETTER = (
+    r"(?i:clearly\s+|slightly\s+|much\s+|far\s+|the\s+)?(?i:better|superior|preferred"
+    r"|preferable|stronger|winner|more\s+(?:helpful|accurate|complete|relevant|correct"
+    r"|useful|informative|appropriate|precise|faithful))"
+)
+_PREFERENCES = tuple(
+    re.compile(p)
+    for p in (
+        _LABEL + r"\s+(?i:is|was|seems|appears)\s+" + _BETTER,
+        _LABEL + r"\s+(?i:wins)\b",
+        r"(?i:prefer|choose|pick|select|go\s+with|vote\s+for)\s+" + _LABEL,
+        r"(?i:winner|better\s+(?:one|answer|output|response)|best\s+(?:answer|output|response)"
+        r"|verdict|final\s+answer|choice)\s*(?i:is|:)\s*" + _LABEL,
+    )
+)
 # "B is worse" points at A.
-_DISPREFERENCES = tuple(re.compile(p) for p in (
-    _LABEL + r"\s+(?i:is|was|seems|appears)\s+(?i:clearly\s+|slightly\s+|much\s+|far\s+)?"
-    r"(?i:worse|inferior|weaker|less\s+(?:helpful|accurate|complete|relevant|correct|useful))",
-))
+_DISPREFERENCES = tuple(
+    re.compile(p)
+    for p in (
+        _LABEL + r"\s+(?i:is|was|seems|appears)\s+(?i:clearly\s+|slightly\s+|much\s+|far\s+)?"
+        r"(?i:worse|inferior|weaker|less\s+(?:helpful|accurate|complete|relevant|correct|useful))",
+    )
+)
 _OTHER: dict[str, Verdict] = {"A": "B", "B": "A"}
 _TIE_PHRASE = re.compile(
     r"\b(?:tie|tied|draw|equally\s+(?:good|bad|helpful|strong|weak|valid|correct)"
@@ -102,7 +111,7 @@ def _letter(match: re.Match) -> Verdict:
 
 
 def parse_verdict(text: str) -> Verdict | None:
-    """"A", "B" or "tie" from a judge's reply; None when it cannot be read unambiguously.
+    """ "A", "B" or "tie" from a judge's reply; None when it cannot be read unambiguously.
 
     Tried in order, the first rule that applies decides:
     1. `[[A]]`, `[[B]]`, `[[C]]`/`[[tie]]` (the last one wins: judges restate the format);
@@ -140,8 +149,9 @@ def parse_verdict(text: str) -> Verdict | None:
 # --- position swap -----------------------------------------------------------------------
 
 
-def judge_prompts(instruction: str, model_answer: str, reference_answer: str,
-                  template: str | None = None) -> tuple[str, str]:
+def judge_prompts(
+    instruction: str, model_answer: str, reference_answer: str, template: str | None = None
+) -> tuple[str, str]:
     """The two judge prompts of one pair: model's answer shown as A, then shown as B."""
     return (
         build_judge_prompt(instruction, model_answer, reference_answer, template),
@@ -149,8 +159,9 @@ def judge_prompts(instruction: str, model_answer: str, reference_answer: str,
     )
 
 
-def combine(model_first: Verdict | None, model_second: Verdict | None,
-            on_unparseable: OnUnparseable = "drop") -> Outcome | None:
+def combine(
+    model_first: Verdict | None, model_second: Verdict | None, on_unparseable: OnUnparseable = "drop"
+) -> Outcome | None:
     """The pair's outcome for the evaluated model (see module doc); None = invalid pair.
 
     `model_first` is the verdict when the model's answer was A, `model_second` when it was B.
@@ -226,8 +237,9 @@ class WinRate:
         return self.losses / self.n if self.n else float("nan")
 
 
-def win_rate(outcomes: Iterable[Outcome | None], *, confidence: float = 0.95,
-             num_resamples: int = 2000, seed: int = 0) -> WinRate:
+def win_rate(
+    outcomes: Iterable[Outcome | None], *, confidence: float = 0.95, num_resamples: int = 2000, seed: int = 0
+) -> WinRate:
     """Aggregates pair outcomes (None = invalid pair) into a `WinRate`.
 
     The interval is a percentile bootstrap of the mean per-pair score (win 1, tie 0.5,
@@ -251,7 +263,12 @@ def win_rate(outcomes: Iterable[Outcome | None], *, confidence: float = 0.95,
         tail = (1 - confidence) / 2
         low, high = (float(q) for q in np.quantile(means, [tail, 1 - tail]))
     return WinRate(
-        wins=counts["win"], ties=counts["tie"], losses=counts["loss"],
+        wins=counts["win"],
+        ties=counts["tie"],
+        losses=counts["loss"],
         invalid=sum(1 for o in outcomes if o is None),
-        win_rate=point, ci_low=low, ci_high=high, confidence=confidence,
+        win_rate=point,
+        ci_low=low,
+        ci_high=high,
+        confidence=confidence,
     )

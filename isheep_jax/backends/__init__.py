@@ -1,0 +1,1 @@
+"""Machinery specific to one backend."""

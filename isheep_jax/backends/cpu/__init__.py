@@ -1,0 +1,1 @@
+"""CPU-only machinery: the C++ decode-attention kernel and the host allocator settings."""

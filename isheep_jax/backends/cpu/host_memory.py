@@ -1,0 +1,241 @@
+"""Host allocator settings for the CPU backend: keep freed memory instead of unmapping it.
+
+XLA:CPU allocates each execution's temporary buffer (gigabytes for a train step) through
+`posix_memalign` on a worker thread. glibc serves a block that large from a fresh `mmap` and
+unmaps it when the step ends, so every step would first-touch all of it again (page faults
+cost seconds per step). The settings keep it: one malloc arena (worker threads would
+otherwise get arenas that cannot hold such blocks and fall back to `mmap`), no `mmap` for
+large blocks, no trimming of the heap's top. Freed blocks then stay in the process and the
+next step reuses them.
+
+A retained heap can still grow when a step finds no free block that fits. Two causes are
+handled for training: restored arrays that the runtime cannot donate
+(`training.train_step.owned_state`), and a step that asks for its block before XLA has freed
+the last one, a few ms after the outputs are readable (`wait_until_freed`). Long loops also
+hand the free pages back once the host runs short (`release_if_memory_low`), and between
+phases that allocate differently (`release_free_memory`). `HostMemoryHooks` attaches all of
+this to the trainer, the generator and the loop (`core.hooks`); the `isheep` command and the
+benchmarks install it. Measurements: benchmarks/HISTORY.md.
+
+The settings take effect only if set before JAX starts its thread pools (before the first
+computation), and only for glibc. We apply them for CPU runs only: on an accelerator host
+the big buffers live on the device, and a single arena would serialise the many threads
+of the input pipeline and checkpoint I/O.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+import glob
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping
+
+from isheep_jax.core import hooks
+
+log = logging.getLogger(__name__)
+
+ENV = "ISHEEP_HOST_MALLOC"  # 'retain' | 'system' | unset (auto, see `wanted`)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
+_applied = False
+_released = False  # release_if_memory_low has released at least once
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _accelerator_present() -> bool:
+    """A TPU (/dev/accel*, /dev/vfio/N) or NVIDIA GPU (/dev/nvidiaN) device node: what JAX would use."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*"))
+
+
+def wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process should retain freed memory. ISHEEP_HOST_MALLOC=retain|system
+    decides; unset: yes when JAX_PLATFORMS is 'cpu', or, JAX_PLATFORMS unset, when the host
+    has no TPU or GPU device node (JAX will run on the CPU)."""
+    env = os.environ if environ is None else environ
+    mode = env.get(ENV, "").strip().lower()
+    if mode not in ("", "retain", "system"):
+        raise ValueError(f"{ENV} must be 'retain' or 'system', got {env[ENV]!r}")
+    if mode:
+        return mode == "retain"
+    platforms = env.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms == "cpu"
+    return not _accelerator_present()
+
+
+def retain_freed_memory() -> bool:
+    """Applies the settings above to this process (glibc only; idempotent). Returns whether
+    they are in effect. Call it before anything runs a JAX computation."""
+    global _applied
+    if _applied:
+        return True
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        return False
+    # M_TRIM_THRESHOLD takes an int; -1 becomes SIZE_MAX inside glibc: never trim.
+    ok = all(
+        _libc().mallopt(param, value) == 1
+        for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+    )
+    if not ok:
+        log.warning("mallopt refused the host-memory settings; XLA:CPU steps will page-fault their buffers")
+        return False
+    _applied = True
+    return True
+
+
+def release_free_memory() -> None:
+    """Returns the heap's free pages to the OS (glibc `malloc_trim(0)`; interior free chunks
+    too). A no-op unless `retain_freed_memory` is in effect; call it between phases."""
+    if _applied:
+        gc.collect()  # drop unreferenced arrays first, so their buffers are free to hand back
+        _libc().malloc_trim(0)
+
+
+def memory_low(meminfo: Mapping[str, int], fraction: float = 0.25, floor: int = 2 << 30) -> bool:
+    """Whether available memory (bytes; /proc/meminfo's MemAvailable) is below `fraction`
+    of MemTotal or below `floor` bytes, whichever is larger. A meminfo without the two
+    fields (not Linux) is never low."""
+    if "MemAvailable" not in meminfo or "MemTotal" not in meminfo:
+        return False
+    return meminfo["MemAvailable"] < max(fraction * meminfo["MemTotal"], floor)
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """/proc/meminfo as bytes per field ({} where it cannot be read)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            out[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return out
+
+
+def release_if_memory_low() -> bool:
+    """`release_free_memory()` when `memory_low(read_meminfo())` (see the module docstring);
+    returns whether it released. A no-op (False) unless `retain_freed_memory` is in effect;
+    cheap enough to call after every step (one read of /proc/meminfo)."""
+    global _released
+    if not _applied or not memory_low(read_meminfo()):
+        return False
+    # Once at INFO: on a host short of memory this runs after every step.
+    log.log(
+        logging.DEBUG if _released else logging.INFO,
+        "host memory low: handing the heap's free pages back to the OS (again each time it is low)",
+    )
+    _released = True
+    release_free_memory()
+    return True
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@functools.cache
+def _mallinfo2():
+    """glibc's `mallinfo2` (2.33+), or None."""
+    fn = getattr(_libc(), "mallinfo2", None)
+    if fn is not None:
+        fn.restype = _MallInfo2
+    return fn
+
+
+def heap_in_use() -> int:
+    """Bytes the heap has handed out (glibc `mallinfo2().uordblks`); 0 unless the retained heap
+    is in effect. It walks the free chunks: about a millisecond."""
+    fn = _mallinfo2() if _applied else None
+    return int(fn().uordblks) if fn is not None else 0
+
+
+def wait_until_freed(in_use_before: int, slack: int = 64 << 20, timeout: float = 0.25) -> bool:
+    """Waits until the heap's in-use bytes are back within `slack` of `in_use_before`, taken just
+    before a step was dispatched (`heap_in_use`); returns whether they were.
+
+    XLA:CPU frees an execution's temporary block on a worker thread a few ms after its
+    outputs are readable. A step dispatched in between asks for its own block while the last
+    one is still held, and the retained heap grows by a whole block. A no-op (True) unless the
+    retained heap is in effect; gives up after `timeout` seconds (other threads, such as a
+    checkpoint being written, may hold memory of their own).
+
+    Args:
+      in_use_before: `heap_in_use()` just before the step was dispatched.
+      slack: bytes above `in_use_before` that count as freed.
+      timeout: seconds to wait at most.
+
+    Returns:
+      Whether the heap came back within `slack`.
+    """
+    if not _applied or _mallinfo2() is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while heap_in_use() > in_use_before + slack:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def configure_from_env() -> bool:
+    """`retain_freed_memory()` if `wanted()`: what the `isheep` command and the benchmarks call first."""
+    return retain_freed_memory() if wanted() else False
+
+
+class HostMemoryHooks(hooks.Hooks):
+    """The retained heap's upkeep around the trainer's steps, the generator's batches and the
+    loop's stages: wait for a step's temporaries to be freed before the next step asks for its
+    own, hand free pages back when the host runs short, and between stages."""
+
+    def __init__(self) -> None:
+        self._in_use = 0
+
+    def before_train_step(self) -> None:
+        self._in_use = heap_in_use()
+
+    def after_train_step(self) -> None:
+        wait_until_freed(self._in_use)
+        release_if_memory_low()
+
+    def after_sampling_batch(self) -> None:
+        release_if_memory_low()  # batches of other shapes fragment a retained heap
+
+    def between_stages(self) -> None:
+        release_free_memory()
+
+
+def install_hooks() -> HostMemoryHooks | None:
+    """`configure_from_env()`, and where the retained heap is in effect, `HostMemoryHooks`
+    installed (`core.hooks`); returns them, or None. Call it first thing in a process."""
+    if not configure_from_env():
+        return None
+    h = HostMemoryHooks()
+    hooks.install(h)
+    return h

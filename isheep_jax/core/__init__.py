@@ -1,0 +1,1 @@
+"""Leaves every layer builds on: files (local or gs://), cache directories, hooks."""

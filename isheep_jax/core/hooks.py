@@ -1,0 +1,72 @@
+"""Side work attached to long loops from outside them (the shape of levanter's trainer hooks).
+
+The trainer calls `before_train_step` / `after_train_step` around every step, the generator
+calls `after_sampling_batch` after every batch, and the loop calls `between_stages` when one
+stage's allocations give way to another's. The loops know nothing of what runs there: the
+command line (and the benchmarks) install, for example, the CPU host-memory hooks
+(`backends.cpu.host_memory.HostMemoryHooks`). With nothing installed every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+class Hooks:
+    """Base class: override the events you need; every method defaults to doing nothing."""
+
+    def before_train_step(self) -> None:
+        """Before a train step is dispatched."""
+
+    def after_train_step(self) -> None:
+        """After a train step's outputs are on the host (its loss has been read)."""
+
+    def after_sampling_batch(self) -> None:
+        """After a sampling batch's tokens are on the host."""
+
+    def between_stages(self) -> None:
+        """Between two stages of the loop (sampling, training, evaluation)."""
+
+
+_installed: list[Hooks] = []
+
+
+def install(hooks: Hooks) -> None:
+    """Adds `hooks` to the process's hooks (run in the order installed)."""
+    _installed.append(hooks)
+
+
+def uninstall(hooks: Hooks) -> None:
+    """Removes `hooks` (installed earlier)."""
+    _installed.remove(hooks)
+
+
+@contextlib.contextmanager
+def installed(hooks: Hooks) -> Iterator[Hooks]:
+    """`hooks` installed for the duration of a `with` block."""
+    install(hooks)
+    try:
+        yield hooks
+    finally:
+        uninstall(hooks)
+
+
+def before_train_step() -> None:
+    for h in _installed:
+        h.before_train_step()
+
+
+def after_train_step() -> None:
+    for h in _installed:
+        h.after_train_step()
+
+
+def after_sampling_batch() -> None:
+    for h in _installed:
+        h.after_sampling_batch()
+
+
+def between_stages() -> None:
+    for h in _installed:
+        h.between_stages()

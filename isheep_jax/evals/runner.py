@@ -1,0 +1,356 @@
+"""Evaluation of one checkpoint: IFEval-style instruction following, held-out loss, and an
+AlpacaEval-style pairwise win-rate against a reference model, judged by a judge model.
+
+Everything lands in one eval directory and resumes like the loop's sampling stages:
+
+    EVAL/chunks/<suite>/<n>.jsonl   raw generations, one file per chunk of prompts
+    EVAL/ifeval_responses.jsonl     {key, prompt, response}: the official IFEval scorer reads it too
+    EVAL/winrate_answers.jsonl      {id, instruction, input, answer}: reusable as a reference
+    EVAL/winrate_judgments.jsonl    both verdicts of each pair (position-swapped) and the replies
+    EVAL/eval.json                  the results; written last, so it marks the evaluation done
+
+Models are loaded one at a time (evaluated model, reference, judge), so evaluating a 7B
+model needs the memory of one 7B model. Generation is greedy by default: same checkpoint,
+same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+
+from isheep_jax.core import io_utils
+from isheep_jax.evals import ifeval, winrate
+from isheep_jax.model import checkpoint
+from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.parallel import distributed
+from isheep_jax.sampling.chunked import sample_in_chunks
+from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
+from isheep_jax.training.train_step import per_segment_loss
+
+log = logging.getLogger(__name__)
+
+SUITES = ("ifeval", "heldout_loss", "winrate")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What `isheep eval` (and the loop, when LoopConfig.evaluate is set) measures."""
+
+    suites: tuple[str, ...] = SUITES
+    ifeval_file: str = ""  # '' = our shipped prompts; the official IFEval input_data.jsonl works too
+    ifeval_limit: int = 0  # the first N prompts only (0 = all): quick runs
+    heldout_file: str = ""  # '' = shipped held-out pairs; JSONL of instruction / input / response (or output)
+    winrate_file: str = ""  # instructions compared pairwise (instruction / input); '' = the held-out pairs'
+    winrate_limit: int = 0
+    sampling: SamplingSettings = SamplingSettings(max_new_tokens=512, temperature=0.0, batch_size=16)
+    judge_sampling: SamplingSettings = SamplingSettings(max_new_tokens=64, temperature=0.0, batch_size=16)
+    # Text that opens the judge's reply and is parsed with it, e.g. '[[' so that a small judge
+    # answers with a verdict label; '' = none.
+    judge_prefill: str = ""
+    max_prompt_len: int = 256  # held-out loss: pairs longer than this are left out and counted
+    max_response_len: int = 512
+    loss_batch_size: int = 8
+    chunk_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown or not self.suites:
+            raise ValueError(f"EvalConfig.suites: unknown {unknown} or empty; choose from {SUITES}")
+        for name in ("ifeval_limit", "winrate_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_prompt_len", "max_response_len", "loss_batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A checkpoint and how it is prompted ('raw' | 'chat' | a builtin template name)."""
+
+    model_dir: str
+    prompt_style: str = "chat"
+
+
+def shipped_heldout_path() -> os.PathLike:
+    return resources.files("isheep_jax.evals") / "data" / "heldout_pairs.jsonl"
+
+
+# ---------------------------------------------------------------------------- suites
+def _sample(
+    cache: GeneratorCache,
+    spec: ModelSpec,
+    chunk_dir,
+    user_texts: Sequence[str],
+    settings: SamplingSettings,
+    ec: EvalConfig,
+    desc: str,
+    prefill: str = "",
+) -> list[dict]:
+    """Greedy (by default) completions of user turns rendered in the model's style, chunked."""
+    tok = Tokenizer(checkpoint.tokenizer_dir(spec.model_dir))
+    prompts = [tok.render_prompt(t, spec.prompt_style) + prefill for t in user_texts]
+    settings = dataclasses.replace(settings, seed=ec.seed)
+    return sample_in_chunks(
+        chunk_dir,
+        prompts,
+        ec.chunk_size,
+        lambda p, ids: completion_rows(
+            cache.get(spec.model_dir), p, ids, settings, spec.prompt_style != "raw", desc
+        ),
+        desc,
+    )
+
+
+def run_ifeval(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> dict[str, Any]:
+    """Prompt- and instruction-level strict/loose accuracy on an IFEval-format prompt file."""
+    path = ec.ifeval_file or ifeval.shipped_prompts_path()
+    loaded = ifeval.load_prompts(path, strict=False)
+    for u in loaded.unknown:
+        log.warning("ifeval: %s (instruction skipped)", u)
+    prompts = list(loaded.prompts)[: ec.ifeval_limit or None]
+    rows = _sample(
+        cache, spec, out / "chunks" / "ifeval", [p.prompt for p in prompts], ec.sampling, ec, "ifeval"
+    )
+    io_utils.write_jsonl(
+        out / "ifeval_responses.jsonl",
+        [{"key": p.key, "prompt": p.prompt, "response": r["text"]} for p, r in zip(prompts, rows)],
+    )
+    result = ifeval.evaluate(prompts, [r["text"] for r in rows]).to_dict()
+    result.update(
+        prompt_file=os.fspath(path),
+        unknown_instructions=[str(u) for u in loaded.unknown],
+        cut_at_max_tokens=sum(r["finish_reason"] == "length" for r in rows),
+    )
+    return result
+
+
+def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
+    """Mean response-token loss on held-out pairs, prompted exactly as training prompts them."""
+    from isheep_jax.training import sft_data
+
+    path = ec.heldout_file or shipped_heldout_path()
+    name = "isheep_eval_heldout"
+    sft_data.register_sft_task(name, [path], checkpoint.tokenizer_dir(spec.model_dir), spec.prompt_style)
+    # Packed rows: the short held-out pairs cost their own tokens, not the padded budget.
+    data = sft_data.load_examples(name, ec.max_prompt_len, ec.max_response_len, pack=True)
+    cfg, params = checkpoint.load_model(spec.model_dir, mesh)
+    max_segments = int(data.arrays["decoder_segment_ids"].max())
+    loss_fn = jax.jit(functools.partial(per_segment_loss, cfg, max_segments=max_segments))
+    rows, b = data.num_rows, ec.loss_batch_size
+    padded = (
+        -(-rows // b) * b
+    )  # zero rows (no segment, loss weight 0) fill the last batch: one compiled shape
+    arrays = {
+        k: np.concatenate([v, np.zeros((padded - rows, v.shape[1]), v.dtype)]) for k, v in data.arrays.items()
+    }
+    sums, counts = [], []
+    for lo in range(0, padded, b):
+        s, c = distributed.to_host(loss_fn(params, {k: v[lo : lo + b] for k, v in arrays.items()}))
+        sums.append(np.asarray(s).ravel())
+        counts.append(np.asarray(c).ravel())
+    del params
+    sums, counts = np.concatenate(sums), np.concatenate(counts)
+    sums, counts = sums[counts > 0], counts[counts > 0]  # one entry per example
+    n = len(counts)
+    return {
+        "loss": float(sums.sum() / counts.sum()),
+        "mean_example_loss": float(np.mean(sums / counts)),
+        "pairs": n,
+        "pairs_too_long": data.num_too_long,
+        "target_tokens": int(counts.sum()),
+        "pair_file": os.fspath(path),
+    }
+
+
+def winrate_items(ec: EvalConfig) -> list[dict]:
+    """The instructions compared pairwise: {id, instruction, input}, validated."""
+    path = ec.winrate_file or ec.heldout_file or shipped_heldout_path()
+    items = []
+    for lineno, row in io_utils.iter_jsonl(path):
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("instruction"), str)
+            or not row["instruction"].strip()
+        ):
+            raise io_utils.DataError(f"{path}:{lineno}: expected an object with a non-empty 'instruction'")
+        if not isinstance(row.get("input", "") or "", str):
+            raise io_utils.DataError(f"{path}:{lineno}: field 'input' must be a string")
+        items.append(
+            {"id": row.get("id", lineno), "instruction": row["instruction"], "input": row.get("input") or ""}
+        )
+    return items[: ec.winrate_limit or None]
+
+
+def winrate_answers(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> list[dict]:
+    """The model's answers to the win-rate instructions (read back when already on disk)."""
+    from isheep_jax.training.sft_data import user_text
+
+    path = out / "winrate_answers.jsonl"
+    items = winrate_items(ec)
+    if io_utils.exists(path):
+        rows = io_utils.read_jsonl(path)
+        if [r["id"] for r in rows] == [it["id"] for it in items]:
+            return rows
+        raise io_utils.DataError(
+            f"{path}: answers for other instructions than {ec.winrate_file or 'the shipped set'}; "
+            "delete it to regenerate"
+        )
+    outs = _sample(
+        cache,
+        spec,
+        out / "chunks" / "winrate",
+        [user_text(it["instruction"], it["input"]) for it in items],
+        ec.sampling,
+        ec,
+        "winrate answers",
+    )
+    rows = [{**it, "answer": o["text"], "finish_reason": o["finish_reason"]} for it, o in zip(items, outs)]
+    io_utils.write_jsonl(path, rows)
+    return rows
+
+
+def judge_pairs(
+    cache: GeneratorCache,
+    judge: ModelSpec,
+    out,
+    ec: EvalConfig,
+    answers: Sequence[dict],
+    reference: Sequence[dict],
+) -> dict[str, Any]:
+    """Win / tie / loss of `answers` against `reference`, both orders judged (see evals/winrate.py)."""
+    from isheep_jax.training.sft_data import user_text
+
+    triples = [
+        (user_text(a["instruction"], a["input"]), a["answer"], r["answer"])
+        for a, r in zip(answers, reference)
+    ]
+
+    def generate(prompts: Sequence[str]) -> list[str]:
+        outs = _sample(
+            cache, judge, out / "chunks" / "judge", prompts, ec.judge_sampling, ec, "judge", ec.judge_prefill
+        )
+        return [ec.judge_prefill + o["text"] for o in outs]
+
+    judgments = winrate.judge_all(triples, generate)
+    io_utils.write_jsonl(
+        out / "winrate_judgments.jsonl",
+        [
+            {
+                "id": a["id"],
+                "model_first": j.model_first,
+                "model_second": j.model_second,
+                "outcome": j.outcome(),
+                "replies": list(j.replies),
+            }
+            for a, j in zip(answers, judgments)
+        ],
+    )
+    wr = winrate.win_rate([j.outcome() for j in judgments], seed=ec.seed)
+    # No valid pair leaves the rates undefined: null in JSON (NaN is not JSON), counts say why.
+    rates = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(wr).items()
+    }
+    return {**rates, "n": wr.n, "judge": judge.model_dir}
+
+
+# ---------------------------------------------------------------------------- driver
+def evaluate(
+    spec: ModelSpec,
+    out_dir,
+    ec: EvalConfig,
+    reference: tuple[ModelSpec, Any] | None = None,
+    judge: ModelSpec | None = None,
+    cache: GeneratorCache | None = None,
+    mesh=None,
+) -> dict[str, Any]:
+    """Runs the configured suites on one checkpoint; returns (and writes) EVAL/eval.json.
+
+    reference: (model, eval directory) whose win-rate answers the model is compared with
+    (generated there if missing, so a loop evaluates its base model's answers once); the
+    judge defaults to the reference model. Without a reference the win-rate suite only
+    writes this model's answers. An existing eval.json is returned as is.
+    """
+    out = io_utils.absolute(out_dir)
+    done = out / "eval.json"
+    if io_utils.exists(done):
+        return io_utils.read_json(done)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache or GeneratorCache(mesh)
+    results: dict[str, Any] = {
+        "model": spec.model_dir,
+        "prompt_style": spec.prompt_style,
+        "sampling": dataclasses.asdict(ec.sampling),
+    }
+    if "heldout_loss" in ec.suites:
+        cache.release()  # the loss needs the stacked params; keep one copy of the model in memory
+        results["heldout_loss"] = heldout_loss(spec, ec, mesh or cache.mesh)
+    if "ifeval" in ec.suites:
+        results["ifeval"] = run_ifeval(cache, spec, out, ec)
+    if "winrate" in ec.suites:
+        answers = winrate_answers(cache, spec, out, ec)
+        if reference is None or reference[0].model_dir == spec.model_dir:
+            results["winrate"] = {"skipped": "no reference model (this model's answers are the reference)"}
+        else:
+            ref_spec, ref_dir = reference
+            ref_out = io_utils.absolute(ref_dir)
+            ref_answers = winrate_answers(cache, ref_spec, ref_out, ec)
+            results["winrate"] = {
+                **judge_pairs(cache, judge or ref_spec, out, ec, answers, ref_answers),
+                "reference": ref_spec.model_dir,
+            }
+    io_utils.write_json(done, results)
+    return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, float | None]:
+    """The few numbers a per-iteration table shows (None where a suite did not run)."""
+    ife, loss, wr = results.get("ifeval"), results.get("heldout_loss"), results.get("winrate") or {}
+    return {
+        "ifeval_prompt_strict": ife["prompt_level"]["strict_accuracy"] if ife else None,
+        "ifeval_prompt_loose": ife["prompt_level"]["loose_accuracy"] if ife else None,
+        "ifeval_instruction_strict": ife["instruction_level"]["strict_accuracy"] if ife else None,
+        "ifeval_instruction_loose": ife["instruction_level"]["loose_accuracy"] if ife else None,
+        "heldout_loss": loss["loss"] if loss else None,
+        "win_rate": wr.get("win_rate"),
+        "win_rate_ci": [wr["ci_low"], wr["ci_high"]] if wr.get("ci_low") is not None else None,
+        "win_rate_invalid": wr.get("invalid"),
+    }
+
+
+def percent(v: float | None) -> str:
+    """A fraction as percent with one decimal; '-' for a metric that did not run."""
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def format_win_rate(h: dict[str, Any]) -> str:
+    """'62.5 [40.0, 80.0]' (percent, with the interval), plus how many pairs the judge left unreadable."""
+    ci = h.get("win_rate_ci")
+    text = (
+        "-" if h.get("win_rate") is None else f"{percent(h['win_rate'])} [{percent(ci[0])}, {percent(ci[1])}]"
+    )
+    return text + (f" ({h['win_rate_invalid']} unparseable)" if h.get("win_rate_invalid") else "")
+
+
+def format_headline(name: str, h: dict[str, Any]) -> str:
+    loss = "-" if h.get("heldout_loss") is None else f"{h['heldout_loss']:.4f}"
+    return (
+        f"  {name}: IFEval prompt strict/loose "
+        f"{percent(h['ifeval_prompt_strict'])}/{percent(h['ifeval_prompt_loose'])}, "
+        f"instruction strict/loose "
+        f"{percent(h['ifeval_instruction_strict'])}/{percent(h['ifeval_instruction_loose'])}; "
+        f"held-out loss {loss}; win rate vs reference {format_win_rate(h)}"
+    )

@@ -1,0 +1,154 @@
+"""The run directory: manifest, per-iteration artifact paths, and chunked resumable sampling.
+
+    RUN/manifest.json           resolved gin config, its hash, history of (forced) restarts
+    RUN/config.gin              the resolved gin config as text
+    RUN/metrics.jsonl           one row per finished iteration (machine-readable summary)
+    RUN/iter_<i>/chunks/<stage>/<n>.jsonl   raw model outputs, one file per chunk of prompts
+    RUN/iter_<i>/instructions.jsonl ... kept.jsonl, dropped.jsonl, train/, eval/, summary.json
+    RUN/eval_base/              the base model's evaluation (when LoopConfig.evaluate)
+
+Every file is written atomically (temporary sibling + rename), and each stage's last
+artifact is its completion marker, so a killed run resumes at the first missing one;
+sampling stages resume at the first missing chunk (`sampling.chunked`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+from isheep_jax.core import io_utils
+from isheep_jax.model import checkpoint
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synthesize", "respond", "assess", "filter", "train", "eval", "summary")
+
+
+class RunError(ValueError):
+    """The run directory cannot be used as asked (other config, unwritable, inconsistent)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationPaths:
+    root: Any  # epath.Path of RUN/iter_<i>
+
+    def __getattr__(self, name: str):  # instructions, responses, ... -> RUN/iter_i/<name>.jsonl
+        if name in ("instructions", "responses", "assessments", "kept", "dropped"):
+            return self.root / f"{name}.jsonl"
+        raise AttributeError(name)
+
+    @property
+    def summary(self):
+        return self.root / "summary.json"
+
+    @property
+    def train_dir(self):
+        return self.root / "train"
+
+    @property
+    def model_dir(self):
+        return self.root / "train" / "model"
+
+    @property
+    def train_skipped(self):
+        return self.root / "train_skipped.json"
+
+    @property
+    def eval_dir(self):
+        return self.root / "eval"
+
+    @property
+    def eval_skipped(self):
+        return self.root / "eval_skipped.json"
+
+    def dropped_stage(self, stage: str):
+        return self.root / f"dropped_{stage}.jsonl"
+
+    def chunks(self, stage: str):
+        return self.root / "chunks" / stage
+
+    def stage_done(self, stage: str) -> bool:
+
+        marker = {
+            "synthesize": self.instructions,
+            "respond": self.responses,
+            "assess": self.assessments,
+            "filter": self.kept,
+            "summary": self.summary,
+        }
+        if stage == "train":
+            return checkpoint.is_complete(self.model_dir) or io_utils.exists(self.train_skipped)
+        if stage == "eval":
+            return io_utils.exists(self.eval_dir / "eval.json") or io_utils.exists(self.eval_skipped)
+        return io_utils.exists(marker[stage])
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = io_utils.absolute(root)
+
+    @property
+    def manifest_path(self):
+        return self.root / "manifest.json"
+
+    @property
+    def metrics_path(self):
+        return self.root / "metrics.jsonl"
+
+    @property
+    def base_eval_dir(self):
+        """The base model's evaluation: its numbers, and the reference answers of every win-rate."""
+        return self.root / "eval_base"
+
+    def iteration(self, i: int) -> IterationPaths:
+        return IterationPaths(self.root / f"iter_{i}")
+
+    def open(self, config_str: str, force: bool = False) -> dict:
+        """Creates the run, or checks that an existing one was made with the same config."""
+        digest = hashlib.sha256(config_str.encode()).hexdigest()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create run directory {self.root}: {e.strerror or e}") from e
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if self.manifest_path.exists():
+            manifest = io_utils.read_json(self.manifest_path)
+            if manifest.get("config_sha256") != digest:
+                if not force:
+                    raise RunError(
+                        f"{self.root} was started with another config "
+                        f"(sha256 {manifest.get('config_sha256', '?')[:12]} "
+                        f"!= {digest[:12]}); see {self.root / 'config.gin'}. "
+                        "Resume with the same gin files and "
+                        "flags, use a new run directory, or pass --force to continue with the new config."
+                    )
+                manifest.setdefault("history", []).append(
+                    {
+                        "time": now,
+                        "event": "forced config change",
+                        "from": manifest["config_sha256"],
+                        "to": digest,
+                    }
+                )
+                manifest.update(config=config_str, config_sha256=digest)
+            else:
+                manifest.setdefault("history", []).append({"time": now, "event": "resumed"})
+        else:
+            manifest = {"config": config_str, "config_sha256": digest, "created": now, "history": []}
+        io_utils.write_text_atomic(self.root / "config.gin", config_str)
+        io_utils.write_json(self.manifest_path, manifest)
+        return manifest
+
+    def iterations_present(self) -> list[int]:
+        if not self.root.exists():
+            return []
+        return sorted(
+            int(p.name[5:])
+            for p in self.root.iterdir()
+            if p.name.startswith("iter_") and p.name[5:].isdigit()
+        )

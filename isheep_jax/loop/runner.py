@@ -1,0 +1,402 @@
+"""The I-SHEEP loop: synthesize -> respond -> assess -> filter -> train, iterated and resumable.
+
+Iteration i uses model M_i (M_0 = the base model). Each stage writes its artifacts under
+RUN/iter_<i>/ (see run_dir.py); a restarted run skips finished stages and recomputes only
+missing sampling chunks, and because every random choice is keyed by (seed, iteration,
+stage, row), a resumed run produces the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import gin
+
+from isheep_jax import evals
+from isheep_jax.core import hooks, io_utils
+from isheep_jax.loop import assessment, response_filter, synthesis
+from isheep_jax.loop.prompt_templates import load_template
+from isheep_jax.loop.report import format_summary, iteration_summary
+from isheep_jax.loop.rouge import RougeDeduper
+from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
+from isheep_jax.loop.seed_pool import SeedTask, load_seed_pool
+from isheep_jax.model import checkpoint
+from isheep_jax.model.embedded import resolve_model
+from isheep_jax.parallel import sharding
+from isheep_jax.sampling.chunked import sample_in_chunks
+from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
+from isheep_jax.training.optim import OptimizerConfig
+
+log = logging.getLogger(__name__)
+
+# Stage offsets of the sampling seed: each (iteration, stage) gets its own random stream.
+_SYNTH, _RESPOND, _ASSESS = 0, 1, 2
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Everything an I-SHEEP run decides; bound in gin files (see gin_configs/runs/)."""
+
+    base_model: str = gin.REQUIRED  # a checkpoint directory, or 'embedded:smollm2' (the demo model)
+    iterations: int = 2
+    seed_file: str = ""  # '' = the package's own seed tasks
+    synthesis_prompts: int = 64  # few-shot prompts per iteration; each yields several instructions
+    k_demos: int = 5
+    tasks_per_prompt: int = 20  # the list length the synthesis prompt announces
+    rouge_threshold: float = 0.7
+    score_threshold: int = 8  # keep scores strictly above
+    require_both_scores: bool = True
+    # Text that opens the judge's answer (after the rendered prompt), e.g. 'Rating:'; it is
+    # part of what the score parser reads. '' = none, as in the paper.
+    rating_prefill: str = ""
+    base_prompt_style: str = "raw"  # how the base model is prompted: 'raw' | 'chat' | builtin template
+    tuned_prompt_style: str = "chat"  # how trained models are prompted (and trained)
+    assessor: str = "base"  # 'base' | 'current'
+    train_from: str = "base"  # 'base' | 'previous'
+    train_data: str = "latest"  # 'latest' | 'cumulative'
+    stop_when_empty: bool = True  # an iteration with no kept pairs ends the run (else the model carries over)
+    # Evaluate each trained model (and the base model once) with EvalConfig: IFEval-style
+    # accuracy, held-out loss, win-rate against the base model judged by the base model.
+    evaluate: bool = False
+    eval_judge: str = ""  # '' = the base model judges the win-rate; else a checkpoint (chat-prompted)
+    chunk_size: int = 64  # prompts per resumable sampling chunk
+    synth_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
+    respond_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
+    rate_sampling: SamplingSettings = SamplingSettings(max_new_tokens=64)
+    seed: int = 0
+
+    def __post_init__(self):
+        choices = {
+            "assessor": ("base", "current"),
+            "train_from": ("base", "previous"),
+            "train_data": ("latest", "cumulative"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LoopConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("iterations", "synthesis_prompts", "k_demos", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LoopConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _completions(
+    gen, prompts, row_ids, settings: SamplingSettings, seed: int, chat: bool, desc: str
+) -> list[dict]:
+    return completion_rows(gen, prompts, row_ids, dataclasses.replace(settings, seed=seed), chat, desc)
+
+
+class Loop:
+    """Runs (or resumes) the iterations of one run directory."""
+
+    def __init__(self, lc: LoopConfig, run_dir: str, mesh=None, train_config=None, optimizer_config=None):
+        from isheep_jax.training.trainer import TrainConfig
+
+        self.lc, self.run = lc, RunDir(run_dir)
+        self.mesh = mesh or sharding.make_mesh()
+        self.tc = train_config or TrainConfig()
+        self.oc = optimizer_config or OptimizerConfig()
+        self.seeds: list[SeedTask] = load_seed_pool(lc.seed_file or None)
+        if len(self.seeds) < lc.k_demos:
+            raise ValueError(f"seed pool has {len(self.seeds)} tasks, fewer than k_demos={lc.k_demos}")
+        self.base_dir = resolve_model(lc.base_model)
+        # The training overrides must suit the base model now, not after an iteration's sampling.
+        self.tc.model_config(checkpoint.load_config(self.base_dir))
+        self.models = GeneratorCache(self.mesh)
+
+    # ------------------------------------------------------------------ helpers
+    def _seed(self, i: int, stage: int) -> int:
+        return self.lc.seed * 1_000_003 + i * 10 + stage
+
+    def _style(self, model_dir: str) -> str:
+        return self.lc.base_prompt_style if model_dir == self.base_dir else self.lc.tuned_prompt_style
+
+    def model_for(self, i: int) -> str | None:
+        """M_i: the base model, or the model trained in the last iteration that trained one."""
+        for j in range(i - 1, -1, -1):
+            it = self.run.iteration(j)
+            if checkpoint.is_complete(it.model_dir):
+                return str(it.model_dir)
+        return self.base_dir
+
+    # ------------------------------------------------------------------ stages
+    def synthesize(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        lc = self.lc
+        rng = random.Random(f"{lc.seed}-{i}-synthesize")
+        template = load_template("instruction_synthesis")
+        prompts, first = [], []
+        for _ in range(lc.synthesis_prompts):
+            text, nxt = synthesis.build_synthesis_prompt(
+                rng.sample(self.seeds, lc.k_demos), template, lc.tasks_per_prompt
+            )
+            prompts.append(text)
+            first.append(nxt)
+        # Synthesis continues a raw numbered list whatever the model: a chat template would make it answer.
+        outs = sample_in_chunks(
+            it.chunks("synthesize"),
+            prompts,
+            lc.chunk_size,
+            lambda p, ids: _completions(
+                self.models.get(model_dir),
+                p,
+                ids,
+                lc.synth_sampling,
+                self._seed(i, _SYNTH),
+                False,
+                "synthesize",
+            ),
+            "synthesize",
+        )
+        pool = RougeDeduper(t.instruction for t in self.seeds)
+        for j in range(i):  # the pool so far includes earlier iterations' instructions
+            pool_rows = io_utils.read_jsonl(self.run.iteration(j).instructions)
+            for r in pool_rows:
+                pool.add(r["instruction"])
+        kept, dropped = [], []
+        for p, (out, nxt) in enumerate(zip(outs, first)):
+            for item in synthesis.parse_instructions(out["text"], nxt, out["finish_reason"]):
+                row = {"id": f"{i}-{p}-{item.index}", "instruction": item.instruction, "input": item.input}
+                reason = synthesis.heuristic_filter(item)
+                if reason is None and pool.is_duplicate(item.instruction, lc.rouge_threshold):
+                    reason = synthesis.ROUGE_DUPLICATE
+                if reason:
+                    dropped.append({**row, "stage": "synthesize", "reason": reason})
+                else:
+                    pool.add(item.instruction)
+                    kept.append(row)
+        io_utils.write_jsonl(it.dropped_stage("synthesize"), dropped)
+        io_utils.write_jsonl(it.instructions, kept)
+
+    def respond(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        from isheep_jax.training.sft_data import user_text
+
+        lc = self.lc
+        candidates = io_utils.read_jsonl(it.instructions)
+        style = self._style(model_dir)
+        tok = self.models.get(model_dir).tokenizer if candidates else None
+        prompts = [tok.render_prompt(user_text(c["instruction"], c["input"]), style) for c in candidates]
+        outs = sample_in_chunks(
+            it.chunks("respond"),
+            prompts,
+            lc.chunk_size,
+            lambda p, ids: _completions(
+                self.models.get(model_dir),
+                p,
+                ids,
+                lc.respond_sampling,
+                self._seed(i, _RESPOND),
+                style != "raw",
+                "respond",
+            ),
+            "respond",
+        )
+        pairs, dropped = [], []
+        for c, a in zip(candidates, outs):
+            row = {**c, "response": a["text"], "finish_reason": a["finish_reason"]}
+            reason = response_filter.filter_response(
+                a["text"], c["instruction"], c["input"], a["finish_reason"]
+            )
+            (dropped if reason else pairs).append(
+                {**row, "stage": "respond", "reason": reason} if reason else row
+            )
+        io_utils.write_jsonl(it.dropped_stage("respond"), dropped)
+        io_utils.write_jsonl(it.responses, pairs)
+
+    def assess(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        lc = self.lc
+        pairs = io_utils.read_jsonl(it.responses)
+        judge = self.base_dir if lc.assessor == "base" else model_dir
+        style = self._style(judge)
+        tok = self.models.get(judge).tokenizer if pairs else None
+        prompts = [
+            tok.render_prompt(
+                assessment.build_rating_prompt(kind, p["instruction"], p["input"], p["response"]), style
+            )
+            + lc.rating_prefill
+            for p in pairs
+            for kind in assessment.KINDS
+        ]
+        outs = sample_in_chunks(
+            it.chunks("assess"),
+            prompts,
+            lc.chunk_size,
+            lambda p, ids: _completions(
+                self.models.get(judge),
+                p,
+                ids,
+                lc.rate_sampling,
+                self._seed(i, _ASSESS),
+                style != "raw",
+                "assess",
+            ),
+            "assess",
+        )
+        rows = []
+        for n, p in enumerate(pairs):
+            row = dict(p)
+            for j, kind in enumerate(assessment.KINDS):
+                rating = lc.rating_prefill + outs[len(assessment.KINDS) * n + j]["text"]
+                res = assessment.parse_score(rating)
+                row.update(
+                    {f"{kind}_score": res.score, f"{kind}_reason": res.reason, f"{kind}_rating": rating}
+                )
+            rows.append(row)
+        io_utils.write_jsonl(it.assessments, rows)
+
+    def filter(self, i: int, it: IterationPaths) -> None:
+        lc = self.lc
+        kept, dropped = [], []
+        for row in io_utils.read_jsonl(it.assessments):
+            q = assessment.ScoreResult(row["quality_score"], "", row["quality_reason"], "")
+            f = assessment.ScoreResult(row["following_score"], "", row["following_reason"], "")
+            reason = assessment.score_filter(q, f, lc.score_threshold, lc.require_both_scores)
+            if reason:
+                dropped.append({**row, "stage": "assess", "reason": reason})
+            else:
+                kept.append(row)
+        earlier = io_utils.read_jsonl(it.dropped_stage("synthesize")) + io_utils.read_jsonl(
+            it.dropped_stage("respond")
+        )
+        io_utils.write_jsonl(it.dropped, earlier + dropped)
+        io_utils.write_jsonl(it.kept, kept)
+
+    def train(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        from isheep_jax.training import sft_data, trainer
+
+        lc = self.lc
+        self.models.release()  # the trainer loads its own copy; free the sampler's
+        if not io_utils.read_jsonl(it.kept):
+            io_utils.write_json(
+                it.train_skipped, {"reason": "no pair survived the filters; nothing to train on"}
+            )
+            return
+        run_name = os.path.basename(str(self.run.root))
+        sources = range(i + 1) if lc.train_data == "cumulative" else [i]
+        names = []
+        for j in sources:
+            kept = self.run.iteration(j).kept
+            if io_utils.read_jsonl(kept):
+                names.append(sft_data.task_name(run_name, j))
+                sft_data.register_sft_task(
+                    names[-1], [kept], checkpoint.tokenizer_dir(self.base_dir), lc.tuned_prompt_style
+                )
+        name = names[0]
+        if len(names) > 1:
+            name = f"{sft_data.task_name(run_name, i)}_cumulative"
+            sft_data.register_mixture(name, names)
+        data = sft_data.load_examples(name, self.tc.max_prompt_len, self.tc.max_response_len, self.tc.pack)
+        if data.num_too_long:
+            log.warning(
+                "iteration %d: %d of %d pairs longer than the training budget are left out",
+                i,
+                data.num_too_long,
+                data.num_examples,
+            )
+        init = self.base_dir if lc.train_from == "base" else model_dir
+        trainer.train(init, data, it.train_dir, self.tc, self.oc, self.mesh)
+
+    def evaluate(self, i: int, it: IterationPaths) -> None:
+
+        if not self.lc.evaluate:
+            io_utils.write_json(it.eval_skipped, {"reason": "LoopConfig.evaluate is False"})
+            return
+        if not checkpoint.is_complete(it.model_dir):
+            io_utils.write_json(it.eval_skipped, {"reason": "no model was trained in this iteration"})
+            return
+        ec = evals.EvalConfig()
+        base = evals.ModelSpec(self.base_dir, self.lc.base_prompt_style)
+        log.info("evaluating the base model (once per run) -> %s", self.run.base_eval_dir)
+        evals.evaluate(base, self.run.base_eval_dir, ec, cache=self.models)
+        judge = evals.ModelSpec(resolve_model(self.lc.eval_judge), "chat") if self.lc.eval_judge else base
+        evals.evaluate(
+            evals.ModelSpec(str(it.model_dir), self.lc.tuned_prompt_style),
+            it.eval_dir,
+            ec,
+            reference=(base, self.run.base_eval_dir),
+            judge=judge,
+            cache=self.models,
+        )
+
+    # ------------------------------------------------------------------ driver
+    def run_iteration(self, i: int) -> dict:
+        it = self.run.iteration(i)
+        model_dir = self.model_for(i)
+        times_path = it.root / "stage_seconds.json"
+        times = io_utils.read_json(times_path) if times_path.exists() else {}
+        steps = [
+            ("synthesize", lambda: self.synthesize(i, it, model_dir)),
+            ("respond", lambda: self.respond(i, it, model_dir)),
+            ("assess", lambda: self.assess(i, it, model_dir)),
+            ("filter", lambda: self.filter(i, it)),
+            ("train", lambda: self.train(i, it, model_dir)),
+            ("eval", lambda: self.evaluate(i, it)),
+        ]
+        for stage, fn in steps:
+            if it.stage_done(stage):
+                continue
+            log.info("iteration %d: %s (model %s)", i, stage, model_dir)
+            t0 = time.perf_counter()
+            fn()
+            hooks.between_stages()  # the next stage allocates differently
+            times[stage] = round(times.get(stage, 0.0) + time.perf_counter() - t0, 1)
+            io_utils.write_json(times_path, times)
+        summary = iteration_summary(it, i, model_dir, times)
+        io_utils.write_json(it.summary, summary)
+        return summary
+
+    def run_all(self) -> list[dict]:
+
+        summaries = []
+        for i in range(self.lc.iterations):
+            it = self.run.iteration(i)
+            summary = io_utils.read_json(it.summary) if it.stage_done("summary") else None
+            if summary is None:
+                summary = self.run_iteration(i)
+                rows = io_utils.read_jsonl(self.run.metrics_path, missing_ok=True)
+                io_utils.write_jsonl(
+                    self.run.metrics_path, [r for r in rows if r.get("iteration") != i] + [summary]
+                )
+                print(format_summary(summary), flush=True)
+            summaries.append(summary)
+            if summary["pairs_kept"] == 0 and self.lc.stop_when_empty:
+                print(f"iteration {i}: no pair survived the filters; stopping (LoopConfig.stop_when_empty)")
+                break
+        self.models.release()
+        return summaries
+
+
+def config_for_manifest() -> str:
+    """The resolved gin bindings of this run (what the manifest hashes)."""
+    return gin.config_str()
+
+
+def run(run_dir: str, force: bool = False) -> list[dict]:
+    """Runs the loop configured by the parsed gin files; resumes an existing run directory."""
+    RunDir(run_dir).open(config_for_manifest(), force=force)
+    return Loop(LoopConfig(), run_dir).run_all()
+
+
+def status(run_dir: str) -> dict[str, Any]:
+    """What is done and what is next, read from the artifacts alone."""
+    run = RunDir(run_dir)
+    if not run.manifest_path.exists():
+        raise RunError(f"{run_dir}: not a run directory (no manifest.json)")
+    out: dict[str, Any] = {"iterations": {}, "next": None}
+    for i in run.iterations_present():
+        it = run.iteration(i)
+        done = [s for s in STAGES if it.stage_done(s)]
+        chunks = {
+            s: len(list(it.chunks(s).iterdir()))
+            for s in ("synthesize", "respond", "assess")
+            if it.chunks(s).exists()
+        }
+        out["iterations"][i] = {"done": done, "chunks_on_disk": chunks}
+        if out["next"] is None and "summary" not in done:
+            nxt = next(s for s in STAGES if s not in done)
+            out["next"] = f"iteration {i}: {nxt}"
+    return out

@@ -1,0 +1,187 @@
+"""Instruction synthesis, text side: the few-shot prompt, its parser, the heuristic filter.
+
+The prompt lists k seed demos as numbered items and ends with an open
+`{k+1}. Instruction:` header, so the model continues the list::
+
+    ###
+    1. Instruction: Sort these words alphabetically.
+    1. Input:
+    pear, apple, fig
+    ###
+    2. Instruction: Name three uses of vinegar in cleaning.
+    2. Input:
+    <noinput>
+    ###
+    3. Instruction:
+
+`parse_instructions` reads the continuation back into items; `heuristic_filter` applies
+the reference pipeline's rules (DESIGN §1). The ROUGE-L near-duplicate check against the
+pool is `rouge.RougeDeduper`; its drop reason is `ROUGE_DUPLICATE` here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from collections.abc import Sequence
+from string import Template
+
+from isheep_jax.loop.prompt_templates import render
+from isheep_jax.loop.seed_pool import SeedTask
+
+# Drop reasons (stable strings: they are counted in run manifests).
+TRUNCATED = "truncated"
+EMPTY_INSTRUCTION = "empty_instruction"
+TEMPLATE_LEFTOVER = "template_leftover"
+URL = "url"
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+STARTS_WITH_PUNCTUATION = "starts_with_punctuation"
+NON_ASCII_START = "non_ascii_start"
+BLACKLISTED = "blacklisted"
+ROUGE_DUPLICATE = "rouge_duplicate"
+
+NO_INPUT = "<noinput>"
+MIN_WORDS = 3  # an instruction needs more than this many words
+MAX_WORDS = 150
+# Tasks a text-only model cannot do (DESIGN §1); matched as whole words, any case.
+BLACKLIST = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+    "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)  # fmt: skip
+# No "Write a program" rule: Self-Instruct had one, but the Alpaca / I-SHEEP pipelines
+# the method follows dropped it, and coding tasks are part of the intended mix.
+
+_BLACKLIST_RE = re.compile(
+    r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in BLACKLIST) + r")\b", re.I
+)
+_HEADER_RE = re.compile(r"^[ \t]*(\d+)[ \t]*[.)][ \t]*Instruction[ \t]*:", re.M | re.I)
+_INPUT_RE = re.compile(r"(?:^|(?<=\s))\d+[ \t]*[.)][ \t]*Input[ \t]*:", re.M | re.I)
+_OUTPUT_RE = re.compile(r"(?:^|(?<=\s))\d+[ \t]*[.)][ \t]*Output[ \t]*:", re.M | re.I)
+# "###" closing a line ends an item; "### Heading" inside an input does not.
+_SEPARATOR_RE = re.compile(r"#{3,}[ \t]*$", re.M)
+_NO_INPUT_RE = re.compile(r"<?\s*(?:no[\s_-]*input|none|n/?a|null|empty)\s*>?\.?", re.I)
+# Fragments of the list format inside a parsed field mean the parse went wrong or the
+# model mixed items up. Capitalised field names and "###" are leftovers in an
+# instruction; in an input (which may legitimately show "Input: 3, Output: 9" examples or
+# a markdown "### Heading") only the numbered item form and "noinput" count.
+_LEFTOVER_INPUT_RE = re.compile(r"(?i:\d+\s*[.)]\s*(?:instruction|input|output)\s*:|no\s*input)")
+_LEFTOVER_INSTRUCTION_RE = re.compile(
+    r"\b(?:Instruction|Input|Output)\s*:|#{3}|" + _LEFTOVER_INPUT_RE.pattern
+)
+_URL_RE = re.compile(r"https?:|www\.\w", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedInstruction:
+    """One item read from a synthesis completion.
+
+    `reason` is set when the item is unusable as parsed (e.g. `TRUNCATED`); the text is
+    kept anyway so drop statistics can show it.
+    """
+
+    index: int
+    instruction: str
+    input: str = ""
+    reason: str | None = None
+
+
+def format_demo(index: int, task: SeedTask) -> str:
+    """One demo in the list format; whitespace in the instruction is collapsed so the
+    `N. Instruction:` line stays one line."""
+    instruction = " ".join(task.instruction.split()).rstrip(":")
+    body = task.input.strip() or NO_INPUT
+    return f"###\n{index}. Instruction: {instruction}\n{index}. Input:\n{body}"
+
+
+def build_synthesis_prompt(
+    demos: Sequence[SeedTask], template: Template | str, num_tasks: int = 20
+) -> tuple[str, int]:
+    """Renders the synthesis prompt; returns it and the number the model continues at.
+
+    Placeholders: `$demos` (the numbered demo items), `$next_index` (len(demos) + 1),
+    `$num_tasks` (the list length the prompt announces).
+    """
+    if not demos:
+        raise ValueError("build_synthesis_prompt needs at least one demo")
+    next_index = len(demos) + 1
+    if num_tasks < next_index:
+        raise ValueError(f"num_tasks={num_tasks} must be at least len(demos) + 1 = {next_index}")
+    block = "\n".join(format_demo(i, task) for i, task in enumerate(demos, start=1))
+    return render(template, demos=block, next_index=next_index, num_tasks=num_tasks), next_index
+
+
+def parse_instructions(
+    completion: str, first_index: int, finish_reason: str | None = None
+) -> list[ParsedInstruction]:
+    """Parses the model's continuation of the numbered list into items.
+
+    The completion normally starts right after the prompt's open `{first_index}.
+    Instruction:` header; if it starts with a header (or `###`) itself, that is used.
+    An item ends at a `###` line or at the next item's header; text between the two is
+    junk and ignored, and a `N. Output:` section is dropped. The last item, with neither
+    after it, was cut off by the token limit and is marked `TRUNCATED` -- unless
+    `finish_reason == "stop"` (the model ended on its own or hit a stop string, which
+    the sampler strips), in which case it is complete.
+    """
+    text = completion.lstrip()
+    text = re.sub(r"^#{3,}[ \t]*\n", "", text).lstrip("\n")
+    if not _HEADER_RE.match(text):
+        text = f"{first_index}. Instruction:{completion}"
+    headers = list(_HEADER_RE.finditer(text))
+    items = []
+    for i, header in enumerate(headers):
+        is_last = i + 1 == len(headers)
+        body = text[header.end() : len(text) if is_last else headers[i + 1].start()]
+        separator = _SEPARATOR_RE.search(body)
+        if separator:
+            body = body[: separator.start()]
+        complete = separator is not None or not is_last or finish_reason == "stop"
+        items.append(_split_item(int(header.group(1)), body, None if complete else TRUNCATED))
+    return items
+
+
+def _split_item(index: int, body: str, reason: str | None) -> ParsedInstruction:
+    output = _OUTPUT_RE.search(body)
+    if output:
+        body = body[: output.start()]
+    marker = _INPUT_RE.search(body)
+    instruction = (body[: marker.start()] if marker else body).strip()
+    given = body[marker.end() :].strip() if marker else ""
+    if _NO_INPUT_RE.fullmatch(given):
+        given = ""
+    if reason is None and not instruction:
+        reason = EMPTY_INSTRUCTION
+    return ParsedInstruction(index=index, instruction=instruction, input=given, reason=reason)
+
+
+def heuristic_filter(item: ParsedInstruction) -> str | None:
+    """Returns why `item` should be dropped, or None to keep it.
+
+    An item already carrying a parse `reason` returns that. The checks, in order:
+    template leftovers, URLs (the model cannot open them), word count (<= 3 or > 150),
+    a leading punctuation mark or non-ASCII character, blacklisted non-text words in the
+    instruction or the input.
+    """
+    if item.reason is not None:
+        return item.reason
+    instruction, given = item.instruction.strip(), item.input
+    if not instruction:
+        return EMPTY_INSTRUCTION
+    if _LEFTOVER_INSTRUCTION_RE.search(instruction) or _LEFTOVER_INPUT_RE.search(given):
+        return TEMPLATE_LEFTOVER
+    if _URL_RE.search(instruction) or _URL_RE.search(given):
+        return URL
+    words = len(instruction.split())
+    if words <= MIN_WORDS:
+        return TOO_SHORT
+    if words > MAX_WORDS:
+        return TOO_LONG
+    if instruction[0] in string.punctuation:
+        return STARTS_WITH_PUNCTUATION
+    if not instruction[0].isascii():
+        return NON_ASCII_START
+    if _BLACKLIST_RE.search(instruction) or _BLACKLIST_RE.search(given):
+        return BLACKLISTED
+    return None

@@ -1,0 +1,122 @@
+"""Model checkpoints: our config + orbax-saved (sharded) params + the tokenizer files.
+
+Layout of a model directory:
+  config.json      our ModelConfig
+  params/          orbax StandardCheckpointer tree (written atomically by orbax)
+  tokenizer/       tokenizer.json / tokenizer.model / tokenizer_config.json ... as imported
+  model.json       written last: {"format": "isheep_jax.model", ...}; its presence marks a
+                   complete checkpoint (a killed save leaves a directory without it)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from isheep_jax.core import io_utils
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.params import Params, abstract_params
+from isheep_jax.parallel import distributed, sharding
+
+FORMAT = "isheep_jax.model"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+
+
+class CheckpointError(ValueError):
+    """A model directory that is missing, incomplete or inconsistent."""
+
+
+def is_complete(model_dir: str | os.PathLike) -> bool:
+    return io_utils.exists(io_utils.as_path(model_dir) / "model.json")
+
+
+def save_model(
+    model_dir: str | os.PathLike,
+    params: Params,
+    cfg: ModelConfig,
+    tokenizer_dir: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Saves params + config (+ tokenizer files). An existing complete checkpoint is refused."""
+
+    path = io_utils.absolute(model_dir)
+    if is_complete(path):
+        raise CheckpointError(f"{path}: a complete checkpoint already exists; refusing to overwrite")
+    # Every process saves its own params shards; io_utils writes (and waits for) the small files
+    # once; the rest is process 0's.
+    if distributed.is_writer():
+        if path.exists():  # an incomplete leftover from a killed save
+            shutil.rmtree(str(path))
+        path.mkdir(parents=True)
+    distributed.barrier(f"save_model {path}")
+    cfg.save(str(path / "config.json"))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(path / "params", params)
+    ckptr.wait_until_finished()
+    if tokenizer_dir is not None and distributed.is_writer():
+        copy_tokenizer_files(tokenizer_dir, path / "tokenizer")
+    io_utils.write_json(path / "model.json", {"format": FORMAT, "created": time.time(), **(extra or {})})
+
+
+def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    src, dst = io_utils.as_path(src), io_utils.as_path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            (src / name).copy(dst / name, overwrite=True)
+            copied.append(name)
+    if not any(n in copied for n in ("tokenizer.json", "tokenizer.model")):
+        raise CheckpointError(f"{src}: no tokenizer.json or tokenizer.model")
+    return copied
+
+
+def load_config(model_dir: str | os.PathLike) -> ModelConfig:
+    path = io_utils.as_path(model_dir)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model directory")
+    if not is_complete(path):
+        raise CheckpointError(f"{path}: incomplete checkpoint (no model.json; the save was interrupted?)")
+    return ModelConfig.load(str(path / "config.json"))
+
+
+def load_model(
+    model_dir: str | os.PathLike,
+    mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+    **config_overrides: Any,
+) -> tuple[ModelConfig, Params]:
+    """Restores (config, params) with params sharded over `mesh` (default: all devices, fsdp)."""
+    cfg = load_config(model_dir)
+    if config_overrides:
+        cfg = cfg.replace(**config_overrides)
+    mesh = mesh or sharding.make_mesh()
+    abstract, names = abstract_params(cfg)
+    shardings = sharding.tree_shardings(names, abstract, mesh, rules)
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    path = io_utils.absolute(model_dir)
+    try:
+        params = ocp.StandardCheckpointer().restore(path / "params", target)
+    except Exception as e:  # orbax raises several types; name the directory either way
+        raise CheckpointError(f"{path / 'params'}: cannot restore params for this config: {e}") from e
+    return cfg, params
+
+
+def tokenizer_dir(model_dir: str | os.PathLike) -> str:
+    return str(io_utils.as_path(model_dir) / "tokenizer")

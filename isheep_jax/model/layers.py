@@ -1,0 +1,179 @@
+"""Pure building blocks of the transformer: RMSNorm math, RoPE, masks, attention.
+
+One choice is made while tracing: a decode step's attention on one CPU device runs as the
+C++ kernel of `backends.cpu.kernels` (see `_cpu_kernel_applies`), everywhere else as the XLA code here.
+
+RoPE uses the Hugging Face half-split (`rotate_half`) layout, so Hugging Face weights
+convert without permuting Q/K (llama.cpp's GGUF files are un-permuted on import).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isheep_jax.backends.cpu import kernels
+from isheep_jax.parallel import sharding
+
+# A large finite negative: fully masked rows (padding queries) stay finite, never NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype: Any) -> jax.Array:
+    """RMSNorm computed in f32 like Hugging Face's LlamaRMSNorm, cast to `dtype`."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(dtype) * scale.astype(dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> np.ndarray:
+    """Inverse frequencies [head_dim // 2], with Llama-3 or linear scaling as in transformers."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if not scaling:
+        return inv.astype(np.float32)
+    kind = scaling.get("rope_type")
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return (inv / factor).astype(np.float32)
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old_ctx / low, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"unsupported rope_type {kind!r}")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [batch, length, heads, head_dim] by positions [batch, length] (half-split)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(emb) + rotated * jnp.sin(emb)).astype(x.dtype)
+
+
+def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
+    """[batch, 1, T, T] mask: causal, within one segment, never a padding key (segment 0)."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    valid_key = (segment_ids != 0)[:, None, :]
+    return (causal[None] & same & valid_key)[:, None]
+
+
+def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) -> jax.Array:
+    """[batch, 1, T, S] mask for T new queries at slots cache_index.. over a cache of S slots."""
+    s = kv_valid.shape[1]
+    q_slot = cache_index + jnp.arange(num_queries)
+    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
+    return (causal[None] & kv_valid[:, None, :])[:, None]
+
+
+def causal_blocks(t: int) -> int:
+    """Query blocks for causal self-attention over T tokens, once T is a multiple of 128 and
+    at least 256: the most blocks of at least 128 queries that divide T, at most 8 (1: no
+    split). See `attention`."""
+    if t < 256 or t % 128:
+        return 1
+    n = t // 128
+    while n > 8 or t % n:  # at most 8 blocks: past that the per-block overhead eats the saving
+        n -= 1
+    return n
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False) -> jax.Array:
+    """Grouped-query attention.
+
+    q [batch, T, heads, D]; k, v [batch, kv_heads, S, D]; mask [batch, 1, T, S] bool.
+    Returns [batch, T, heads, D]. Softmax in f32.
+    causal: the caller guarantees that the last T keys are the queries' own tokens, with a
+    mask that hides every one of them after its query, and that the first S - T keys (a
+    prompt prefix already in the cache, or none) come before all queries (training, a
+    prompt's prefill). The queries are then cut into `causal_blocks(T)` blocks, each scoring
+    only the keys up to its own end: the same result without most of the masked upper
+    triangle ((n + 1) / 2n of the work for n blocks when S = T).
+    """
+    b, t, h, d = q.shape
+    kvh, g = k.shape[1], h // k.shape[1]
+    if t == 1:
+        # Only a cached decode step (causal=False) takes the kernel: it has no gradient, and a
+        # length-1 training or scoring forward (causal) must stay differentiable.
+        if not causal and _cpu_kernel_applies(q, k, v):
+            mask = jnp.broadcast_to(mask, (b, 1, 1, k.shape[2]))
+            return jax.lax.platform_dependent(
+                q, k, v, mask, cpu=kernels.decode_attention, default=_decode_attention
+            )
+        return _decode_attention(q, k, v, mask)
+    n = causal_blocks(t) if causal else 1
+    before = k.shape[2] - t  # keys every query sees (causal)
+    if causal and before < 0:
+        raise ValueError(f"causal attention needs at least as many keys as queries, got {k.shape[2]} and {t}")
+    # Scale q (T x D values), not the scores (T x S); the G query heads that share a kv head
+    # become extra query rows: one [G * T, D] x [D, S] product per (batch, kv head).
+    q = (q * np.asarray(1 / np.sqrt(d), q.dtype)).reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4)
+    bias = jnp.where(mask, jnp.float32(0), jnp.float32(MASK_VALUE))  # [B, 1, T, S]
+    size = t // n
+    outs = []
+    for i in range(n):
+        rows, keys = slice(i * size, (i + 1) * size), before + (i + 1) * size if causal else k.shape[2]
+        qi = q[:, :, :, rows].reshape(b, kvh, g * size, d)
+        bi = jnp.broadcast_to(bias[:, :, None, rows, :keys], (b, 1, g, size, keys)).reshape(
+            b, 1, g * size, keys
+        )
+        scores = jnp.einsum("bkqd,bksd->bkqs", qi, k[:, :, :keys], preferred_element_type=jnp.float32) + bi
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        outs.append(jnp.einsum("bkqs,bksd->bkqd", probs, v[:, :, :keys]).reshape(b, kvh, g, size, d))
+    out = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def fused_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str | None = "cudnn"
+) -> jax.Array:
+    """`attention` through `jax.nn.dot_product_attention` (cuDNN's fused kernel on NVIDIA GPUs).
+
+    q [batch, T, heads, D]; k, v [batch, T, kv_heads, D] (the projections' layout, before
+    `attention`'s transpose); mask [batch, 1, T, T] bool. Returns [batch, T, heads, D].
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def _cpu_kernel_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+    """Whether decode attention runs as `kernels.decode_attention` when lowered for the
+    CPU: f32 operands, and one device (the custom call has no partitioning rule, so over a
+    mesh XLA would gather the cache onto every device; meshes keep XLA's formulation)."""
+    return (
+        jax.default_backend() == "cpu"
+        and sharding.mesh_size() == 1
+        and kernels.decode_attention_supported(q, k, v)
+        and kernels.available()
+    )
+
+
+def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attention` for one new token per row, as products and sums instead of dots.
+
+    A decode step reads the whole cache for a few flops per element: memory bound. As
+    [group, D] x [D, S] batched dots XLA:CPU streams the cache at ~3 GB/s; as a product and
+    a reduction it fuses each into one pass at memory speed (SmolLM2-135M, batch 32, 192
+    slots: 184 -> 129 ms per step). Accumulation in f32, like the dots.
+    """
+    b, _, h, d = q.shape
+    kvh = k.shape[1]
+    qg = q.reshape(b, kvh, h // kvh, 1, d).astype(jnp.float32)  # [B, K, G, 1, D]
+    scores = jnp.sum(qg * k[:, :, None].astype(jnp.float32), axis=-1)  # [B, K, G, S]
+    scores = scores / np.sqrt(d).astype(np.float32)
+    scores = jnp.where(mask[:, :, 0, None, :], scores, MASK_VALUE)  # mask [B, 1, 1, S]
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.sum(probs[..., None] * v[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, D]
+    return out.astype(v.dtype).reshape(b, 1, h, d)

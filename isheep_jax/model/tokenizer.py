@@ -1,0 +1,189 @@
+"""Tokenizers and chat templates, without transformers at run time.
+
+`tokenizer.json` (BPE: Qwen, Llama-3, SmolLM2) goes through Hugging Face `tokenizers`;
+`tokenizer.model` (Llama-2) through `sentencepiece`. Ids match transformers' tokenizer
+for the same folder (tested). Chat templates are the tokenizer's own Jinja template,
+rendered with jinja2 the way transformers renders it; built-in templates only serve
+models that carry none.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from isheep_jax.core import io_utils
+
+# Fallback templates for models without one ('raw' = no template: base models).
+BUILTIN_TEMPLATES = {
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+        "'<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+}
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder that cannot be loaded or used."""
+
+
+def _token_str(v: Any) -> str | None:
+    if isinstance(v, dict):  # older tokenizer_config.json: {"content": "<s>", ...}
+        return v.get("content")
+    return v
+
+
+@functools.cache
+def _jinja_env() -> ImmutableSandboxedEnvironment:
+    def raise_exception(msg: str):
+        raise jinja2.exceptions.TemplateError(msg)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
+        x, indent=indent, ensure_ascii=ensure_ascii
+    )
+    env.globals["raise_exception"] = raise_exception
+    return env
+
+
+class Tokenizer:
+    """encode / decode / chat template for one tokenizer folder."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = str(folder)
+        cfg_path = os.path.join(self.folder, "tokenizer_config.json")
+        self.config: dict[str, Any] = io_utils.read_json(cfg_path) if os.path.exists(cfg_path) else {}
+        json_path = os.path.join(self.folder, "tokenizer.json")
+        sp_path = os.path.join(self.folder, "tokenizer.model")
+        if os.path.exists(json_path):
+            import tokenizers
+
+            try:
+                self._hf = tokenizers.Tokenizer.from_file(json_path)
+            except Exception as e:  # tokenizers raises a bare Exception on bad files
+                raise TokenizerError(f"{json_path}: cannot load: {e}") from e
+            self._sp = None
+        elif os.path.exists(sp_path):
+            import sentencepiece as spm
+
+            self._hf = None
+            self._sp = spm.SentencePieceProcessor(model_file=sp_path)
+        else:
+            raise TokenizerError(f"{self.folder}: no tokenizer.json or tokenizer.model")
+        self.chat_template = self._load_chat_template()
+
+    def _load_chat_template(self) -> str | None:
+        path = os.path.join(self.folder, "chat_template.jinja")
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read()
+        t = self.config.get("chat_template")
+        if isinstance(t, list):  # named templates: take the default one
+            t = next((x["template"] for x in t if x.get("name") == "default"), None)
+        return t
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.get_vocab_size() if self._hf else self._sp.get_piece_size()
+
+    def token_to_id(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        if self._hf:
+            return self._hf.token_to_id(token)
+        i = self._sp.piece_to_id(token)
+        return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+
+    def special(self, name: str) -> str | None:
+        """The special token string for 'bos' / 'eos' / 'pad' / 'unk' from tokenizer_config.json."""
+        tok = _token_str(self.config.get(f"{name}_token"))
+        if tok is None and self._sp is not None:
+            i = {
+                "bos": self._sp.bos_id(),
+                "eos": self._sp.eos_id(),
+                "unk": self._sp.unk_id(),
+                "pad": self._sp.pad_id(),
+            }[name]
+            tok = self._sp.id_to_piece(i) if i >= 0 else None
+        return tok
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_to_id(self.special("bos"))
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_to_id(self.special("eos"))
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.token_to_id(self.special("pad"))
+        return pad if pad is not None else (self.eos_id or 0)
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self._hf:
+            return self._hf.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self._sp.encode(text)
+        if add_special_tokens and self.config.get("add_bos_token", True) and self._sp.bos_id() >= 0:
+            ids = [self._sp.bos_id()] + ids
+        if add_special_tokens and self.config.get("add_eos_token", False) and self._sp.eos_id() >= 0:
+            ids = ids + [self._sp.eos_id()]
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        if self._hf:
+            return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        return [self.encode(t, add_special_tokens) for t in texts]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if self._hf:
+            return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
+        if skip_special_tokens:
+            ids = [i for i in ids if not self._sp.is_control(i)]
+        return self._sp.decode(ids)
+
+    # ------------------------------------------------------------------ chat
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, str]],
+        add_generation_prompt: bool = True,
+        template: str | None = None,
+    ) -> str:
+        """Renders messages with `template` (a builtin name or Jinja text) or the tokenizer's own."""
+        source = BUILTIN_TEMPLATES.get(template, template) if template else self.chat_template
+        if source is None:
+            raise TokenizerError(
+                f"{self.folder}: the tokenizer has no chat template; pass one of "
+                f"{sorted(BUILTIN_TEMPLATES)} or use raw prompts"
+            )
+        specials = {f"{n}_token": self.special(n) for n in ("bos", "eos", "pad", "unk")}
+        return (
+            _jinja_env()
+            .from_string(source)
+            .render(messages=list(messages), add_generation_prompt=add_generation_prompt, **specials)
+        )
+
+    def render_prompt(self, user_text: str, style: str, system: str | None = None) -> str:
+        """One user turn as a prompt: style 'raw' (base models), 'chat' (own template) or a builtin name."""
+        if style == "raw":
+            return user_text
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user_text}
+        ]
+        return self.apply_chat_template(messages, template=None if style == "chat" else style)

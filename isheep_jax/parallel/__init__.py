@@ -1,0 +1,1 @@
+"""How arrays span devices and processes: the logical-axis rules and mesh, multi-process helpers."""

@@ -1,0 +1,1 @@
+"""Sampling: token choice, the jitted decode loop, and the batch driver (`Generator`)."""

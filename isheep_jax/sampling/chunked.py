@@ -1,0 +1,62 @@
+"""Resumable sampling: a stage's prompts in chunks, each chunk's results a file of its own.
+
+Row ids are global prompt indices, so a row's random stream never depends on chunking or
+restarts: a chunk computed after a restart is identical to one computed before.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from isheep_jax.core import io_utils
+
+log = logging.getLogger(__name__)
+
+
+class ChunkError(ValueError):
+    """A chunk file on disk that does not fit the prompts asked for (another config wrote it)."""
+
+
+def sample_in_chunks(
+    chunk_dir: Any,
+    prompts: Sequence[str],
+    chunk_size: int,
+    generate: Callable[[Sequence[str], Sequence[int]], list[dict]],
+    desc: str,
+) -> list[dict]:
+    """Results for every prompt, computing only chunks not already on disk.
+
+    Args:
+      chunk_dir: directory (`epath.Path`, local or gs://) of the chunk files `<n>.jsonl`.
+      prompts: all prompts of the stage.
+      chunk_size: prompts per chunk.
+      generate: `generate(prompts, row_ids)` returns one JSON-able dict per prompt.
+      desc: name of the stage, for the log.
+
+    Returns:
+      One dict per prompt, in input order.
+
+    Raises:
+      ChunkError: a chunk file's length is wrong (a different config); never silently reused.
+    """
+    out: list[dict] = []
+    n_chunks = math.ceil(len(prompts) / chunk_size)
+    for c in range(n_chunks):
+        lo, hi = c * chunk_size, min(len(prompts), (c + 1) * chunk_size)
+        path = chunk_dir / f"{c:05d}.jsonl"
+        if io_utils.exists(path):
+            rows = io_utils.read_jsonl(path)
+            if len(rows) != hi - lo:
+                raise ChunkError(
+                    f"{path}: has {len(rows)} rows, expected {hi - lo}; the chunk belongs to another "
+                    "config. Delete the chunks directory to recompute it."
+                )
+        else:
+            rows = generate(prompts[lo:hi], list(range(lo, hi)))
+            io_utils.write_jsonl(path, rows)
+        out.extend(rows)
+        log.info("%s: chunk %d/%d done", desc, c + 1, n_chunks)
+    return out

@@ -1,0 +1,162 @@
+"""The jit-compiled decoding loop: prefill + `lax.while_loop` over an explicit KV cache.
+
+Prompts are left-padded to a common length P, so every row writes the same cache slot at
+each step (no per-row scatter); each row's positions start at 0 at its first real token
+and padding slots are never attended to (`KVCache.valid`). A prefix that all prompts share
+is prefilled once (`model.PrefixCache`); the rows' prefill attends to it before their own
+tokens and writes it into the first slots of every row's cache. Static: the model config,
+batch, P and the new-token capacity N; traced: max_new_tokens <= N, temperature, top-k,
+top-p, seeds, EOS ids and stop sequences, so a long job compiles once per shape bucket.
+The loop exits as soon as every row is done.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.params import positions_from_segments
+from isheep_jax.model.transformer import KVCache, PrefixCache, decode_forward, init_cache, make_packing
+from isheep_jax.sampling import token_choice
+
+RUNNING, EOS, STOP = 0, 1, 2  # finish codes; RUNNING at the end means 'length'
+
+
+class DecodeOutput(NamedTuple):
+    tokens: jax.Array  # [B, N] int32, pad after the end
+    logprobs: jax.Array  # [B, N] f32, log p of each token under the raw model distribution
+    lengths: jax.Array  # [B] tokens generated, the terminating EOS / stop tokens included
+    finish: jax.Array  # [B] RUNNING (hit max_new_tokens) | EOS | STOP
+
+
+class _State(NamedTuple):
+    step: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    finish: jax.Array
+    cache: KVCache
+    recent: jax.Array  # [B, Ls] the last Ls generated tokens, for stop sequences
+
+
+def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
+    """recent [B, L]; stop_seqs [S, L] right-aligned, -1 = wildcard padding. -> [B] bool."""
+    if stop_seqs.shape[0] == 0:
+        return jnp.zeros(recent.shape[:1], bool)
+    match = (stop_seqs[None] == -1) | (recent[:, None, :] == stop_seqs[None])
+    nonempty = jnp.any(stop_seqs != -1, axis=-1)
+    return jnp.any(jnp.all(match, axis=-1) & nonempty[None], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity", "cache_dtype", "packed_len"))
+def decode(
+    cfg: ModelConfig,
+    params: Any,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    row_keys: jax.Array,
+    eos_ids: jax.Array,
+    stop_seqs: jax.Array,
+    max_new_tokens: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    pad_id: jax.Array,
+    capacity: int,
+    cache_dtype: str | None = None,
+    packed_len: int | None = None,
+    prefix: jax.Array | None = None,
+) -> DecodeOutput:
+    """prompt [B, P] left-padded (prompt_mask False on padding); eos_ids [E]; stop_seqs [S, Ls].
+
+    params: unstacked (`model.unstack_layers`). cache_dtype: the KV cache's (default: compute
+    dtype); bfloat16 under f32 compute halves the bytes each decode step reads.
+    packed_len: prefill only the real prompt tokens, padded to this many (>= the mask's
+    count; see `model.Packing`); None computes the padded batch. Same results either way.
+    prefix [C]: tokens every row's prompt starts with (`prompt` then holds what follows
+    them, left-padded): prefilled once for all rows. None or C = 0: no shared prefix.
+    """
+    b, p = prompt.shape
+    c = 0 if prefix is None else prefix.shape[0]
+    cache = init_cache(cfg, b, c + p + capacity, cache_dtype)
+    shared = None
+    if c:  # in the compute dtype, as the rows' own keys: rounded to cache_dtype only when written
+        _, one = decode_forward(
+            cfg,
+            params,
+            prefix[None],
+            jnp.arange(c)[None],
+            jnp.ones((1, c), jnp.int32),
+            init_cache(cfg, 1, c),
+            logits_index=jnp.zeros((1,), jnp.int32),
+            fresh_cache=True,
+        )
+        shared = PrefixCache(one.k, one.v).constrained()
+    cache = cache.constrained()
+    seg = prompt_mask.astype(jnp.int32)
+    prompt_len = jnp.sum(seg, axis=1) + c
+    positions = positions_from_segments(seg) + c
+    packing = None if packed_len is None else make_packing(prompt_mask, packed_len)
+    logits, cache = decode_forward(
+        cfg,
+        params,
+        prompt,
+        positions,
+        seg,
+        cache,
+        logits_index=jnp.full((b,), p - 1),
+        fresh_cache=True,
+        packing=packing,
+        prefix=shared,
+    )
+    cache = cache.constrained()
+
+    def emit(state: _State, logits: jax.Array) -> _State:
+        """Samples token `step` for every row and records it (pads rows already done)."""
+        keys = token_choice.row_step_keys(row_keys, state.step)
+        tok = token_choice.sample_tokens(logits, keys, temperature, top_k, top_p)
+        done = state.finish != RUNNING
+        tok = jnp.where(done, pad_id, tok)
+        lp = jnp.where(done, 0.0, token_choice.token_logprobs(logits, tok))
+        recent = jnp.concatenate([state.recent[:, 1:], tok[:, None]], axis=1)
+        finish = jnp.where(
+            done,
+            state.finish,
+            jnp.where(jnp.isin(tok, eos_ids), EOS, jnp.where(_stop_hit(recent, stop_seqs), STOP, RUNNING)),
+        )
+        return state._replace(
+            step=state.step + 1,
+            tokens=state.tokens.at[:, state.step].set(tok),
+            logprobs=state.logprobs.at[:, state.step].set(lp),
+            lengths=state.lengths + (~done).astype(jnp.int32),
+            finish=finish,
+            recent=recent,
+        )
+
+    state = _State(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((b, capacity), pad_id, jnp.int32),
+        logprobs=jnp.zeros((b, capacity), jnp.float32),
+        lengths=jnp.zeros((b,), jnp.int32),
+        finish=jnp.full((b,), RUNNING, jnp.int32),
+        cache=cache,
+        recent=jnp.full((b, max(stop_seqs.shape[1], 1)), -1, jnp.int32),
+    )
+    state = emit(state, logits[:, 0])
+    limit = jnp.minimum(max_new_tokens, capacity)
+
+    def cond(state: _State) -> jax.Array:
+        return (state.step < limit) & jnp.any(state.finish == RUNNING)
+
+    def body(state: _State) -> _State:
+        last = state.tokens[:, state.step - 1][:, None]
+        pos = (prompt_len + state.step - 1)[:, None]
+        logits, cache = decode_forward(cfg, params, last, pos, jnp.ones_like(last), state.cache)
+        return emit(state._replace(cache=cache.constrained()), logits[:, 0])
+
+    state = jax.lax.while_loop(cond, body, state)
+    return DecodeOutput(state.tokens, state.logprobs, state.lengths, state.finish)

@@ -1,0 +1,375 @@
+"""Batch driver for the sampler: thousands of prompts in, completions out in input order.
+
+Prompts are sorted by length and cut into batches; batch size, prompt length and token
+capacity are rounded up to buckets so a long job compiles a handful of times. Each row's
+random stream is keyed by (seed, row id), so outputs do not depend on batching, sort
+order or mesh, and a resumed job reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import gc
+import time
+from collections.abc import Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from isheep_jax.backends.cpu import kernels
+from isheep_jax.core import hooks
+from isheep_jax.model import checkpoint
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.params import Params
+from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.model.transformer import unstack_layers
+from isheep_jax.parallel import distributed, sharding
+from isheep_jax.sampling import decode_loop
+
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+# A shared prefix is rounded down to one of these (shorter ones are not worth a separate
+# prefill): the prompts of a stage share a template, and a job compiles once per length.
+PREFIX_BUCKETS = (
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+    6144,
+    8192,
+)
+CAPACITY_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+FINISH_NAMES = {decode_loop.RUNNING: "length", decode_loop.EOS: "eos", decode_loop.STOP: "stop"}
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings of one stage (temperature <= 0 is greedy; see sampling.py for order)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int = 0
+    stop_strings: tuple[str, ...] = ()
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]  # generated tokens, EOS excluded (a stop string's tokens may end it)
+    text: str  # decoded text, cut before any stop string
+    finish_reason: str  # 'eos' | 'stop' | 'length'
+    logprobs: list[float]  # per generated token, raw model distribution
+    prompt_tokens: int
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    i = bisect.bisect_left(buckets, n)
+    if i == len(buckets):
+        raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+    return buckets[i]
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def packed_prefill_len(mask: np.ndarray) -> int | None:
+    """Tokens a packed prefill computes for a [B, P] prompt mask: its real tokens rounded up
+    to a quarter of B * P (at most 3 extra compiles per shape bucket); None when that is all
+    of them (the padded prefill, no gathers)."""
+    quarter = max(mask.size // 4, 1)
+    n = -(-int(mask.sum()) // quarter) * quarter
+    return None if n >= mask.size else n
+
+
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens to prefill once for all prompts: their longest common prefix, rounded down to
+    a PREFIX_BUCKETS length, leaving every prompt at least one token of its own; 0 when that
+    is below the smallest bucket."""
+    if not prompts:
+        return 0
+    first, limit = prompts[0], min(len(x) for x in prompts) - 1
+    n = 0
+    while n < limit and all(x[n] == first[n] for x in prompts):
+        n += 1
+    i = bisect.bisect_right(PREFIX_BUCKETS, n)
+    return PREFIX_BUCKETS[i - 1] if i else 0
+
+
+def _stop_array(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> np.ndarray:
+    """Stop strings as right-aligned token-id rows ([S, L], -1 = padding) for the device check."""
+    seqs = [tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
+    seqs = [s for s in seqs if s]
+    width = max((len(s) for s in seqs), default=1)
+    arr = np.full((len(seqs), width), -1, np.int32)
+    for i, s in enumerate(seqs):
+        arr[i, width - len(s) :] = s
+    return arr
+
+
+def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+KV_CACHE_DTYPES = ("", "float32", "bfloat16", "float16")  # '' = the compute dtype
+
+
+def check_kv_cache_dtype(name: str) -> str | None:
+    """A `Generator.kv_cache_dtype` value checked; None for the compute dtype."""
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {name!r}")
+    return name or None
+
+
+@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix"])
+class Generator:
+    """Holds a model + tokenizer on a mesh and samples batches of prompts.
+
+    kv_cache_dtype: the KV cache's dtype ('' = the compute dtype). 'bfloat16' under f32
+    compute halves the cache's memory (room for larger sampling batches; `isheep plan`
+    counts it) at the price of rounding keys and values: tokens may differ from an f32
+    cache's after a near-tie, so it is not the default. It did not change decode speed on
+    this project's 2-core CPU (the conversion costs what the halved reads save).
+    share_prefix: the prefix that all prompts of one `generate` call share (a chat
+    template's system turn, a rating prompt's header, few-shot demonstrations; see
+    `shared_prefix_len`) is prefilled once per batch instead of once per row (SmolLM2's
+    chat prompts share 24 of ~43 tokens: batch-64 prefill 4.7 -> 2.7 s on the project's
+    CPU). The caches have the shapes they would have without it, so decoding costs the
+    same. Same results up to float summation order.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        params: Params,
+        tokenizer: Tokenizer,
+        mesh: Mesh | None = None,
+        extra_eos_ids: Sequence[int] = (),
+        kv_cache_dtype: str = "",
+        share_prefix: bool = True,
+    ):
+        # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
+        # caller may drop the stacked params afterwards to free their memory.
+        self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
+        kernels.load()  # the CPU decode kernel is built (or found) before anything is traced
+        self.share_prefix = share_prefix
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.params = jax.jit(functools.partial(unstack_layers, head_dtype=cfg.dtype))(params)
+        self.mesh = mesh or sharding.make_mesh()
+        eos = set(cfg.eos_token_ids) | set(extra_eos_ids)
+        if tokenizer.eos_id is not None:
+            eos.add(tokenizer.eos_id)
+        self.eos_ids = np.asarray(sorted(eos) or [-1], np.int32)
+        self.pad_id = tokenizer.pad_id
+
+    def encode_prompts(
+        self, prompts: Sequence[str | Sequence[int]], add_special_tokens: bool = True
+    ) -> list[list[int]]:
+        texts = [p for p in prompts if isinstance(p, str)]
+        encoded = iter(self.tokenizer.encode_batch(texts, add_special_tokens) if texts else [])
+        out = [list(next(encoded)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        for i, ids in enumerate(out):
+            if not ids:
+                raise ValueError(f"prompt {i} is empty after tokenisation")
+        return out
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        settings: SamplingSettings,
+        row_ids: Sequence[int] | None = None,
+        add_special_tokens: bool = True,
+        progress: bool | str = True,
+    ) -> list[Completion]:
+        """Samples a completion for every prompt; results come back in input order.
+
+        row_ids: stable ids keying each row's random stream (default: the prompt index).
+        Chat prompts already rendered with their template should pass add_special_tokens=False.
+        """
+        ids = self.encode_prompts(prompts, add_special_tokens)
+        row_ids = list(range(len(ids))) if row_ids is None else list(row_ids)
+        if len(row_ids) != len(ids):
+            raise ValueError(f"{len(row_ids)} row_ids for {len(ids)} prompts")
+        capacity = bucket(settings.max_new_tokens, CAPACITY_BUCKETS)
+        too_long = [i for i, x in enumerate(ids) if len(x) + capacity > self.cfg.max_position_embeddings]
+        if too_long:
+            raise ValueError(
+                f"prompts {too_long[:5]} (+{len(too_long) - 5 if len(too_long) > 5 else 0}) "
+                f"plus {capacity} new tokens exceed max_position_embeddings="
+                f"{self.cfg.max_position_embeddings}"
+            )
+        stop_arr = _stop_array(self.tokenizer, settings.stop_strings)
+        # Decided for the whole call, not per batch, so results never depend on batching.
+        prefix = ids[0][: shared_prefix_len(ids)] if self.share_prefix else []
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list[Completion | None] = [None] * len(ids)
+        base_key = jax.random.key(settings.seed)
+        bar = tqdm(
+            total=len(ids),
+            desc=progress if isinstance(progress, str) else "sampling",
+            unit="prompt",
+            disable=not progress,
+            leave=False,
+        )
+        new_tokens, t0 = 0, time.perf_counter()
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start : start + settings.batch_size]
+            out = self._run_batch(
+                [ids[i][len(prefix) :] for i in chunk],
+                [row_ids[i] for i in chunk],
+                settings,
+                capacity,
+                stop_arr,
+                base_key,
+                prefix,
+            )
+            for i, c in zip(chunk, out):
+                results[i] = c
+                new_tokens += len(c.token_ids)
+            hooks.after_sampling_batch()
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.1f}")
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _run_batch(
+        self,
+        batch_ids: list[list[int]],
+        rows: list[int],
+        settings: SamplingSettings,
+        capacity: int,
+        stop_arr: np.ndarray,
+        base_key: jax.Array,
+        prefix: list[int],
+    ) -> list[Completion]:
+        """batch_ids: each prompt's tokens after the shared `prefix`."""
+        n = len(batch_ids)
+        b = min(_pow2_at_least(n), _pow2_at_least(settings.batch_size))
+        # The rows' own tokens fill the whole prompt bucket less the prefix: the cache has the
+        # shape it would have without a shared prefix, and decoding costs the same.
+        p = bucket(len(prefix) + max(len(x) for x in batch_ids), PROMPT_BUCKETS) - len(prefix)
+        tokens = np.full((b, p), self.pad_id, np.int32)
+        mask = np.zeros((b, p), bool)
+        for r, x in enumerate(batch_ids):
+            tokens[r, p - len(x) :] = x
+            mask[r, p - len(x) :] = True
+        mask[n:, -1] = True  # filler rows: one token so they are well defined
+        row_keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(
+            jnp.asarray(rows + [0] * (b - n), jnp.uint32)
+        )
+        batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
+        # Packing gathers tokens across rows, so only where rows are not split over devices.
+        packed_len = packed_prefill_len(mask) if batch_sharding.shard_shape((b, p))[0] == b else None
+        with sharding.activation_sharding(self.mesh):
+            out = decode_loop.decode(
+                self.cfg,
+                self.params,
+                distributed.put_global(tokens, batch_sharding),
+                distributed.put_global(mask, batch_sharding),
+                row_keys,
+                jnp.asarray(self.eos_ids),
+                jnp.asarray(stop_arr),
+                jnp.int32(settings.max_new_tokens),
+                jnp.float32(settings.temperature),
+                jnp.int32(settings.top_k),
+                jnp.float32(settings.top_p),
+                jnp.int32(self.pad_id),
+                capacity=capacity,
+                cache_dtype=self.kv_cache_dtype,
+                packed_len=packed_len,
+                prefix=jnp.asarray(prefix, jnp.int32) if prefix else None,
+            )
+        toks, lps, lens, fin = distributed.to_host(out)
+        return [
+            self._completion(
+                toks[r, : lens[r]],
+                lps[r, : lens[r]],
+                int(fin[r]),
+                len(prefix) + len(batch_ids[r]),
+                settings.stop_strings,
+            )
+            for r in range(n)
+        ]
+
+    def _completion(
+        self, toks: np.ndarray, lps: np.ndarray, finish: int, prompt_tokens: int, stop_strings: Sequence[str]
+    ) -> Completion:
+        toks, lps = toks.tolist(), lps.tolist()
+        reason = FINISH_NAMES[finish]
+        if reason == "eos":
+            toks, lps = toks[:-1], lps[:-1]
+        text, stopped = _cut_at_stop(self.tokenizer.decode(toks), stop_strings)
+        if stopped:
+            reason = "stop"
+        return Completion(
+            token_ids=toks, text=text, finish_reason=reason, logprobs=lps, prompt_tokens=prompt_tokens
+        )
+
+
+class GeneratorCache:
+    """Holds the Generator of one checkpoint at a time: a 7B model and its unstacked copy
+    are plenty of memory, so switching models frees the previous one first."""
+
+    def __init__(self, mesh: Mesh | None = None):
+        self.mesh, self.dir, self.gen = mesh, None, None
+
+    def get(self, model_dir: str) -> Generator:
+
+        if self.dir != model_dir:
+            self.release()
+            cfg, params = checkpoint.load_model(model_dir, self.mesh)
+            self.gen = Generator(cfg, params, Tokenizer(checkpoint.tokenizer_dir(model_dir)), self.mesh)
+            del params
+            self.dir = model_dir
+        return self.gen
+
+    def release(self) -> None:
+        self.dir, self.gen = None, None
+        gc.collect()
+
+
+def completion_rows(
+    gen: Generator,
+    prompts: Sequence[str],
+    row_ids: Sequence[int],
+    settings: SamplingSettings,
+    chat: bool,
+    desc: str,
+) -> list[dict]:
+    """JSON-able results of rendered prompts (what the run's chunk files store).
+
+    `chat`: the prompts were rendered with a chat template, which already holds the special
+    tokens the tokenizer would otherwise add (BOS).
+    """
+    outs = gen.generate(prompts, settings, row_ids=row_ids, add_special_tokens=not chat, progress=desc)
+    return [{"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)} for o in outs]

@@ -1,0 +1,166 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p. Pure functions.
+
+Order (same as transformers' default warpers): temperature scales the logits first, then
+top-k keeps the k most likely tokens, then top-p keeps the most likely tokens whose mass
+reaches p (the most likely token is always kept; tokens tied at the cut-off are all
+kept). All settings are traced values, so changing them never recompiles.
+
+No full sort of the vocabulary: XLA's CPU sort of [batch, 49k] costs more than the whole
+forward pass. The top-k cut-off is found by bisection on a threshold (`_bisect`, 32
+halvings: exact to f32 resolution); the top-p draw is a rejection sampler that never
+needs its cut-off (`sample_top_p`; `top_p_mask` is the nucleus it samples from), and
+tokens are drawn by inverse CDF in vocabulary order. A row's random stream depends only
+on (seed, row id, step), so results do not depend on batching or on the mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+_BISECT_STEPS = 32
+
+
+def _bisect(lo: jax.Array, hi: jax.Array, ok: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Largest t in [lo, hi] (per row) with ok(t) true, assuming ok is monotone decreasing in t."""
+
+    def body(_, c):
+        lo, hi = c
+        mid = (lo + hi) / 2
+        good = ok(mid)
+        return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, _BISECT_STEPS, body, (lo, hi))
+    return jnp.where(ok(hi), hi, lo)
+
+
+def top_k_mask(logits: jax.Array, k: jax.Array) -> jax.Array:
+    """[B, V] bool: logits at or above the k-th largest of each row (all when k <= 0)."""
+
+    def cut(logits):
+        lo, hi = jnp.min(logits, -1), jnp.max(logits, -1)
+        t = _bisect(lo, hi, lambda t: jnp.sum(logits >= t[:, None], -1) >= k)
+        return logits >= t[:, None]
+
+    return jax.lax.cond(k > 0, cut, lambda l: jnp.ones(l.shape, bool), logits)
+
+
+def top_p_mask(probs: jax.Array, p: jax.Array) -> jax.Array:
+    """[B, V] bool: the most likely tokens whose total probability reaches p (all when p >= 1).
+
+    The nucleus `sample_top_p` draws from (which never computes it); kept as its reference.
+    """
+
+    def cut(probs):
+        hi = jnp.max(probs, -1)
+        t = _bisect(
+            jnp.zeros_like(hi), hi, lambda t: jnp.sum(jnp.where(probs >= t[:, None], probs, 0.0), -1) >= p
+        )
+        return probs >= t[:, None]
+
+    return jax.lax.cond(p < 1.0, cut, lambda x: jnp.ones(x.shape, bool), probs)
+
+
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """argmax (the first of tied maxima) as a max and a min: XLA:CPU's argmax (a two-output
+    reduction) is twice as slow. [batch, vocab] -> [batch] int32."""
+    v = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(logits == top, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+    return jnp.minimum(first, v - 1)  # an all-NaN row: the last token rather than out of range
+
+
+_BLOCK = 128
+
+
+def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """For weights [B, V] >= 0 and u [B] in [0, total): the index i with cdf[i-1] <= u < cdf[i].
+
+    Two levels (block sums, then one block) instead of a cumulative sum over the vocabulary,
+    which XLA:CPU runs as a slow reduce-window. Never returns a zero-weight index, even when
+    round-off puts u at or past the total (a row of all-zero weights gives index 0).
+    """
+    b, v = weights.shape
+    nb = -(-v // _BLOCK)
+    w = jnp.pad(weights, ((0, 0), (0, nb * _BLOCK - v))).reshape(b, nb, _BLOCK)
+    block = jnp.sum(w, axis=-1)  # [B, nb]
+    cum = jnp.cumsum(block, axis=-1)
+    last_block = jnp.max(jnp.where(block > 0, jnp.arange(nb), 0), axis=-1)
+    j = jnp.minimum(jnp.sum(cum <= u[:, None], axis=-1), last_block)
+    before = jnp.where(j > 0, jnp.take_along_axis(cum, jnp.maximum(j - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(w, j[:, None, None], axis=1)[:, 0]  # [B, block]
+    last_in = jnp.max(jnp.where(inner > 0, jnp.arange(_BLOCK), 0), axis=-1)
+    i = jnp.minimum(jnp.sum(before[:, None] + jnp.cumsum(inner, axis=-1) <= u[:, None], axis=-1), last_in)
+    return (j * _BLOCK + i).astype(jnp.int32)
+
+
+def sample_top_p(probs: jax.Array, keys: jax.Array, p: jax.Array) -> jax.Array:
+    """An exact draw from each row's top-p nucleus (`top_p_mask`) without finding its cut-off.
+
+    Rejection, as FlashInfer samples: draw x from the tokens more likely than `low`
+    (initially all); x is in the nucleus iff the tokens strictly more likely than x hold
+    less than p; otherwise raise `low` to p(x) and draw again. An accepted draw is
+    distributed as the nucleus renormalised; a round costs about three passes over the
+    vocabulary (a threshold bisection costs 32). A row rejects with probability about
+    1 - p per round, and the loop runs until every row has accepted: 2-3 rounds for a batch
+    of 64 at p = 0.95. Round r of a row uses fold_in(key, r), so a row's token depends
+    only on its own key.
+    """
+    b = probs.shape[0]
+
+    def cond(c):
+        return ~jnp.all(c[3])
+
+    def body(c):
+        r, low, tok, done = c
+        w = jnp.where(probs > low[:, None], probs, 0.0)
+        u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, r), ()))(keys) * jnp.sum(w, -1)
+        x = inverse_cdf(w, u)
+        px = jnp.take_along_axis(probs, x[:, None], axis=1)[:, 0]
+        above = jnp.sum(jnp.where(probs > px[:, None], probs, 0.0), axis=-1)
+        # The most likely tokens (nothing above them) are always in the nucleus, whatever p:
+        # a p <= 0 from a direct caller degrades to greedy rather than looping forever.
+        accept = (above < p) | (p >= 1.0) | (above <= 0.0)
+        tok = jnp.where(~done & accept, x, tok)
+        low = jnp.where(done | accept, low, px)
+        return r + 1, low, tok, done | accept
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        jnp.full((b,), -1.0, probs.dtype),
+        jnp.zeros((b,), jnp.int32),
+        jnp.zeros((b,), bool),
+    )
+    return jax.lax.while_loop(cond, body, init)[2]
+
+
+def sample_tokens(
+    logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array
+) -> jax.Array:
+    """logits [batch, vocab] f32; keys [batch] PRNG keys; temperature <= 0 means greedy.
+
+    top_k <= 0 disables top-k; top_p >= 1 disables top-p. Returns tokens [batch] int32.
+    """
+
+    def sample(logits):
+        scaled = logits / temperature
+        keep = top_k_mask(scaled, top_k)
+        probs = jax.nn.softmax(jnp.where(keep, scaled, -jnp.inf), axis=-1)
+        return sample_top_p(probs, keys, top_p)
+
+    return jax.lax.cond(temperature > 0, sample, greedy_tokens, logits)
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log p(token) under the model's raw distribution (no temperature/truncation). [batch]
+
+    The token's logit minus the row's logsumexp: no [batch, vocab] log-softmax is written."""
+    picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def row_step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
+    """Per-row keys for one decoding step: fold the step into each row's key."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: vocabulary, SeqIO data, optimizer, train step, trainer, metrics."""

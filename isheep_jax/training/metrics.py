@@ -1,0 +1,67 @@
+"""Training metrics: one JSON object per logged step (machine-readable), plus TensorBoard
+event files when TensorFlow and TensorBoard are importable (both are dependencies)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from isheep_jax.core import io_utils
+from isheep_jax.parallel.distributed import is_writer
+
+
+class MetricsWriter:
+    """Appends rows to `path` (JSONL) and scalars to `tb_dir`.
+
+    `truncate_after(step)` drops rows of steps a resumed run will redo, so the file
+    always describes one consistent run. In a multi-process run only process 0 writes.
+    """
+
+    def __init__(self, path: str | os.PathLike, tb_dir: str | os.PathLike | None = None):
+
+        self.path = io_utils.as_path(path)
+        self.enabled = is_writer()
+        self._tb = None
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tb_dir is not None and self.enabled:
+            try:  # tf.summary needs both packages; TensorBoard files are a convenience, JSONL is the record
+                import tensorboard  # noqa: F401
+                import tensorflow as tf
+
+                self._tb = tf.summary.create_file_writer(os.fspath(tb_dir))
+            except ImportError:
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        rows = [r for r in io_utils.read_jsonl(self.path) if r.get("step", 0) <= step]
+        io_utils.write_jsonl(self.path, rows)
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {
+            "step": int(step),
+            **{k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()},
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=int(step)):
+                for k, v in values.items():
+                    if not isinstance(v, str):
+                        tf.summary.scalar(k, float(v))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    return io_utils.read_jsonl(path, missing_ok=True)

@@ -1,0 +1,282 @@
+"""SFT data as SeqIO: one Task per (run, iteration) over its kept pairs, a causal-LM feature
+converter with response-only loss weights and optional packing, and a loader that turns a
+Task or Mixture into fixed-shape numpy arrays for the trainer.
+
+Example layout (one pair, unpacked, length 8):
+
+    tokens                 = [p0 p1 p2 r0 r1 EOS]          prompt p*, response r*
+    decoder_input_tokens   = [p0 p1 p2 r0 r1  0  0  0]
+    decoder_target_tokens  = [p1 p2 r0 r1 EOS 0  0  0]
+    decoder_loss_weights   = [ 0  0  1  1  1  0  0  0]      predicts r0, r1, EOS only
+    decoder_segment_ids    = [ 1  1  1  1  1  0  0  0]
+    decoder_positions      = [ 0  1  2  3  4  0  0  0]
+
+Unlike seqio's `PrefixLMFeatureConverter`, inputs are not shifted right behind a 0 token:
+the model sees exactly the token sequence the sampler feeds it at generation time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from isheep_jax.core import io_utils
+from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.training.vocab import vocabulary_for
+
+MODEL_KEYS = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
+
+
+def user_text(instruction: str, input_text: str = "") -> str:
+    """The user turn of a pair: the instruction, then its input (if any) after a blank line.
+
+    The loop's response stage and training both use this, so the model is trained on the
+    prompts it is sampled with.
+    """
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+def read_pairs(paths: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
+    """Columns instruction / input / response from pair JSONL files (kept pairs, or Alpaca rows
+    whose response is called `output`), validated."""
+    cols: dict[str, list[str]] = {"instruction": [], "input": [], "response": []}
+    for path in paths:
+        for lineno, row in io_utils.iter_jsonl(path):
+            if not isinstance(row, dict):
+                raise io_utils.DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            if "response" not in row and "output" in row:  # Alpaca format names the response 'output'
+                row = {**row, "response": row["output"]}
+            for key in ("instruction", "response"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise io_utils.DataError(f"{path}:{lineno}: missing or empty string field {key!r}")
+            inp = row.get("input", "") or ""
+            if not isinstance(inp, str):
+                raise io_utils.DataError(f"{path}:{lineno}: field 'input' must be a string")
+            cols["instruction"].append(row["instruction"])
+            cols["input"].append(inp)
+            cols["response"].append(row["response"])
+    return cols
+
+
+# ---------------------------------------------------------------------------- preprocessors
+def render_prompts(ds: tf.data.Dataset, tokenizer_dir: str, prompt_style: str) -> tf.data.Dataset:
+    """{instruction, input, response} -> {inputs: rendered prompt text, targets: response}.
+
+    prompt_style 'raw' (base models: the user text itself), 'chat' (the tokenizer's own
+    template) or a builtin template name; the same rendering the sampler's prompts get.
+    """
+    tok = Tokenizer(tokenizer_dir)
+    tok.render_prompt("x", prompt_style)  # fail here, not inside tf.data, on a bad style
+
+    def render(instruction, inp) -> bytes:
+        instruction, inp = (x.item() if isinstance(x, np.ndarray) else x for x in (instruction, inp))
+        return tok.render_prompt(user_text(instruction.decode(), inp.decode()), prompt_style).encode()
+
+    def fn(ex):
+        prompt = tf.numpy_function(render, [ex["instruction"], ex["input"]], tf.string, stateful=False)
+        prompt.set_shape([])
+        return {"inputs": prompt, "targets": ex["response"]}
+
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def prepend_bos(ds: tf.data.Dataset, bos_id: int | None) -> tf.data.Dataset:
+    """Puts BOS before the prompt ids (raw prompts of tokenizers that add BOS on encode)."""
+    if bos_id is None:
+        return ds
+    return ds.map(
+        lambda ex: {**ex, "inputs": tf.concat([[bos_id], ex["inputs"]], 0)},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def tokenizer_adds_bos(tokenizer_dir: str, prompt_style: str) -> int | None:
+    """BOS id to prepend: only for raw prompts of a tokenizer that adds BOS (chat templates carry
+    their own)."""
+    if prompt_style != "raw":
+        return None
+    tok = Tokenizer(tokenizer_dir)
+    return tok.bos_id if tok.bos_id is not None and tok.encode("a")[:1] == [tok.bos_id] else None
+
+
+# ---------------------------------------------------------------------------- tasks
+def task_name(run_name: str, iteration: int) -> str:
+    """seqio names allow [A-Za-z0-9_.:]: other characters of the run name become '_'."""
+    return f"isheep_{re.sub(r'[^A-Za-z0-9_]', '_', run_name)}_iter{iteration}"
+
+
+def register_sft_task(
+    name: str, pair_files: Sequence[str | os.PathLike], tokenizer_dir: str | os.PathLike, prompt_style: str
+) -> seqio.Task:
+    """Registers (or replaces) a SeqIO Task over kept-pair JSONL files; split 'train'."""
+    cols = read_pairs(pair_files)
+    if not cols["instruction"]:
+        raise io_utils.DataError(f"task {name}: no pairs in {[os.fspath(p) for p in pair_files]}")
+    tokenizer_dir = os.fspath(tokenizer_dir)
+    vocab = vocabulary_for(tokenizer_dir)
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del split, shuffle_files, seed  # one in-memory split; shuffling is the trainer's job
+        return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string) for k, v in cols.items()})
+
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(
+            dataset_fn, splits=["train"], num_input_examples={"train": len(cols["response"])}
+        ),
+        preprocessors=[
+            functools.partial(render_prompts, tokenizer_dir=tokenizer_dir, prompt_style=prompt_style),
+            seqio.preprocessors.tokenize,
+            functools.partial(prepend_bos, bos_id=tokenizer_adds_bos(tokenizer_dir, prompt_style)),
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        output_features={
+            "inputs": seqio.Feature(vocab, add_eos=False),
+            "targets": seqio.Feature(vocab, add_eos=True),
+        },
+    )
+
+
+def register_mixture(name: str, task_names: Sequence[str]) -> seqio.Mixture:
+    """A Mixture of iteration tasks (cumulative data); `load_examples` reads each task once."""
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, [(t, 1.0) for t in task_names])
+
+
+# ---------------------------------------------------------------------------- feature converter
+class CausalLMFeatureConverter(seqio.FeatureConverter):
+    """{inputs, targets} -> decoder features of one causal sequence, loss on targets only.
+
+    The model length is inputs + targets; an example of a prompt and b target tokens fills
+    a + b - 1 positions (the last token is only ever a target).
+    """
+
+    TASK_FEATURES = {
+        "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+        "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+    # Segment ids and positions are model features packed or not: the trainer always
+    # masks attention by segment, so both layouts feed the same train step.
+    MODEL_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for k in MODEL_KEYS}
+    PACKING_FEATURE_DTYPES: Mapping[str, tf.dtypes.DType] = {}
+
+    def _convert_features(
+        self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+    ) -> tf.data.Dataset:
+        length = self.get_model_feature_lengths(task_feature_lengths)["decoder_target_tokens"]
+
+        def split(ex):
+            tokens = tf.concat([ex["inputs"], ex["targets"]], 0)
+            n_in = tf.size(ex["inputs"])
+            weights = tf.cast(tf.range(1, tf.size(tokens)) >= n_in, tf.int32)
+            return {"inp": tokens[:-1], "tgt": tokens[1:], "w": weights}
+
+        ds = ds.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+        lengths = {"inp": length, "tgt": length, "w": length}
+        if self.pack:
+            # seqio's packer takes 0 for padding (it counts non-zeros), but 0 is a real token
+            # in Hugging Face vocabularies and a real loss weight: pack values + 1, then undo.
+            ds = ds.map(lambda ex: {k: v + 1 for k, v in ex.items()})
+            ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
+
+            def unshift(ex):
+                real = tf.cast(ex["inp_segment_ids"] > 0, tf.int32)
+                return {
+                    "decoder_input_tokens": (ex["inp"] - 1) * real,
+                    "decoder_target_tokens": (ex["tgt"] - 1) * real,
+                    "decoder_loss_weights": (ex["w"] - 1) * real,
+                    "decoder_segment_ids": ex["inp_segment_ids"],
+                    "decoder_positions": ex["inp_positions"],
+                }
+
+            return ds.map(unshift)
+        ds = ds.map(lambda ex: {**ex, "seg": tf.ones_like(ex["inp"])})
+        ds = seqio.utils.trim_and_pad_dataset(ds, {**lengths, "seg": length})
+        return ds.map(
+            lambda ex: {
+                "decoder_input_tokens": ex["inp"],
+                "decoder_target_tokens": ex["tgt"],
+                "decoder_loss_weights": ex["w"],
+                "decoder_segment_ids": ex["seg"],
+                "decoder_positions": tf.range(length, dtype=tf.int32) * ex["seg"],
+            }
+        )
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+        return {k: length for k in MODEL_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTArrays:
+    """Converted examples as int32 arrays [rows, length] keyed by MODEL_KEYS, plus counts."""
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int  # pairs read from the task(s)
+    num_too_long: int  # pairs left out: prompt or response + EOS longer than its budget
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.arrays["decoder_target_tokens"])
+
+    @property
+    def length(self) -> int:
+        return self.arrays["decoder_target_tokens"].shape[1]
+
+    @property
+    def num_target_tokens(self) -> int:
+        return int(self.arrays["decoder_loss_weights"].sum())
+
+
+def load_examples(name: str, max_prompt_len: int, max_response_len: int, pack: bool = False) -> SFTArrays:
+    """Every example of a Task (or each task of a Mixture, once, in order) converted to arrays.
+
+    Pairs that do not fit are left out and counted rather than cut: a truncated prompt
+    would teach an answer to a question never asked, a truncated response an early stop.
+    """
+    provider = seqio.get_mixture_or_task(name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    kept, total = [], 0
+    for task in tasks:
+        ds = task.get_dataset(
+            sequence_length=None,
+            split="train",
+            shuffle=False,
+            num_epochs=1,
+            trim_output_features=False,
+            use_cached=False,
+        )
+        for ex in ds.as_numpy_iterator():
+            total += 1
+            if len(ex["inputs"]) <= max_prompt_len and len(ex["targets"]) <= max_response_len:
+                kept.append((ex["inputs"], ex["targets"]))
+    if not kept:
+        raise io_utils.DataError(
+            f"{name}: none of {total} pairs fits prompt <= {max_prompt_len} and "
+            f"response + EOS <= {max_response_len} tokens"
+        )
+    spec = tf.TensorSpec([None], tf.int32)
+    ds = tf.data.Dataset.from_generator(
+        lambda: ({"inputs": a, "targets": b} for a, b in kept),
+        output_signature={"inputs": spec, "targets": spec},
+    )
+    lengths = {"inputs": max_prompt_len, "targets": max_response_len}
+    rows = list(CausalLMFeatureConverter(pack=pack)(ds, lengths).as_numpy_iterator())
+    arrays = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in MODEL_KEYS}
+    return SFTArrays(arrays, num_examples=total, num_too_long=total - len(kept))

@@ -1,0 +1,168 @@
+"""The jit-compiled SFT train step: token-weighted loss, gradient accumulation, sharded state.
+
+Loss = sum of cross-entropy over target (response) tokens / number of target tokens in the
+whole optimizer batch. Micro-batches accumulate (gradient of the sum, loss sum, count) and
+divide once, so the objective does not depend on how a batch is split (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.params import Params, abstract_params, forward
+from isheep_jax.parallel import sharding
+
+Batch = dict[str, jax.Array]  # sft_data.MODEL_KEYS -> int32 [micro, rows, length]
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar
+    params: Params
+    opt_state: optax.OptState
+
+
+def loss_sums(cfg: ModelConfig, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """(sum of target-token NLL, number of target tokens) for batch arrays [rows, length]."""
+    logits = forward(
+        cfg,
+        params,
+        batch["decoder_input_tokens"],
+        segment_ids=batch["decoder_segment_ids"],
+        positions=batch["decoder_positions"],
+    )
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    return jnp.sum((logz - target_logit) * weights), jnp.sum(weights)
+
+
+def per_segment_loss(
+    cfg: ModelConfig, params: Params, batch: Batch, max_segments: int
+) -> tuple[jax.Array, jax.Array]:
+    """Per-example (loss sum, count) [rows, max_segments] indexed by segment id - 1 (packing checks)."""
+    logits = forward(
+        cfg,
+        params,
+        batch["decoder_input_tokens"],
+        segment_ids=batch["decoder_segment_ids"],
+        positions=batch["decoder_positions"],
+    )
+    nll = (
+        jax.nn.logsumexp(logits, -1)
+        - jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+    )
+    w = batch["decoder_loss_weights"].astype(jnp.float32)
+    onehot = jax.nn.one_hot(batch["decoder_segment_ids"] - 1, max_segments)  # pads (id 0) -> all zeros
+    return jnp.einsum("bt,bts->bs", nll * w, onehot), jnp.einsum("bt,bts->bs", w, onehot)
+
+
+def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
+    """(state, batch [micro, rows, length]) -> (state, metrics); pure, to be jit-compiled."""
+
+    def sums_and_grads(params, micro):
+        """((loss sum, token count), gradient of the loss sum) of one micro-batch [rows, length]."""
+        return jax.value_and_grad(lambda p: loss_sums(cfg, p, micro), has_aux=True)(params)
+
+    def micro_step(params, carry, micro):
+        grads_acc, loss_acc, count_acc = carry
+        (loss_sum, count), grads = sums_and_grads(params, micro)
+        grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+        return (grads_acc, loss_acc + loss_sum, count_acc + count), None
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        if (
+            batch["decoder_input_tokens"].shape[0] == 1
+        ):  # no accumulation: skip a zeroed gradient tree and its add
+            (loss_sum, count), grad_sum = sums_and_grads(state.params, jax.tree.map(lambda x: x[0], batch))
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            (grad_sum, loss_sum, count), _ = jax.lax.scan(
+                functools.partial(micro_step, state.params), init, batch
+            )
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grad_sum)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss_sum / denom, "target_tokens": count, "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+def state_shardings(
+    cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+) -> tuple[TrainState, TrainState]:
+    """(abstract TrainState, its shardings): optimizer state follows its parameter's sharding."""
+    abstract, names = abstract_params(cfg)
+    p_shard = sharding.tree_shardings(names, abstract, mesh, rules)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract)
+    rep = sharding.replicated(mesh)
+    o_shard = optax.tree_map_params(
+        optimizer,
+        lambda _, s: s,
+        abstract_opt,
+        p_shard,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    abstract_state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract, abstract_opt)
+    return abstract_state, TrainState(rep, p_shard, o_shard)
+
+
+def owned_state(state: TrainState, shardings: TrainState) -> TrainState:
+    """A copy of `state` in buffers the runtime owns, so that the donated step updates every
+    leaf in place from its first run. Arrays restored from a checkpoint can be zero-copy views
+    of host memory on the CPU; the runtime cannot donate those, so the first step writes such
+    leaves to fresh buffers (3 of 36 for a tiny model, varying with the host buffers'
+    alignment). On XLA:CPU those land above that step's temporary block in the host heap, and
+    the block can then no longer merge back into the heap's top: the heap grew by a whole
+    temporary block (5.8 GB for SmolLM2-135M at 8 x 256) on the next step
+    (benchmarks/RESULTS.md). The copy costs one pass over the state, once. Other backends
+    return `state` as it is: their restored arrays live in device memory the runtime owns,
+    and a copy would double the state's footprint there."""
+    if jax.default_backend() != "cpu":
+        return state
+    return jax.jit(lambda st: jax.tree.map(jnp.copy, st), out_shardings=shardings)(state)
+
+
+def batch_sharding(
+    mesh: Mesh, shape: tuple[int, ...], rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES
+) -> NamedSharding:
+    """[micro, rows, length] arrays: rows over the batch axes."""
+    return sharding.logical_to_sharding((None, "batch", "length"), shape, mesh, rules)
+
+
+def compile_train_step(
+    cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    batch_shape: tuple[int, int, int],
+    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+):
+    """The jit'd step with explicit in/out shardings; the state argument is donated."""
+    _, shard = state_shardings(cfg, optimizer, mesh, rules)
+    b_shard = batch_sharding(mesh, batch_shape, rules)
+    step = make_train_step(cfg, optimizer)
+
+    def traced(state, batch):
+        with sharding.activation_sharding(mesh, rules):
+            return step(state, batch)
+
+    return jax.jit(
+        traced,
+        in_shardings=(shard, b_shard),
+        out_shardings=(shard, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -1,0 +1,291 @@
+"""SFT driver: data arrays in, trained model out, resumable at any checkpoint.
+
+Layout of a training directory WORK:
+    WORK/checkpoints/<step>/   orbax CheckpointManager: TrainState + data/config metadata
+    WORK/metrics.jsonl         one row per step (loss, grad norm, lr, tokens/s, ...)
+    WORK/tensorboard/          the same scalars as TensorBoard event files
+    WORK/model/                params-only export (checkpoint.save_model) once training ends
+
+The batch of step s is a pure function of (seed, s) (`batch_rows`), so the data position
+of a resumed run is just its step and resuming reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from isheep_jax.core import hooks, io_utils
+from isheep_jax.model import checkpoint
+from isheep_jax.model.config import ModelConfig
+from isheep_jax.parallel import distributed, sharding
+from isheep_jax.training.metrics import MetricsWriter, read_metrics
+from isheep_jax.training.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
+from isheep_jax.training.sft_data import MODEL_KEYS, SFTArrays
+from isheep_jax.training.train_step import (
+    TrainState,
+    batch_sharding,
+    compile_train_step,
+    owned_state,
+    state_shardings,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a checkpoint of another run, bad settings)."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What and how long to train. batch_size counts sequences per optimizer step (global);
+    it is split into `micro_batches` accumulated micro-batches."""
+
+    batch_size: int = 8
+    micro_batches: int = 1
+    max_prompt_len: int = 256
+    max_response_len: int = 256
+    pack: bool = False
+    num_epochs: float = 2.0
+    max_steps: int = 0  # > 0 caps the number of steps
+    compute_dtype: str = ""  # '' keeps the model config's dtype
+    remat_policy: str = ""  # '' keeps the model config's; 'none' | 'dots' | 'full' (see `isheep plan`)
+    scan_layers: bool | None = None  # None keeps the model config's (see ModelConfig.scan_layers)
+    attention_impl: str = ""  # '' keeps the model config's; 'xla' | 'cudnn' (see ModelConfig.attention_impl)
+    seed: int = 0
+    save_every_steps: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.micro_batches < 1 or self.batch_size % self.micro_batches:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a positive multiple of "
+                f"micro_batches ({self.micro_batches})"
+            )
+        if self.num_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set num_epochs > 0 or max_steps > 0")
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        """The checkpoint's model config with this run's compute dtype / remat / scan / attention
+        overrides."""
+        changes = {
+            "dtype": self.compute_dtype,
+            "remat_policy": self.remat_policy,
+            "scan_layers": self.scan_layers,
+            "attention_impl": self.attention_impl,
+        }
+        return base.replace(**{k: v for k, v in changes.items() if v not in ("", None)})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    model_dir: str
+    steps: int
+    final_loss: float | None
+    metrics_path: str
+
+
+def total_steps(num_rows: int, tc: TrainConfig) -> int:
+    steps = math.ceil(tc.num_epochs * num_rows / tc.batch_size) if tc.num_epochs > 0 else tc.max_steps
+    return min(steps, tc.max_steps) if tc.max_steps > 0 else steps
+
+
+def batch_rows(num_rows: int, batch_size: int, step: int, seed: int, num_epochs: float) -> np.ndarray:
+    """Row indices of step `step`'s batch; -1 marks a slot past the last epoch (zero weight).
+
+    Sample k of the stream is row perm_e[k mod N] of epoch e = k // N, each epoch with its
+    own permutation seeded by (seed, e).
+    """
+    k = np.arange(step * batch_size, (step + 1) * batch_size)
+    epoch, within = k // num_rows, k % num_rows
+    out = np.empty_like(k)
+    for e in np.unique(epoch):
+        perm = np.random.default_rng([seed, int(e)]).permutation(num_rows)
+        out[epoch == e] = perm[within[epoch == e]]
+    if num_epochs > 0:
+        out[k >= math.ceil(num_epochs * num_rows)] = -1
+    return out
+
+
+def make_batch(data: SFTArrays, rows: np.ndarray, micro_batches: int) -> dict[str, np.ndarray]:
+    """Arrays [micro, rows / micro, length]; -1 rows become all-padding (no loss, no attention)."""
+    safe = np.maximum(rows, 0)
+    batch = {k: data.arrays[k][safe] for k in MODEL_KEYS}
+    for k in MODEL_KEYS:
+        batch[k][rows < 0] = 0
+    return {k: v.reshape(micro_batches, -1, v.shape[-1]) for k, v in batch.items()}
+
+
+def _fingerprint(data: SFTArrays, tc: TrainConfig, oc: OptimizerConfig, cfg: ModelConfig) -> str:
+    h = hashlib.sha256()
+    for k in MODEL_KEYS:
+        h.update(np.ascontiguousarray(data.arrays[k]).tobytes())
+    for c in (tc, oc, cfg):
+        # scan_layers and attention_impl change how the step is compiled, not its math; leaving
+        # them out also keeps the fingerprints of runs started before the fields existed.
+        fields = {
+            k: v for k, v in dataclasses.asdict(c).items() if k not in ("scan_layers", "attention_impl")
+        }
+        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _manager(work_dir: Any, keep: int) -> ocp.CheckpointManager:
+    # Synchronous saves: a step's checkpoint is complete (or absent) when save() returns.
+    # Orbax writes to a temporary directory and renames it at the end, so a killed save
+    # never leaves a step directory that restores as valid.
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(work_dir / "checkpoints", options=opts)
+
+
+def train(
+    init_model_dir: str | os.PathLike,
+    data: SFTArrays,
+    work_dir: str | os.PathLike,
+    tc: TrainConfig = TrainConfig(),  # noqa: B008 (frozen: one shared default is safe)
+    oc: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tunes the model in `init_model_dir` on `data`; resumes from WORK/checkpoints if present."""
+    work = io_utils.absolute(work_dir)
+    out_dir = work / "model"
+    metrics_path = work / "metrics.jsonl"
+    if checkpoint.is_complete(out_dir):
+        rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+        return TrainResult(
+            str(out_dir),
+            rows[-1]["step"] if rows else 0,
+            rows[-1]["loss"] if rows else None,
+            str(metrics_path),
+        )
+    if data.num_rows == 0:
+        raise TrainingError("no training rows")
+    mesh = mesh or sharding.make_mesh()
+    base_cfg = checkpoint.load_config(init_model_dir)
+    cfg = tc.model_config(base_cfg)
+    steps = total_steps(data.num_rows, tc)
+    optimizer = make_optimizer(oc, steps)
+    schedule = learning_rate_schedule(oc, steps)
+    abstract, shard = state_shardings(cfg, optimizer, mesh, rules)
+    fingerprint = _fingerprint(data, tc, oc, cfg)
+    mngr = _manager(work, tc.keep_checkpoints)
+    writer = MetricsWriter(metrics_path, work / "tensorboard")
+
+    start = mngr.latest_step()
+    if start is not None:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
+        )
+        restored = mngr.restore(
+            start,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+        )
+        if restored["meta"].get("fingerprint") != fingerprint:
+            raise TrainingError(
+                f"{work / 'checkpoints'}: checkpoint of step {start} was written for other data or "
+                f"settings (fingerprint {restored['meta'].get('fingerprint')} != {fingerprint}); "
+                "use a new work directory or delete it"
+            )
+        state = owned_state(TrainState(*restored["state"]), shard)  # donated in place from step 1 on
+        del restored
+        log.info("resuming training at step %d of %d", start, steps)
+    else:
+        start = 0
+        _, params = checkpoint.load_model(init_model_dir, mesh, rules, dtype=cfg.dtype)
+        opt_state = jax.jit(optimizer.init, out_shardings=shard.opt_state)(params)
+        state = owned_state(
+            TrainState(distributed.put_global(np.zeros((), np.int32), shard.step), params, opt_state), shard
+        )  # restored arrays may not be donatable (see owned_state)
+        del params, opt_state
+
+    writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
+    batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
+    step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules)
+    b_shard = batch_sharding(mesh, batch_shape, rules)
+    meta = {"fingerprint": fingerprint, "seed": tc.seed, "total_steps": steps, "num_rows": data.num_rows}
+
+    def save(s: int, st: TrainState) -> None:
+        mngr.save(
+            s,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(st), meta=ocp.args.JsonSave({**meta, "step": s})
+            ),
+            force=True,
+        )
+
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        desc="train",
+        unit="step",
+        disable=not progress or not distributed.is_writer(),
+        dynamic_ncols=True,
+    )
+    loss = None
+    t_last = time.perf_counter()
+    for s in range(start, steps):
+        rows = batch_rows(data.num_rows, tc.batch_size, s, tc.seed, tc.num_epochs)
+        batch = make_batch(data, rows, tc.micro_batches)
+        hooks.before_train_step()
+        state, m = step_fn(state, {k: distributed.put_global(v, b_shard) for k, v in batch.items()})
+        loss = float(m["loss"])  # one scalar per step: the NaN guard and the log need it anyway
+        now = time.perf_counter()
+        if not math.isfinite(loss):
+            last = mngr.latest_step()
+            raise TrainingError(
+                f"non-finite loss ({loss}) at step {s + 1}; nothing was saved for it. Last good "
+                f"checkpoint: {'step ' + str(last) if last is not None else 'none'} in "
+                f"{work / 'checkpoints'}. Lower the learning rate or check the data."
+            )
+        hooks.after_train_step()
+        tokens = int((batch["decoder_segment_ids"] > 0).sum())
+        writer.write(
+            s + 1,
+            {
+                "loss": loss,
+                "grad_norm": float(m["grad_norm"]),
+                "learning_rate": float(schedule(s)),
+                "target_tokens": float(m["target_tokens"]),
+                "tokens": tokens,
+                "tokens_per_s": tokens / max(now - t_last, 1e-9),
+                "epoch": (s + 1) * tc.batch_size / data.num_rows,
+            },
+        )
+        t_last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if tc.save_every_steps and (s + 1) % tc.save_every_steps == 0 and s + 1 < steps:
+            save(s + 1, state)
+    bar.close()
+    if mngr.latest_step() != steps:
+        save(steps, state)
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+    params = jax.tree.map(lambda p, a: p.astype(a.dtype), state.params, abstract.params)
+    checkpoint.save_model(
+        out_dir,
+        params,
+        base_cfg,
+        tokenizer_dir=checkpoint.tokenizer_dir(init_model_dir),
+        extra={"trained_from": os.fspath(init_model_dir), "steps": steps, "final_loss": loss},
+    )
+    return TrainResult(str(out_dir), steps, loss, str(metrics_path))

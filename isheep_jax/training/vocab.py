@@ -1,0 +1,107 @@
+"""SeqIO vocabularies for our tokenizer folders.
+
+SentencePiece models (`tokenizer.model`, Llama-2 style) use `seqio.SentencePieceVocabulary`
+as is. BPE models (Qwen, Llama-3, SmolLM2: `tokenizer.json`) get `HfTokenizersVocabulary`,
+a `seqio.Vocabulary` over Hugging Face `tokenizers` whose ids are exactly those of
+`isheep_jax.tokenizer.Tokenizer` (and therefore of transformers' tokenizer). Neither adds
+BOS/EOS on encode: SeqIO appends EOS to targets itself, and the SFT preprocessors add BOS
+where the model's own tokenizer would.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from isheep_jax.model.tokenizer import Tokenizer
+
+
+def _as_bytes(b) -> bytes:
+    return b.item() if isinstance(b, np.ndarray) else b
+
+
+class HfTokenizersVocabulary(seqio.Vocabulary):
+    """`seqio.Vocabulary` over a Hugging Face `tokenizer.json` folder; pickles as its path."""
+
+    def __init__(self, tokenizer_dir: str | os.PathLike):
+        self._dir = os.fspath(tokenizer_dir)
+        self._tok: Tokenizer | None = None
+        super().__init__(extra_ids=0)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tok is None:
+            self._tok = Tokenizer(self._dir)
+        return self._tok
+
+    def __getstate__(self) -> dict:
+        return {"_dir": self._dir, "_tok": None, "_extra_ids": self._extra_ids}
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.tokenizer.bos_id
+
+    @property
+    def unk_id(self) -> int | None:
+        return self.tokenizer.token_to_id(self.tokenizer.special("unk"))
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def _encode(self, s: str) -> list[int]:
+        return self.tokenizer.encode(s, add_special_tokens=False)
+
+    def _decode(self, ids) -> str:
+        # Special tokens are kept so that decode(encode(text)) == text for any text.
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        """Scalar string -> int32 ids [length] (a py-function: fine for in-process input pipelines)."""
+        if s.shape.rank != 0:
+            raise ValueError(
+                f"HfTokenizersVocabulary.encode_tf takes a scalar string, got rank {s.shape.rank}"
+            )
+
+        def enc(b) -> np.ndarray:  # bytes in graph mode, a 0-d object array in eager mode
+            return np.asarray(self._encode(_as_bytes(b).decode("utf-8")), np.int32)
+
+        ids = tf.numpy_function(enc, [s], tf.int32, stateful=False)
+        ids.set_shape([None])
+        return ids
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        def dec(a: np.ndarray) -> bytes:
+            return self._decode(a.tolist()).encode("utf-8")
+
+        text = tf.numpy_function(dec, [ids], tf.string, stateful=False)
+        text.set_shape([])
+        return text
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HfTokenizersVocabulary) and os.path.abspath(other._dir) == os.path.abspath(
+            self._dir
+        )
+
+    def __hash__(self) -> int:
+        return hash(os.path.abspath(self._dir))
+
+    def __str__(self) -> str:
+        return f"HfTokenizersVocabulary(dir={self._dir}, size={self.vocab_size})"
+
+
+def vocabulary_for(tokenizer_dir: str | os.PathLike) -> seqio.Vocabulary:
+    """The SeqIO vocabulary of a tokenizer folder: tokenizer.json wins over tokenizer.model."""
+    d = os.fspath(tokenizer_dir)
+    if os.path.exists(os.path.join(d, "tokenizer.json")):
+        return HfTokenizersVocabulary(d)
+    if os.path.exists(os.path.join(d, "tokenizer.model")):
+        return seqio.SentencePieceVocabulary(os.path.join(d, "tokenizer.model"))
+    raise FileNotFoundError(f"{d}: neither tokenizer.json nor tokenizer.model found")

@@ -1,0 +1,41 @@
+"""Atomic writes: a rewrite replaces the file whole; JSONL errors name file and line."""
+
+import pytest
+
+from isheep_jax.core import io_utils
+
+
+def test_atomic_write_overwrites_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "sub" / "rows.jsonl"
+    io_utils.write_jsonl(path, [{"a": 1}])
+    io_utils.write_jsonl(path, [{"a": 2}, {"a": 3}])
+    assert io_utils.read_jsonl(path) == [{"a": 2}, {"a": 3}]
+    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]
+
+
+def test_bad_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(io_utils.DataError, match=r"x.jsonl:2: invalid JSON"):
+        io_utils.read_jsonl(path)
+
+
+def test_read_jsonl_missing_file(tmp_path):
+    assert io_utils.read_jsonl(tmp_path / "none.jsonl", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError):
+        io_utils.read_jsonl(tmp_path / "none.jsonl")
+
+
+def test_file_helpers_never_start_a_jax_backend(tmp_path):
+    """`isheep status` / `report` beside a running job must not take the host's accelerator:
+    writes, reads and resume checks ask no backend outside a jax.distributed run."""
+    import subprocess
+    import sys
+
+    code = (
+        "from isheep_jax import io_utils; from jax._src import xla_bridge\n"
+        f"p = {str(tmp_path / 'a.json')!r}\n"
+        "io_utils.write_json(p, {'x': 1}); assert io_utils.exists(p) and io_utils.read_json(p) == {'x': 1}\n"
+        "assert not xla_bridge._backends, xla_bridge._backends\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
