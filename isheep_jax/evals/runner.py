@@ -23,16 +23,16 @@ import math
 import os
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import gin
 import jax
 import numpy as np
 
-from isheep_jax.core import io_utils
+from isheep_jax.core import choices, io_utils
 from isheep_jax.evals import ifeval, winrate
 from isheep_jax.model import checkpoint
-from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.model.tokenizer import PromptStyle, Tokenizer
 from isheep_jax.parallel import distributed
 from isheep_jax.sampling.chunked import sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
@@ -40,7 +40,8 @@ from isheep_jax.training.train_step import per_segment_loss
 
 log = logging.getLogger(__name__)
 
-SUITES = ("ifeval", "heldout_loss", "winrate")
+Suite = Literal["ifeval", "heldout_loss", "winrate"]
+SUITES: tuple[Suite, ...] = choices.values(Suite)
 
 
 @gin.configurable
@@ -48,7 +49,7 @@ SUITES = ("ifeval", "heldout_loss", "winrate")
 class EvalConfig:
     """What `isheep eval` (and the loop, when LoopConfig.evaluate is set) measures."""
 
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[Suite, ...] = SUITES
     ifeval_file: str = ""  # '' = our shipped prompts; the official IFEval input_data.jsonl works too
     ifeval_limit: int = 0  # the first N prompts only (0 = all): quick runs
     heldout_file: str = ""  # '' = shipped held-out pairs; JSONL of instruction / input / response (or output)
@@ -82,7 +83,7 @@ class ModelSpec:
     """A checkpoint and how it is prompted ('raw' | 'chat' | a builtin template name)."""
 
     model_dir: str
-    prompt_style: str = "chat"
+    prompt_style: PromptStyle = "chat"
 
 
 def shipped_heldout_path() -> os.PathLike:

@@ -19,14 +19,16 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
-from isheep_jax.core import io_utils
+from isheep_jax.core import choices, io_utils
 from isheep_jax.model import checkpoint
 
 log = logging.getLogger(__name__)
 
-STAGES = ("synthesize", "respond", "assess", "filter", "train", "eval", "summary")
+# The stages of an iteration, in order; each one's last artifact marks it done.
+Stage = Literal["synthesize", "respond", "assess", "filter", "train", "eval", "summary"]
+STAGES: tuple[Stage, ...] = choices.values(Stage)
 
 
 class RunError(ValueError):
@@ -72,7 +74,7 @@ class IterationPaths:
     def chunks(self, stage: str):
         return self.root / "chunks" / stage
 
-    def stage_done(self, stage: str) -> bool:
+    def stage_done(self, stage: Stage) -> bool:
 
         marker = {
             "synthesize": self.instructions,

@@ -13,12 +13,12 @@ import logging
 import os
 import random
 import time
-from typing import Any
+from typing import Any, Literal
 
 import gin
 
 from isheep_jax import evals
-from isheep_jax.core import hooks, io_utils
+from isheep_jax.core import choices, hooks, io_utils
 from isheep_jax.loop import assessment, response_filter, synthesis
 from isheep_jax.loop.prompt_templates import load_template
 from isheep_jax.loop.report import format_summary, iteration_summary
@@ -27,12 +27,17 @@ from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
 from isheep_jax.loop.seed_pool import SeedTask, load_seed_pool
 from isheep_jax.model import checkpoint
 from isheep_jax.model.embedded import resolve_model
+from isheep_jax.model.tokenizer import PromptStyle
 from isheep_jax.parallel import sharding
 from isheep_jax.sampling.chunked import sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.training.optim import OptimizerConfig
 
 log = logging.getLogger(__name__)
+
+Assessor = Literal["base", "current"]  # which model rates the pairs of iteration i
+TrainFrom = Literal["base", "previous"]  # which model iteration i fine-tunes
+TrainData = Literal["latest", "cumulative"]  # this iteration's kept pairs, or all iterations'
 
 # Stage offsets of the sampling seed: each (iteration, stage) gets its own random stream.
 _SYNTH, _RESPOND, _ASSESS = 0, 1, 2
@@ -55,11 +60,11 @@ class LoopConfig:
     # Text that opens the judge's answer (after the rendered prompt), e.g. 'Rating:'; it is
     # part of what the score parser reads. '' = none, as in the paper.
     rating_prefill: str = ""
-    base_prompt_style: str = "raw"  # how the base model is prompted: 'raw' | 'chat' | builtin template
-    tuned_prompt_style: str = "chat"  # how trained models are prompted (and trained)
-    assessor: str = "base"  # 'base' | 'current'
-    train_from: str = "base"  # 'base' | 'previous'
-    train_data: str = "latest"  # 'latest' | 'cumulative'
+    base_prompt_style: PromptStyle = "raw"  # how the base model is prompted
+    tuned_prompt_style: PromptStyle = "chat"  # how trained models are prompted (and trained)
+    assessor: Assessor = "base"
+    train_from: TrainFrom = "base"
+    train_data: TrainData = "latest"
     stop_when_empty: bool = True  # an iteration with no kept pairs ends the run (else the model carries over)
     # Evaluate each trained model (and the base model once) with EvalConfig: IFEval-style
     # accuracy, held-out loss, win-rate against the base model judged by the base model.
@@ -72,14 +77,14 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self):
-        choices = {
-            "assessor": ("base", "current"),
-            "train_from": ("base", "previous"),
-            "train_data": ("latest", "cumulative"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"LoopConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name, choice in (
+            ("assessor", Assessor),
+            ("train_from", TrainFrom),
+            ("train_data", TrainData),
+            ("base_prompt_style", PromptStyle),
+            ("tuned_prompt_style", PromptStyle),
+        ):
+            choices.check("LoopConfig", name, getattr(self, name), choice)
         for name in ("iterations", "synthesis_prompts", "k_demos", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoopConfig.{name} must be >= 1, got {getattr(self, name)}")

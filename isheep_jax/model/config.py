@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import gin
 
-from isheep_jax.core import io_utils
+from isheep_jax.core import choices, io_utils
+
+RematPolicy = Literal["none", "full", "dots"]  # what the backward pass recomputes
+AttentionImpl = Literal["xla", "cudnn"]  # the full forward's attention
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 
@@ -55,7 +58,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     # Memory knobs (see sharding/remat in README): 'none' | 'full' | 'dots'.
-    remat_policy: str = "none"
+    remat_policy: RematPolicy = "none"
     # True: the layers run as one `lax.scan` (one compiled layer body: fast compiles, small
     # programs for 80-layer models); False: unrolled (XLA may schedule across layers, at
     # the cost of compile time). The parameter layout (stacked over `layers`) is the same.
@@ -63,7 +66,7 @@ class ModelConfig:
     # Attention of the full forward (training, evaluation losses): 'xla' (ours: scores in
     # f32, any backend) or 'cudnn' (jax.nn.dot_product_attention's fused cuDNN kernel: NVIDIA
     # GPUs, bf16/fp16 compute; never materialises the [T, T] scores). Decoding keeps ours.
-    attention_impl: str = "xla"
+    attention_impl: AttentionImpl = "xla"
 
     def __post_init__(self) -> None:
         for name in (
@@ -85,10 +88,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model_type {self.model_type!r} not in {sorted(SUPPORTED_ARCHITECTURES.values())}"
             )
-        if self.remat_policy not in ("none", "full", "dots"):
-            raise ConfigError(f"remat_policy must be 'none', 'full' or 'dots', got {self.remat_policy!r}")
-        if self.attention_impl not in ("xla", "cudnn"):
-            raise ConfigError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+        for name, choice in (("remat_policy", RematPolicy), ("attention_impl", AttentionImpl)):
+            try:
+                choices.check("ModelConfig", name, getattr(self, name), choice)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
             raise ConfigError(f"attention_impl 'cudnn' needs bfloat16 or float16 compute, not {self.dtype}")
         if self.rope_scaling is not None:

@@ -13,12 +13,12 @@ import functools
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from isheep_jax.core import io_utils
+from isheep_jax.core import choices, io_utils
 
 # Fallback templates for models without one ('raw' = no template: base models).
 BUILTIN_TEMPLATES = {
@@ -32,6 +32,11 @@ BUILTIN_TEMPLATES = {
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
     ),
 }
+
+# How a user turn becomes a prompt: 'raw' (the text itself, for base models), 'chat' (the
+# tokenizer's own template) or one of BUILTIN_TEMPLATES.
+PromptStyle = Literal["raw", "chat", "chatml", "llama3"]
+assert set(choices.values(PromptStyle)[2:]) == set(BUILTIN_TEMPLATES)
 
 
 class TokenizerError(ValueError):
@@ -179,8 +184,19 @@ class Tokenizer:
             .render(messages=list(messages), add_generation_prompt=add_generation_prompt, **specials)
         )
 
-    def render_prompt(self, user_text: str, style: str, system: str | None = None) -> str:
-        """One user turn as a prompt: style 'raw' (base models), 'chat' (own template) or a builtin name."""
+    def render_prompt(self, user_text: str, style: PromptStyle, system: str | None = None) -> str:
+        """One user turn as a prompt.
+
+        Args:
+          user_text: the user's message.
+          style: 'raw' (base models: the text itself), 'chat' (the tokenizer's own template)
+            or a builtin template ('chatml', 'llama3').
+          system: an optional system message (chat styles only).
+
+        Returns:
+          The prompt text, ending where the assistant's answer begins.
+        """
+        choices.check("prompt", "style", style, PromptStyle)
         if style == "raw":
             return user_text
         messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -14,6 +14,7 @@ import functools
 import gc
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import gin
 import jax
@@ -57,7 +58,13 @@ PREFIX_BUCKETS = (
     8192,
 )
 CAPACITY_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-FINISH_NAMES = {decode_loop.RUNNING: "length", decode_loop.EOS: "eos", decode_loop.STOP: "stop"}
+# Why a completion ended: the token budget ran out, an EOS token, or a stop string.
+FinishReason = Literal["length", "eos", "stop"]
+FINISH_NAMES: dict[int, FinishReason] = {
+    decode_loop.RUNNING: "length",
+    decode_loop.EOS: "eos",
+    decode_loop.STOP: "stop",
+}
 
 
 @gin.configurable
@@ -86,7 +93,7 @@ class SamplingSettings:
 class Completion:
     token_ids: list[int]  # generated tokens, EOS excluded (a stop string's tokens may end it)
     text: str  # decoded text, cut before any stop string
-    finish_reason: str  # 'eos' | 'stop' | 'length'
+    finish_reason: FinishReason
     logprobs: list[float]  # per generated token, raw model distribution
     prompt_tokens: int
 

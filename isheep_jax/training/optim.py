@@ -4,11 +4,15 @@ weight decay on norms and biases."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import gin
 import jax
 import optax
+
+from isheep_jax.core import choices
+
+Schedule = Literal["cosine", "linear", "constant"]  # learning-rate decay after warmup
 
 
 @gin.configurable
@@ -21,7 +25,7 @@ class OptimizerConfig:
     """
 
     learning_rate: float = 1e-5
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     warmup_steps: int = 0
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.0
@@ -32,8 +36,7 @@ class OptimizerConfig:
     clip_grad_norm: float = 1.0  # 0 disables clipping
 
     def __post_init__(self):
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
+        choices.check("OptimizerConfig", "schedule", self.schedule, Schedule)
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:

@@ -33,7 +33,7 @@ def test_file_helpers_never_start_a_jax_backend(tmp_path):
     import sys
 
     code = (
-        "from isheep_jax import io_utils; from jax._src import xla_bridge\n"
+        "from isheep_jax.core import io_utils; from jax._src import xla_bridge\n"
         f"p = {str(tmp_path / 'a.json')!r}\n"
         "io_utils.write_json(p, {'x': 1}); assert io_utils.exists(p) and io_utils.read_json(p) == {'x': 1}\n"
         "assert not xla_bridge._backends, xla_bridge._backends\n"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import make_hf_model
 
+from isheep_jax.core import hooks
 from isheep_jax.model import checkpoint
 from isheep_jax.model import params as P
 from isheep_jax.model.convert import hf
@@ -417,3 +418,23 @@ def test_smollm2_greedy_matches_transformers(smollm2_dir, smollm2_torch):
             ]
         ref = [t for t in ref.tolist() if t != tok.eos_id]
         assert c.token_ids == ref
+
+
+class _CountingHooks(hooks.Hooks):
+    def __init__(self):
+        self.batches = 0
+
+    def after_sampling_batch(self):
+        self.batches += 1
+
+
+def test_generator_runs_installed_hooks_after_every_batch(tiny):
+    _, cfg, params, tok = tiny
+    gen = Generator(cfg, params, tok)
+    with hooks.installed(_CountingHooks()) as counted:
+        gen.generate(
+            _mixed_prompts(5),
+            SamplingSettings(max_new_tokens=2, temperature=0.0, batch_size=2),
+            progress=False,
+        )
+    assert counted.batches == 3  # 5 prompts in batches of 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import make_hf_model
 
+from isheep_jax.core import hooks
 from isheep_jax.model import checkpoint
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
@@ -429,3 +430,22 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(task, tiny_model, tmp_p
     assert not checkpoint.is_complete(tmp_path / "nan" / "model")
     steps = sorted(int(s) for s in os.listdir(tmp_path / "nan" / "checkpoints") if s.isdigit())
     assert steps  # the good checkpoint(s) before the blow-up survive
+
+
+class _CountingHooks(hooks.Hooks):
+    def __init__(self):
+        self.events = []
+
+    def before_train_step(self):
+        self.events.append("before")
+
+    def after_train_step(self):
+        self.events.append("after")
+
+
+def test_trainer_runs_installed_step_hooks_around_every_step(task, tiny_model, tmp_path):
+    data = sft_data.load_examples(task, 48, 32)
+    tc = TrainConfig(batch_size=2, num_epochs=2, seed=0)
+    with hooks.installed(_CountingHooks()) as counted:
+        res = train(tiny_model, data, tmp_path / "work", tc, OptimizerConfig(), progress=False)
+    assert counted.events == ["before", "after"] * res.steps and res.steps > 1

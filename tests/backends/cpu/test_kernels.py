@@ -101,3 +101,17 @@ def test_one_token_training_forward_stays_differentiable_and_the_kernel_vmaps():
     np.testing.assert_allclose(
         np.asarray(batched[1]), np.asarray(layers._decode_attention(q, v, k, m)), rtol=2e-5, atol=2e-6
     )
+
+
+def test_tracing_never_builds_the_kernel(monkeypatch):
+    """The build runs the C++ compiler: it belongs before tracing (`load`), never inside it.
+    A process that has not loaded the kernels traces XLA's formulation and builds nothing."""
+    builds = []
+    monkeypatch.setattr(kernels, "_loaded", None)  # as in a fresh process
+    monkeypatch.setattr(kernels, "build", lambda *a, **k: builds.append(1))
+    rng = np.random.default_rng(0)
+    q, k, v, m = _operands(rng, 2, 1, 2, 8, 16, np.ones((2, 8), bool))
+    assert not kernels.available()
+    jax.clear_caches()  # a fresh trace: the choice of attention is made while tracing
+    assert kernels.DECODE_ATTENTION not in _lowered(layers.attention, q, k, v, m)
+    assert builds == []
