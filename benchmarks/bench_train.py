@@ -4,7 +4,7 @@ Same weights (SmolLM2-135M-Instruct from the embedded GGUF, or a tiny random Lla
 batch of random token ids, same sequence length, f32, full-parameter AdamW, loss on every
 token. Each side runs in fresh processes of its own, `--runs` of them, in the order ours,
 torch, torch, ours, ... (so a drifting VM weighs on both; in one process the two would also
-share a host heap, which slowed our step by ~15 %: benchmarks/RESULTS.md). Compile time and
+share a host heap, which slowed our step by ~15 %: benchmarks/HISTORY.md). Compile time and
 warm-up steps are excluded and printed separately; each side's figure is the median of all
 its timed steps over its runs, and every step's seconds are printed. Our process uses the
 host allocator settings the `isheep` command applies on CPU hosts (isheep_jax/backends/cpu/host_memory.py);
@@ -175,7 +175,7 @@ def main() -> None:
         choices=["true", "false"],
         default=None,
         help="ours: scan the layers (default on a GPU) or unroll them (default on CPU, where "
-        "XLA schedules the unrolled step faster; see RESULTS.md)",
+        "XLA schedules the unrolled step faster; see HISTORY.md)",
     )
     ap.add_argument(
         "--attention_impl", choices=["xla", "cudnn"], default="xla", help="ours (see ModelConfig)"
