@@ -7,6 +7,10 @@ DRY_RUN=0
 
 die() { echo "error: $*" >&2; exit 2; }
 
+# One value as a single word for the remote shell (`gcloud ... ssh --command` hands the text
+# to the worker's bash): quotes, spaces, `$(...)` and newlines arrive as data, never as code.
+q() { printf '%q' "$1"; }
+
 run() {
   # Print the command shell-quoted (copy-pasteable), then run it unless dry-running.
   printf '%q ' "$@"; echo

@@ -8,9 +8,9 @@ handle_arg() { if [[ "$1" == --source ]]; then SOURCE="${2:-}"; USED=2; fi; }
 parse_args "$@"
 [[ -n "$SOURCE" ]] || die "--source is required (a pip-installable git URL or gs://.../isheep_jax-*.whl)"
 if [[ "$SOURCE" == gs://* ]]; then
-  fetch="gsutil cp '$SOURCE' /tmp/ && pip install \"/tmp/$(basename "$SOURCE")\""
+  fetch="gsutil cp $(q "$SOURCE") /tmp/ && pip install $(q "/tmp/$(basename "$SOURCE")")"
 else
-  fetch="pip install '$SOURCE'"
+  fetch="pip install $(q "$SOURCE")"
 fi
 cmd="python3 -m pip install -U pip && pip install 'jax[tpu]>=0.10,<0.11' && $fetch"
 gcloud_run compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$cmd"

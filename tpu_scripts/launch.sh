@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Start `isheep run` on a slice with one gin file; logs go to ~/isheep.log on each worker.
+# Start `isheep run` on every worker of a slice; each worker appends to ~/isheep.log, under a
+# timestamped header per launch (a relaunch resumes the run and keeps the earlier log).
 #   tpu_scripts/launch.sh --name isheep-7b --zone us-east5-a --type v5e-64 \
-#       --gin_file runs/isheep_paper.gin --run_dir gs://BUCKET/runs/qwen7b [--gin.X=Y ...] [--dry-run]
+#       --gin_file runs/isheep_paper.gin [--gin_file more.gin ...] --run_dir gs://BUCKET/runs/qwen7b \
+#       [--gin.X=Y ...] [--dry-run]
 source "$(dirname "$0")/common.sh"
-TYPE="" GIN_FILE="" RUN_DIR=""; GIN=()
+TYPE="" RUN_DIR=""; GIN_FILES=(); GIN=()
 handle_arg() {
   case "$1" in
     --type) TYPE="${2:-}"; USED=2 ;;
-    --gin_file) GIN_FILE="${2:-}"; USED=2 ;;
+    --gin_file) GIN_FILES+=("${2:-}"); USED=2 ;;
     --run_dir) RUN_DIR="${2:-}"; USED=2 ;;
     --gin.*=*) GIN+=("$1"); USED=1 ;;
   esac
@@ -15,7 +17,7 @@ handle_arg() {
 parse_args "$@"
 [[ -n "$TYPE" ]] || die "--type is required (the slice's type, e.g. v5e-64)"
 accelerator_type "$TYPE" >/dev/null
-[[ -n "$GIN_FILE" ]] || die "--gin_file is required"
+[[ ${#GIN_FILES[@]} -gt 0 ]] || die "--gin_file is required"
 [[ -n "$RUN_DIR" ]] || die "--run_dir is required"
 HOSTS="$(num_hosts "$TYPE")"
 env_prefix=""
@@ -27,7 +29,10 @@ if [[ "$HOSTS" -gt 1 ]]; then
 elif [[ "$RUN_DIR" != gs://* ]]; then
   echo "note: --run_dir '$RUN_DIR' is local to the worker; a gs:// path survives the VM" >&2
 fi
-args="--gin_file $(printf '%q' "$GIN_FILE") --run_dir $(printf '%q' "$RUN_DIR")"
-for g in "${GIN[@]+"${GIN[@]}"}"; do args+=" $(printf '%q' "$g")"; done
-cmd="${env_prefix}nohup isheep run $args > ~/isheep.log 2>&1 &"
+args=""
+for f in "${GIN_FILES[@]}"; do args+=" --gin_file $(q "$f")"; done
+args+=" --run_dir $(q "$RUN_DIR")"
+for g in "${GIN[@]+"${GIN[@]}"}"; do args+=" $(q "$g")"; done
+header="=== isheep launch $(date -u +%Y-%m-%dT%H:%M:%SZ) on $TYPE:${args}"
+cmd="printf '%s\\n' $(q "$header") >> ~/isheep.log && ${env_prefix}nohup isheep run${args} >> ~/isheep.log 2>&1 &"
 gcloud_run compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$cmd"
