@@ -58,6 +58,9 @@ def gin_dir() -> str:
 
     A wheel carries the repository's `gin_configs/` inside the package (pyproject's
     package-dir); a source checkout (an editable install) has it beside the package.
+
+    Returns:
+      The directory's path.
     """
     here = os.path.dirname(os.path.abspath(__file__))
     packaged = os.path.join(here, "gin_configs")
@@ -219,6 +222,11 @@ def _cmd_report(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `isheep` argument parser, one sub-command per task.
+
+    Returns:
+      The parser; each sub-command sets `fn`, the function that runs it.
+    """
     p = argparse.ArgumentParser(prog="isheep", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -316,6 +324,18 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `isheep` entry point.
+
+    Arguments the parser does not know must be gin bindings (`--gin.KEY=VALUE`). Errors
+    that name their cause (ValueError, OSError, TrainingError) are printed as one line;
+    any other exception propagates.
+
+    Args:
+      argv: the arguments; None = sys.argv[1:].
+
+    Returns:
+      The exit code: 0, or 2 after such an error.
+    """
     # Our own progress at INFO; library chatter (orbax, absl, gin) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("isheep_jax").setLevel(logging.INFO)

@@ -44,7 +44,18 @@ HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
-    """What `isheep plan` sizes besides the model, mesh and TrainConfig of the gin files."""
+    """What `isheep plan` sizes besides the model, mesh and TrainConfig of the gin files.
+
+    Attributes:
+      chip: the chip to plan for, a key of HBM_GIB.
+      sample_batch: sequences decoded at once over the whole mesh.
+      sample_len: the sampler's cache slots per sequence (prompt + new tokens).
+      headroom: the fraction of HBM a plan may use.
+      topology: the TPU topology to compile for ahead of time ('' = analytic plan only).
+
+    Raises:
+      ValueError: `chip` is unknown, or `topology` is not one of `chip`'s.
+    """
 
     chip: str = "v5p"
     sample_batch: int = 64  # sequences decoded at once over the whole mesh
@@ -65,14 +76,34 @@ class PlanConfig:
 
 
 def abstract_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.AbstractMesh:
-    """A mesh of the given shape with no devices behind it (planning for a slice we are not on)."""
+    """A mesh of the given shape with no devices behind it (planning for a slice we are not on).
+
+    Args:
+      data: size of the `data` axis.
+      fsdp: size of the `fsdp` axis.
+      tensor: size of the `tensor` axis.
+
+    Returns:
+      An `AbstractMesh` with axes `sharding.MESH_AXES`.
+    """
     return jax.sharding.AbstractMesh((data, fsdp, tensor), sharding.MESH_AXES)
 
 
 def shard_bytes(
     shape: Sequence[int], itemsize: int, names: Sequence[str | None], mesh, rules=sharding.DEFAULT_RULES
 ) -> int:
-    """Bytes of the largest shard of one array laid out by its logical axis names."""
+    """Bytes of the largest shard of one array laid out by its logical axis names.
+
+    Args:
+      shape: the array's global shape.
+      itemsize: bytes per element.
+      names: one logical axis name (or None) per dimension.
+      mesh: the (abstract or real) mesh.
+      rules: logical-axis rules mapping names to mesh axes.
+
+    Returns:
+      Bytes of one shard, dimensions that do not divide rounded up.
+    """
     spec = sharding.logical_to_pspec(names, shape, mesh, rules)
     dims = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -82,7 +113,17 @@ def shard_bytes(
 
 
 def param_bytes(cfg: ModelConfig, mesh, itemsize: int | None = None, rules=sharding.DEFAULT_RULES) -> int:
-    """Per-device bytes of the parameters (optimizer moments and gradients have the same layout)."""
+    """Per-device bytes of the parameters (optimizer moments and gradients have the same layout).
+
+    Args:
+      cfg: the model config.
+      mesh: the (abstract or real) mesh.
+      itemsize: bytes per element (default: each parameter's own dtype).
+      rules: logical-axis rules mapping names to mesh axes.
+
+    Returns:
+      The bytes of every parameter's shard, summed.
+    """
     abstract, names = abstract_params(cfg)
     leaves = jax.tree.leaves(
         jax.tree.map(
@@ -111,9 +152,16 @@ def sampler_weight_bytes(cfg: ModelConfig, mesh) -> int:
 
     Every decode step reads every weight, so XLA may hoist the fsdp all-gathers and the cast
     to the compute dtype out of the loop: then each device holds the weights gathered over
-    fsdp, split over tensor only, in compute dtype. An upper bound: the TPU compiler hoists
-    them all for Qwen1.5-1.8B on v5e-4 and 7B on v5e-64, but gathers most of them per step
-    for 72B on v5p-128 (compiled 13.1 GiB against 42.9 GiB planned; benchmarks/RESULTS.md).
+    fsdp, split over tensor only, in compute dtype. An upper bound: the TPU compiler may
+    instead gather some or most of the weights at every step (as it does for large models
+    over many fsdp shards), which holds less (measurements: benchmarks/HISTORY.md).
+
+    Args:
+      cfg: the model config.
+      mesh: the (abstract or real) mesh.
+
+    Returns:
+      The bytes; 0 when the weights are read in place (no fsdp, parameter dtype = compute dtype).
     """
     itemsize = np.dtype(cfg.dtype).itemsize
     if mesh.shape["fsdp"] == 1 and itemsize == np.dtype(cfg.param_dtype).itemsize:
@@ -122,8 +170,17 @@ def sampler_weight_bytes(cfg: ModelConfig, mesh) -> int:
 
 
 def configured_cache_dtype(cfg: ModelConfig) -> str:
-    """The sampler's KV cache dtype: gin's `Generator.kv_cache_dtype`, else the compute dtype."""
+    """The sampler's KV cache dtype: gin's `Generator.kv_cache_dtype`, else the compute dtype.
 
+    Args:
+      cfg: the model config.
+
+    Returns:
+      The dtype's name.
+
+    Raises:
+      ValueError: the bound `Generator.kv_cache_dtype` is not a valid value.
+    """
     try:
         bound = gin.query_parameter("Generator.kv_cache_dtype")
     except ValueError:  # not bound
@@ -132,7 +189,17 @@ def configured_cache_dtype(cfg: ModelConfig) -> str:
 
 
 def kv_cache_bytes(cfg: ModelConfig, mesh, batch: int, slots: int) -> int:
-    """Per-device bytes of the sampler's KV cache (k and v of every layer)."""
+    """Per-device bytes of the sampler's KV cache (k and v of every layer).
+
+    Args:
+      cfg: the model config.
+      mesh: the (abstract or real) mesh.
+      batch: sequences decoded at once over the whole mesh.
+      slots: cache slots per sequence.
+
+    Returns:
+      The bytes, in the configured cache dtype (`configured_cache_dtype`).
+    """
     names = ("batch", "act_kv_heads", "cache_length", "kv")
     itemsize = np.dtype(configured_cache_dtype(cfg)).itemsize
     one = shard_bytes((batch, cfg.num_kv_heads, slots, cfg.head_dim), itemsize, names, mesh)
@@ -155,6 +222,16 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
     with cuDNN's fused attention only its f32 softmax statistics, nh); with 'dots', only matmul
     outputs; with 'full', each layer's input (H) plus one layer recomputed at a time. The
     f32 logits and their gradient come on top.
+
+    Args:
+      cfg: the model config.
+      mesh: the (abstract or real) mesh.
+      rows: sequences per micro-batch over the whole mesh.
+      length: tokens per sequence.
+      remat: the remat policy, 'none', 'dots' or 'full'.
+
+    Returns:
+      The estimated bytes.
     """
     t = mesh.shape["tensor"]
     b = np.dtype(cfg.dtype).itemsize
@@ -178,6 +255,16 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """The analytic memory plan of a training step and the sampler, per device.
+
+    Attributes:
+      rows: item name -> per-device bytes (every item, whichever remat policy is used).
+      train_total: bytes of the training step under the configured remat policy.
+      sample_total: bytes of the sampler.
+      hbm: the chip's HBM in bytes.
+      headroom: the fraction of `hbm` a plan may use.
+    """
+
     rows: dict[str, int]  # name -> per-device bytes
     train_total: int
     sample_total: int
@@ -185,6 +272,7 @@ class Plan:
     headroom: float
 
     def fits(self, total: int) -> bool:
+        """Whether `total` bytes fit in the chip's HBM times the headroom."""
         return total <= self.hbm * self.headroom
 
 
@@ -196,7 +284,19 @@ def make_plan(
     seq_len: int,
     pc: PlanConfig,
 ) -> Plan:
-    """Per-device memory of training (params, Adam moments, gradients, activations) and sampling."""
+    """Per-device memory of training (params, Adam moments, gradients, activations) and sampling.
+
+    Args:
+      cfg: the model config.
+      mesh_shape: (data, fsdp, tensor) sizes of the mesh.
+      batch_size: training sequences per step over the whole mesh.
+      micro_batches: micro-batches per step (gradient accumulation).
+      seq_len: tokens per training sequence.
+      pc: the sampler's sizes, the chip and the headroom.
+
+    Returns:
+      The `Plan`.
+    """
     mesh = abstract_mesh(*mesh_shape)
     params = param_bytes(cfg, mesh)
     moments = 2 * param_bytes(cfg, mesh, 4)  # optax adamw keeps mu and nu in f32
@@ -236,6 +336,18 @@ def make_plan(
 def format_plan(
     plan: Plan, cfg: ModelConfig, mesh_shape: tuple[int, int, int], chip: str, batch: tuple[int, int, int]
 ) -> str:
+    """The plan as a table for `isheep plan`, with a fits / does-not-fit verdict per total.
+
+    Args:
+      plan: the plan (`make_plan`).
+      cfg: the model config.
+      mesh_shape: (data, fsdp, tensor) sizes of the mesh.
+      chip: the chip's name, a key of HBM_GIB.
+      batch: (sequences, micro-batches, tokens per sequence) of a training step.
+
+    Returns:
+      The report's text, lines joined by newlines.
+    """
     d, f, t = mesh_shape
     lines = [
         f"model: {cfg.num_params() / 1e9:.2f}B params ({cfg.model_type}, {cfg.num_layers} layers, "
@@ -260,7 +372,15 @@ def format_plan(
 
 
 def compiler_memory(compiled: Any) -> dict[str, int] | None:
-    """XLA's memory analysis of a compiled executable (argument, output, temporary bytes)."""
+    """XLA's memory analysis of a compiled executable (argument, output, temporary bytes).
+
+    Args:
+      compiled: a compiled executable (`jax.stages.Compiled`).
+
+    Returns:
+      Bytes under 'arguments', 'outputs', 'temporaries' and 'aliased'; None where the
+      backend gives no analysis.
+    """
     ma = compiled.memory_analysis()
     if ma is None:
         return None
@@ -273,12 +393,21 @@ def compiler_memory(compiled: Any) -> dict[str, int] | None:
 
 
 def compiled_total(mem: dict[str, int]) -> int:
-    """Peak bytes of one executable: live arguments, new outputs (donated ones reuse their
-    argument's buffer) and temporaries."""
+    """Peak bytes of one executable: live arguments, new outputs and temporaries.
+
+    Donated outputs reuse their argument's buffer, so the aliased bytes count once.
+
+    Args:
+      mem: a `compiler_memory` result.
+
+    Returns:
+      The peak bytes.
+    """
     return mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"]
 
 
 def libtpu_installed() -> bool:
+    """Whether libtpu is importable (needed for ahead-of-time TPU compilation)."""
     return importlib.util.find_spec("libtpu") is not None
 
 
@@ -288,6 +417,16 @@ def tpu_devices(topology: str) -> tuple[jax.Device, ...]:
 
     Cached: jit caches traces by mesh, and a second description of the same topology would
     give new device objects that no cached trace matches.
+
+    Args:
+      topology: a topology name as `jax.experimental.topologies` takes it, e.g. 'v5p:4x4x4'.
+
+    Returns:
+      The slice's devices.
+
+    Raises:
+      RuntimeError: libtpu is not installed.
+      ValueError: libtpu could not describe the topology.
     """
     if not libtpu_installed():
         raise RuntimeError(
@@ -331,9 +470,17 @@ def compiled_memory(
 ) -> dict[str, dict[str, int]]:
     """XLA's memory analysis of the train step and the sampler compiled for `mesh`'s devices.
 
-    batch_shape: (micro_batches, rows per micro-batch, length). The sampler is compiled for
-    `pc.sample_batch` rows with half of `pc.sample_len` slots for the prompt and half for
-    new tokens. Nothing is allocated: every argument is abstract.
+    The sampler is compiled for `pc.sample_batch` rows with half of `pc.sample_len` slots for
+    the prompt and half for new tokens. Nothing is allocated: every argument is abstract.
+
+    Args:
+      cfg: the model config.
+      mesh: a mesh of the target devices (e.g. built from `tpu_devices`).
+      batch_shape: (micro_batches, rows per micro-batch, length).
+      pc: the sampler's sizes (`sample_batch`, `sample_len`).
+
+    Returns:
+      `compiler_memory` results under 'training step' and 'sampling'.
     """
     from isheep_jax.training.sft_data import MODEL_KEYS
 
@@ -383,7 +530,16 @@ def compiled_memory(
 
 
 def format_compiled(mem: dict[str, dict[str, int]], plan: Plan, where: str) -> str:
-    """The compiler's per-device figures beside the analytic totals."""
+    """The compiler's per-device figures beside the analytic totals.
+
+    Args:
+      mem: a `compiled_memory` result.
+      plan: the analytic plan (`make_plan`).
+      where: what it was compiled for, for the heading.
+
+    Returns:
+      The report's text, lines joined by newlines.
+    """
     lines = [
         f"compiled ahead of time for {where} (XLA memory analysis, per device):",
         f"{'':<16}{'arguments':>11}{'outputs':>9}{'aliased':>9}{'temps':>9}{'peak':>9}{'plan':>9}  GiB",

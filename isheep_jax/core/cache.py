@@ -26,5 +26,10 @@ def cache_dir(*parts: str) -> str:
 
 
 def xla_cache_dir() -> str:
-    """The persistent XLA compilation cache (`$ISHEEP_XLA_CACHE`; '' means none)."""
+    """The directory of the persistent XLA compilation cache.
+
+    Returns:
+      `$ISHEEP_XLA_CACHE` where it is set ('' means no persistent cache), else
+      `cache_dir("xla")`; the directory is not created here.
+    """
     return os.environ.get(XLA_CACHE_ENV, cache_dir("xla"))

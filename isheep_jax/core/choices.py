@@ -12,7 +12,17 @@ from typing import Any
 
 
 def values(choice: Any) -> tuple[str, ...]:
-    """The allowed values of a `Literal[...]` type, in declaration order."""
+    """The allowed values of a `Literal[...]` type, in declaration order.
+
+    Args:
+      choice: a `Literal[...]` type, e.g. `Literal["none", "full", "dots"]`.
+
+    Returns:
+      Its values as a tuple, e.g. `("none", "full", "dots")`.
+
+    Raises:
+      TypeError: `choice` is not a `Literal` type (it has no type arguments).
+    """
     args = typing.get_args(choice)
     if not args:
         raise TypeError(f"{choice!r} is not a Literal type")
@@ -27,6 +37,10 @@ def check(owner: str, name: str, value: Any, choice: Any) -> None:
       name: the field's name.
       value: the value given.
       choice: a `Literal[...]` type.
+
+    Raises:
+      ValueError: `value` is not one of the allowed values; the message names
+        `owner.name`, the allowed values and the value given.
     """
     allowed = values(choice)
     if value not in allowed:

@@ -33,18 +33,36 @@ _installed: list[Hooks] = []
 
 
 def install(hooks: Hooks) -> None:
-    """Adds `hooks` to the process's hooks (run in the order installed)."""
+    """Adds `hooks` to the process's hooks (run in the order installed).
+
+    Args:
+      hooks: the object whose methods run at each event.
+    """
     _installed.append(hooks)
 
 
 def uninstall(hooks: Hooks) -> None:
-    """Removes `hooks` (installed earlier)."""
+    """Removes `hooks` (installed earlier).
+
+    Args:
+      hooks: the object passed to `install` before.
+
+    Raises:
+      ValueError: `hooks` is not installed.
+    """
     _installed.remove(hooks)
 
 
 @contextlib.contextmanager
 def installed(hooks: Hooks) -> Iterator[Hooks]:
-    """`hooks` installed for the duration of a `with` block."""
+    """`hooks` installed for the duration of a `with` block.
+
+    Args:
+      hooks: the object to install; it is uninstalled on leaving the block, also on an error.
+
+    Yields:
+      `hooks` itself.
+    """
     install(hooks)
     try:
         yield hooks
@@ -53,20 +71,24 @@ def installed(hooks: Hooks) -> Iterator[Hooks]:
 
 
 def before_train_step() -> None:
+    """Calls `Hooks.before_train_step` of every installed hooks object, in the order installed."""
     for h in _installed:
         h.before_train_step()
 
 
 def after_train_step() -> None:
+    """Calls `Hooks.after_train_step` of every installed hooks object, in the order installed."""
     for h in _installed:
         h.after_train_step()
 
 
 def after_sampling_batch() -> None:
+    """Calls `Hooks.after_sampling_batch` of every installed hooks object, in the order installed."""
     for h in _installed:
         h.after_sampling_batch()
 
 
 def between_stages() -> None:
+    """Calls `Hooks.between_stages` of every installed hooks object, in the order installed."""
     for h in _installed:
         h.between_stages()

@@ -31,7 +31,12 @@ from isheep_jax.evals.ifeval_checkers import (
 
 @dataclass(frozen=True)
 class Instruction:
-    """One verifiable instruction of a prompt: its id and checked kwargs."""
+    """One verifiable instruction of a prompt: its id and checked kwargs.
+
+    Attributes:
+      id: the instruction id, a key of `ifeval_checkers.CHECKERS`.
+      kwargs: its kwargs, as `validate_kwargs` returned them.
+    """
 
     id: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -39,6 +44,15 @@ class Instruction:
 
 @dataclass(frozen=True)
 class IFEvalPrompt:
+    """One prompt of an IFEval-format file with the instructions it carries.
+
+    Attributes:
+      key: the record's `key`.
+      prompt: the prompt text.
+      instructions: the prompt's instructions that have a checker, in file order.
+      line: 1-based line in the source file, for messages.
+    """
+
     key: int | str
     prompt: str
     instructions: tuple[Instruction, ...]
@@ -46,12 +60,20 @@ class IFEvalPrompt:
 
     @property
     def instruction_ids(self) -> tuple[str, ...]:
+        """The ids of `instructions`, in order."""
         return tuple(i.id for i in self.instructions)
 
 
 @dataclass(frozen=True)
 class UnknownInstruction:
-    """An instruction id with no checker, where it was found."""
+    """An instruction id with no checker, where it was found.
+
+    Attributes:
+      path: the prompt file.
+      line: 1-based line of the record.
+      key: the record's `key`.
+      instruction_id: the id without a checker.
+    """
 
     path: str
     line: int
@@ -59,11 +81,19 @@ class UnknownInstruction:
     instruction_id: str
 
     def __str__(self) -> str:
+        """ "<path>:<line>: key <key>: unknown instruction id '<id>'"."""
         return f"{self.path}:{self.line}: key {self.key}: unknown instruction id {self.instruction_id!r}"
 
 
 @dataclass(frozen=True)
 class LoadedPrompts:
+    """What `load_prompts` read.
+
+    Attributes:
+      prompts: the prompts with at least one known instruction, in file order.
+      unknown: the instructions skipped for an unknown id (only with `strict=False`).
+    """
+
     prompts: tuple[IFEvalPrompt, ...]
     unknown: tuple[UnknownInstruction, ...] = ()
 
@@ -98,6 +128,17 @@ def load_prompts(path: str | os.PathLike, *, strict: bool = True) -> LoadedPromp
     skipped (a prompt left with none is skipped too) and returned in `.unknown`. Malformed
     JSON, missing fields, duplicate keys and bad kwargs of known ids always raise, naming
     file and line.
+
+    Args:
+      path: the JSONL file.
+      strict: raise on unknown instruction ids instead of skipping them.
+
+    Returns:
+      The prompts and the skipped unknown instructions.
+
+    Raises:
+      DataError: a malformed record, a duplicate key, bad kwargs of a known id, or (with
+        `strict`) unknown instruction ids.
     """
     prompts: list[IFEvalPrompt] = []
     unknown: list[UnknownInstruction] = []
@@ -126,13 +167,24 @@ def load_prompts(path: str | os.PathLike, *, strict: bool = True) -> LoadedPromp
 
 
 def shipped_prompts_path() -> os.PathLike:
-    """Our own hand-written prompt set, shipped with the package."""
+    """Our own hand-written prompt set, shipped with the package.
+
+    Returns:
+      The path of `isheep_jax/evals/data/ifeval_prompts.jsonl`.
+    """
     return resources.files("isheep_jax.evals") / "data" / "ifeval_prompts.jsonl"
 
 
 @dataclass(frozen=True)
 class PromptOutcome:
-    """Per-instruction results of one prompt's response."""
+    """Per-instruction results of one prompt's response.
+
+    Attributes:
+      prompt: the prompt.
+      response: the response scored.
+      strict: per instruction of `prompt`, whether the raw response follows it.
+      loose: per instruction, whether some loose variant of the response follows it.
+    """
 
     prompt: IFEvalPrompt
     response: str
@@ -141,6 +193,15 @@ class PromptOutcome:
 
 
 def score_response(prompt: IFEvalPrompt, response: str) -> PromptOutcome:
+    """Checks one response against each instruction of its prompt, strict and loose.
+
+    Args:
+      prompt: the prompt with its instructions.
+      response: the model's response to it.
+
+    Returns:
+      The strict and loose result of each instruction.
+    """
     strict, loose = [], []
     for inst in prompt.instructions:
         strict.append(check(inst.id, response, inst.kwargs, prompt.prompt))
@@ -151,7 +212,13 @@ def score_response(prompt: IFEvalPrompt, response: str) -> PromptOutcome:
 
 @dataclass(frozen=True)
 class Accuracy:
-    """How many of `total` items (prompts or instructions) were followed, strict and loose."""
+    """How many of `total` items (prompts or instructions) were followed, strict and loose.
+
+    Attributes:
+      total: the number of items.
+      strict: items followed by the raw response.
+      loose: items followed by some loose variant.
+    """
 
     total: int
     strict: int
@@ -159,13 +226,20 @@ class Accuracy:
 
     @property
     def strict_accuracy(self) -> float:
+        """strict / total; NaN when there are no items."""
         return self.strict / self.total if self.total else float("nan")
 
     @property
     def loose_accuracy(self) -> float:
+        """loose / total; NaN when there are no items."""
         return self.loose / self.total if self.total else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts and both accuracies as a JSON-ready dict.
+
+        Returns:
+          {total, strict, loose, strict_accuracy, loose_accuracy}.
+        """
         return {
             "total": self.total,
             "strict": self.strict,
@@ -181,6 +255,12 @@ class IFEvalResult:
 
     `per_instruction` is keyed by full id ("keywords:frequency"), `per_group` by the part
     before the colon ("keywords"), both sorted by key.
+
+    Attributes:
+      prompts: prompt-level accuracy (a prompt counts when all its instructions pass).
+      instructions: instruction-level accuracy over every instruction of every prompt.
+      per_instruction: instruction-level accuracy per instruction id.
+      per_group: instruction-level accuracy per id group.
     """
 
     prompts: Accuracy
@@ -189,7 +269,12 @@ class IFEvalResult:
     per_group: Mapping[str, Accuracy]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
+        """A JSON-ready summary.
+
+        Returns:
+          {prompt_level, instruction_level, per_instruction: {id: ...}, per_group: {group: ...}},
+          each accuracy as `Accuracy.to_dict`.
+        """
         return {
             "prompt_level": self.prompts.to_dict(),
             "instruction_level": self.instructions.to_dict(),
@@ -210,6 +295,14 @@ def _tally(triples: Iterable[tuple[str, bool, bool]]) -> dict[str, Accuracy]:
 
 
 def aggregate(outcomes: Sequence[PromptOutcome]) -> IFEvalResult:
+    """Prompt- and instruction-level accuracy over scored prompts.
+
+    Args:
+      outcomes: one scored response per prompt.
+
+    Returns:
+      The accuracies, also per instruction id and per id group.
+    """
     triples = [
         (inst.id, s, l) for o in outcomes for inst, s, l in zip(o.prompt.instructions, o.strict, o.loose)
     ]
@@ -224,7 +317,18 @@ def aggregate(outcomes: Sequence[PromptOutcome]) -> IFEvalResult:
 
 
 def evaluate(prompts: Sequence[IFEvalPrompt], responses: Sequence[str]) -> IFEvalResult:
-    """Scores `responses[i]` against `prompts[i]` and aggregates."""
+    """Scores `responses[i]` against `prompts[i]` and aggregates.
+
+    Args:
+      prompts: the prompts.
+      responses: one response per prompt, in the same order.
+
+    Returns:
+      The aggregated accuracies.
+
+    Raises:
+      ValueError: the two sequences differ in length.
+    """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     return aggregate([score_response(p, r) for p, r in zip(prompts, responses)])

@@ -33,6 +33,7 @@ class UnknownInstructionError(KeyError):
     """An instruction id we have no checker for."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
+        """The message itself (KeyError would repr() it)."""
         return str(self.args[0])
 
 
@@ -66,24 +67,67 @@ def _compare(count: int, relation: str, threshold: int) -> bool:
 
 
 def no_comma(response: str) -> bool:
+    """punctuation:no_comma: the response holds no ASCII comma.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     # Only the ASCII comma, as in the reference (a "，" slips through there too).
     return "," not in response
 
 
 def english_lowercase(response: str) -> bool:
+    """change_case:english_lowercase: all lowercase, and English (or undetectable).
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     # Undetectable language counts as followed, as the reference does on langdetect errors.
     return response.islower() and detect_language(response) in ("en", None)
 
 
 def english_capital(response: str) -> bool:
+    """change_case:english_capital: all uppercase, and English (or undetectable).
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return response.isupper() and detect_language(response) in ("en", None)
 
 
 def capital_word_frequency(response: str, *, capital_frequency: Count, capital_relation: Relation) -> bool:
+    """change_case:capital_word_frequency: how many words are entirely uppercase.
+
+    Args:
+      response: the model's response.
+      capital_frequency: the threshold.
+      capital_relation: "less than" or "at least" the threshold.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return _compare(ifeval_text.count_capital_words(response), capital_relation, capital_frequency)
 
 
 def response_language(response: str, *, language: LanguageCode) -> bool:
+    """language:response_language: the response is in `language` (or undetectable).
+
+    Args:
+      response: the model's response.
+      language: an ISO 639-1 code from `SUPPORTED_LANGUAGES`.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return detect_language(response) in (language, None)
 
 
@@ -91,16 +135,45 @@ def response_language(response: str, *, language: LanguageCode) -> bool:
 
 
 def keyword_existence(response: str, *, keywords: Words) -> bool:
+    """keywords:existence: every keyword occurs (case-insensitive substring match).
+
+    Args:
+      response: the model's response.
+      keywords: the words that must appear.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     # Substring match, case-insensitive ("cat" is found in "category"), as in the reference.
     return all(re.search(re.escape(k), response, flags=re.IGNORECASE) for k in keywords)
 
 
 def keyword_frequency(response: str, *, keyword: Text, frequency: Count, relation: Relation) -> bool:
+    """keywords:frequency: how often a keyword occurs (case-insensitive substring count).
+
+    Args:
+      response: the model's response.
+      keyword: the keyword (surrounding whitespace ignored).
+      frequency: the threshold.
+      relation: "less than" or "at least" the threshold.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     found = len(re.findall(re.escape(keyword.strip()), response, flags=re.IGNORECASE))
     return _compare(found, relation, frequency)
 
 
 def forbidden_words(response: str, *, forbidden_words: Words) -> bool:
+    """keywords:forbidden_words: none of the words occurs as a whole word (any case).
+
+    Args:
+      response: the model's response.
+      forbidden_words: the words that must not appear.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     # Whole words here (\b...\b), unlike existence and frequency.
     return not any(
         re.search(r"\b" + re.escape(w) + r"\b", response, flags=re.IGNORECASE) for w in forbidden_words
@@ -108,6 +181,17 @@ def forbidden_words(response: str, *, forbidden_words: Words) -> bool:
 
 
 def letter_frequency(response: str, *, letter: Letter, let_frequency: Count, let_relation: Relation) -> bool:
+    """keywords:letter_frequency: how often a letter occurs (any case).
+
+    Args:
+      response: the model's response.
+      letter: the character counted.
+      let_frequency: the threshold.
+      let_relation: "less than" or "at least" the threshold.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     found = Counter(response.lower())[letter.lower()]
     return _compare(found, let_relation, let_frequency)
 
@@ -116,15 +200,43 @@ def letter_frequency(response: str, *, letter: Letter, let_frequency: Count, let
 
 
 def number_words(response: str, *, num_words: Count, relation: Relation) -> bool:
+    """length_constraints:number_words: the word count (`ifeval_text.count_words`).
+
+    Args:
+      response: the model's response.
+      num_words: the threshold.
+      relation: "less than" or "at least" the threshold.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return _compare(ifeval_text.count_words(response), relation, num_words)
 
 
 def number_sentences(response: str, *, num_sentences: Count, relation: Relation) -> bool:
+    """length_constraints:number_sentences: the sentence count (`ifeval_text.count_sentences`).
+
+    Args:
+      response: the model's response.
+      num_sentences: the threshold.
+      relation: "less than" or "at least" the threshold.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return _compare(ifeval_text.count_sentences(response), relation, num_sentences)
 
 
 def number_paragraphs(response: str, *, num_paragraphs: Count) -> bool:
-    """Exactly `num_paragraphs` parts between `***` dividers; an empty inner part fails."""
+    """Exactly `num_paragraphs` parts between `***` dividers; an empty inner part fails.
+
+    Args:
+      response: the model's response.
+      num_paragraphs: the required number of paragraphs.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     parts = re.split(r"\s?\*\*\*\s?", response)
     found = len(parts)
     for index, part in enumerate(parts):
@@ -139,7 +251,20 @@ def number_paragraphs(response: str, *, num_paragraphs: Count) -> bool:
 def nth_paragraph_first_word(
     response: str, *, num_paragraphs: Count, nth_paragraph: Count, first_word: Text
 ) -> bool:
-    """Exactly `num_paragraphs` blank-line paragraphs, the nth (1-based) opening with the word."""
+    """Exactly `num_paragraphs` blank-line paragraphs, the nth (1-based) opening with the word.
+
+    The first word is compared case-insensitively, without leading quotes and cut at its
+    first `.`, `,`, `?`, `!` or quote.
+
+    Args:
+      response: the model's response.
+      num_paragraphs: the required number of non-empty paragraphs.
+      nth_paragraph: which paragraph (1-based) must open with `first_word`.
+      first_word: the word.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     parts = response.split("\n\n")
     found = sum(1 for part in parts if part.strip())
     # Indexing the raw split (empty parts included) is the reference's behaviour.
@@ -157,14 +282,30 @@ def nth_paragraph_first_word(
 
 
 def number_bullet_lists(response: str, *, num_bullets: Count) -> bool:
-    """Exactly `num_bullets` lines starting with `* ` (not `**`) or `-`."""
+    """Exactly `num_bullets` lines starting with `* ` (not `**`) or `-`.
+
+    Args:
+      response: the model's response.
+      num_bullets: the required number of bullet lines.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     stars = re.findall(r"^\s*\*[^\*].*$", response, flags=re.MULTILINE)
     dashes = re.findall(r"^\s*-.*$", response, flags=re.MULTILINE)
     return len(stars) + len(dashes) == num_bullets
 
 
 def number_highlighted_sections(response: str, *, num_highlights: Count) -> bool:
-    """At least `num_highlights` non-empty `*single*` or `**double**` highlights on one line."""
+    """At least `num_highlights` non-empty `*single*` or `**double**` highlights on one line.
+
+    Args:
+      response: the model's response.
+      num_highlights: the least number of highlights.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     singles = re.findall(r"\*[^\n\*]*\*", response)
     doubles = re.findall(r"\*\*[^\n\*]*\*\*", response)
     found = sum(1 for h in singles if h.strip("*").strip())
@@ -173,13 +314,30 @@ def number_highlighted_sections(response: str, *, num_highlights: Count) -> bool
 
 
 def multiple_sections(response: str, *, section_spliter: Text, num_sections: Count) -> bool:
-    """At least `num_sections` headers "<spliter> <number>" (case-sensitive)."""
+    """At least `num_sections` headers "<spliter> <number>" (case-sensitive).
+
+    Args:
+      response: the model's response.
+      section_spliter: the header word, e.g. "Section".
+      num_sections: the least number of headers.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     # "spliter" is the reference's spelling of the kwarg; keep it for compatibility.
     pattern = r"\s?" + re.escape(section_spliter.strip()) + r"\s?\d+\s?"
     return len(re.split(pattern, response)) - 1 >= num_sections
 
 
 def json_format(response: str) -> bool:
+    """detectable_format:json_format: the response parses as JSON, a Markdown code fence allowed.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     text = response.strip()
     for fence in ("```json", "```Json", "```JSON", "```"):
         if text.startswith(fence):
@@ -194,6 +352,14 @@ def json_format(response: str) -> bool:
 
 
 def title(response: str) -> bool:
+    """detectable_format:title: a non-blank title in double angle brackets, `<<like this>>`.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return any(t[2:-2].strip() for t in re.findall(r"<<[^\n]+>>", response))
 
 
@@ -201,6 +367,14 @@ _CONSTRAINED_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is m
 
 
 def constrained_response(response: str) -> bool:
+    """detectable_format:constrained_response: "My answer is yes.", "... no." or "... maybe." occurs.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return any(option in response.strip() for option in _CONSTRAINED_OPTIONS)
 
 
@@ -208,11 +382,30 @@ def constrained_response(response: str) -> bool:
 
 
 def number_placeholders(response: str, *, num_placeholders: Count) -> bool:
+    """detectable_content:number_placeholders: at least this many `[placeholders]`.
+
+    Args:
+      response: the model's response.
+      num_placeholders: the least number of square-bracket placeholders.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return len(re.findall(r"\[.*?\]", response)) >= num_placeholders
 
 
 def postscript(response: str, *, postscript_marker: Text) -> bool:
-    """A line containing the marker; "P.S." and "P.P.S" tolerate a space after each dot."""
+    """A line containing the marker; "P.S." and "P.P.S" tolerate a space after each dot.
+
+    Matching is case-insensitive.
+
+    Args:
+      response: the model's response.
+      postscript_marker: the marker, e.g. "P.S.".
+
+    Returns:
+      Whether the instruction is followed.
+    """
     marker = postscript_marker.strip()
     if marker == "P.P.S":
         pattern = r"\s*p\.\s?p\.\s?s.*$"
@@ -224,21 +417,54 @@ def postscript(response: str, *, postscript_marker: Text) -> bool:
 
 
 def end_checker(response: str, *, end_phrase: Text) -> bool:
+    """startend:end_checker: the response ends with the phrase (any case).
+
+    Args:
+      response: the model's response.
+      end_phrase: the phrase the response must end with.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     # Closing double quotes around the whole answer are forgiven, as in the reference.
     return response.strip().strip('"').lower().endswith(end_phrase.strip().lower())
 
 
 def quotation(response: str) -> bool:
+    """startend:quotation: the whole response is wrapped in double quotes.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     text = response.strip()
     return len(text) > 1 and text[0] == '"' and text[-1] == '"'
 
 
 def repeat_prompt(response: str, *, prompt_to_repeat: Text) -> bool:
+    """combination:repeat_prompt: the response opens with the given prompt (any case).
+
+    Args:
+      response: the model's response.
+      prompt_to_repeat: the text the response must start with.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     return response.strip().lower().startswith(prompt_to_repeat.strip().lower())
 
 
 def two_responses(response: str) -> bool:
-    """Two different answers separated by `******`; no empty answer between separators."""
+    """Two different answers separated by `******`; no empty answer between separators.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Whether the instruction is followed.
+    """
     answers = []
     parts = response.split("******")
     for index, part in enumerate(parts):
@@ -317,6 +543,18 @@ def validate_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None) -> di
 
     Keys whose value is None are dropped first: the Hugging Face copy of IFEval stores every
     kwarg of every instruction, with null where an instruction does not use it.
+
+    Args:
+      instruction_id: a key of `CHECKERS`, e.g. "keywords:frequency".
+      kwargs: the instruction's kwargs as read from the prompt file; None for none.
+
+    Returns:
+      The kwargs without the None values, every one checked against the checker's hints.
+
+    Raises:
+      UnknownInstructionError: `instruction_id` has no checker.
+      InstructionArgsError: `kwargs` is not a mapping, or has an unknown, missing or
+        ill-typed kwarg.
     """
     if instruction_id not in CHECKERS:
         raise UnknownInstructionError(f"unknown IFEval instruction id {instruction_id!r}")
@@ -348,6 +586,19 @@ def check(
 
     A blank response follows nothing, as in the reference's evaluation. `prompt` is accepted
     for ids that need it; none of the public ids does (repeat_prompt carries its own text).
+
+    Args:
+      instruction_id: a key of `CHECKERS`.
+      response: the model's response.
+      kwargs: the instruction's kwargs (validated by `validate_kwargs`).
+      prompt: the prompt the response answers.
+
+    Returns:
+      Whether the instruction is followed.
+
+    Raises:
+      UnknownInstructionError: `instruction_id` has no checker.
+      InstructionArgsError: the kwargs do not fit the id.
     """
     args = validate_kwargs(instruction_id, kwargs)
     checker = CHECKERS[instruction_id]
@@ -362,6 +613,13 @@ def loose_variants(response: str) -> tuple[str, ...]:
     First line removed, last line removed, both removed (each stripped), and each of those
     four with every `*` deleted: forgives a chatty first line ("Sure, here it is:"), a sign-
     off, and markdown emphasis that breaks exact-match instructions.
+
+    Args:
+      response: the model's response.
+
+    Returns:
+      Eight texts: the response, the response without `*`, the three trimmed versions, and
+      the three trimmed versions without `*`.
     """
     lines = response.split("\n")
     trimmed = (
@@ -375,5 +633,19 @@ def loose_variants(response: str) -> tuple[str, ...]:
 def check_loose(
     instruction_id: str, response: str, kwargs: Mapping[str, Any] | None = None, prompt: str = ""
 ) -> bool:
-    """Whether any loose variant of `response` follows the instruction."""
+    """Whether any loose variant of `response` follows the instruction.
+
+    Args:
+      instruction_id: a key of `CHECKERS`.
+      response: the model's response.
+      kwargs: the instruction's kwargs.
+      prompt: the prompt the response answers.
+
+    Returns:
+      Whether some variant of `loose_variants(response)` passes `check`.
+
+    Raises:
+      UnknownInstructionError: `instruction_id` has no checker.
+      InstructionArgsError: the kwargs do not fit the id.
+    """
     return any(check(instruction_id, v, kwargs, prompt) for v in loose_variants(response))

@@ -33,7 +33,14 @@ _ABBREVIATIONS = frozenset(
 
 
 def count_words(text: str) -> int:
-    """Number of `\\w+` runs, exactly as the reference's RegexpTokenizer(r"\\w+")."""
+    """Number of `\\w+` runs, exactly as the reference's RegexpTokenizer(r"\\w+").
+
+    Args:
+      text: the response.
+
+    Returns:
+      The word count.
+    """
     return len(_WORD.findall(text))
 
 
@@ -49,7 +56,15 @@ def _ends_with_non_break(before: str) -> bool:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of `text`, non-empty and stripped (a Punkt-like rule set; see module doc)."""
+    """Sentences of `text`, non-empty and stripped (a Punkt-like rule set; see module doc).
+
+    Args:
+      text: the response.
+
+    Returns:
+      The sentences in order; closing quotes or brackets after a terminator stay with its
+      sentence.
+    """
     sentences: list[str] = []
     start = 0
     for match in _BOUNDARY.finditer(text):
@@ -71,9 +86,26 @@ def split_sentences(text: str) -> list[str]:
 
 
 def count_sentences(text: str) -> int:
+    """Number of sentences, as `split_sentences` finds them.
+
+    Args:
+      text: the response.
+
+    Returns:
+      The sentence count.
+    """
     return len(split_sentences(text))
 
 
 def count_capital_words(text: str) -> int:
-    """Number of tokens that are entirely uppercase (`str.isupper`: "I" and "NASA" count)."""
+    """Number of tokens that are entirely uppercase (`str.isupper`: "I" and "NASA" count).
+
+    Tokens are runs of word characters joined by `-` or an apostrophe (see module doc).
+
+    Args:
+      text: the response.
+
+    Returns:
+      The count of all-uppercase tokens.
+    """
     return sum(1 for token in _CAPITAL_TOKEN.findall(text) if token.isupper())

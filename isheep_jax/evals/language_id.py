@@ -189,7 +189,18 @@ def _best_candidate(text: str, candidates: tuple[str, ...]) -> str:
 
 
 def detect_language(text: str) -> str | None:
-    """ISO 639-1 code of `text`'s language, `"und"` for an unmodelled script, None if no letters."""
+    """ISO 639-1 code of `text`'s language, `"und"` for an unmodelled script, None if no letters.
+
+    The script with the most letters decides; within a shared script the candidates are
+    scored on stopwords and distinctive letters (see the module docstring).
+
+    Args:
+      text: any text.
+
+    Returns:
+      A code from `SUPPORTED_LANGUAGES`, `UNDETERMINED` ("und") when the script with the
+      most letters is not modelled here, or None when `text` has no letters.
+    """
     scripts = _letter_scripts(text)
     if not scripts:
         return None

@@ -47,7 +47,32 @@ SUITES: tuple[Suite, ...] = choices.values(Suite)
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """What `isheep eval` (and the loop, when LoopConfig.evaluate is set) measures."""
+    """What `isheep eval` (and the loop, when LoopConfig.evaluate is set) measures.
+
+    Attributes:
+      suites: the suites to run, from `SUITES` ("ifeval", "heldout_loss", "winrate").
+      ifeval_file: IFEval-format prompt file; '' = our shipped prompts (the official IFEval
+        input_data.jsonl works too).
+      ifeval_limit: the first N prompts only (0 = all): quick runs.
+      heldout_file: JSONL of instruction / input / response (or output) pairs for the
+        held-out loss; '' = the shipped held-out pairs.
+      winrate_file: instructions compared pairwise (instruction / input); '' = the held-out
+        pairs'.
+      winrate_limit: the first N win-rate instructions only (0 = all).
+      sampling: how the evaluated and reference models answer (greedy by default).
+      judge_sampling: how the judge model replies.
+      judge_prefill: text that opens the judge's reply and is parsed with it, e.g. '[[' so
+        that a small judge answers with a verdict label; '' = none.
+      max_prompt_len: held-out loss: pairs whose prompt is longer than this are left out and
+        counted.
+      max_response_len: held-out loss: the same for the response (EOS included).
+      loss_batch_size: rows per held-out loss batch.
+      chunk_size: prompts per resumable sampling chunk.
+      seed: the sampling seed and the win-rate bootstrap's seed.
+
+    Raises:
+      ValueError: an unknown or empty suite list, a negative limit, or a size below 1.
+    """
 
     suites: tuple[Suite, ...] = SUITES
     ifeval_file: str = ""  # '' = our shipped prompts; the official IFEval input_data.jsonl works too
@@ -67,6 +92,7 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        """Checks the suites, limits and sizes."""
         unknown = [s for s in self.suites if s not in SUITES]
         if unknown or not self.suites:
             raise ValueError(f"EvalConfig.suites: unknown {unknown} or empty; choose from {SUITES}")
@@ -80,13 +106,24 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A checkpoint and how it is prompted ('raw' | 'chat' | a builtin template name)."""
+    """A checkpoint and how it is prompted ('raw' | 'chat' | a builtin template name).
+
+    Attributes:
+      model_dir: the checkpoint directory.
+      prompt_style: 'raw' (base models), 'chat' (the tokenizer's template) or a builtin
+        template name.
+    """
 
     model_dir: str
     prompt_style: PromptStyle = "chat"
 
 
 def shipped_heldout_path() -> os.PathLike:
+    """The held-out pairs shipped with the package.
+
+    Returns:
+      The path of `isheep_jax/evals/data/heldout_pairs.jsonl`.
+    """
     return resources.files("isheep_jax.evals") / "data" / "heldout_pairs.jsonl"
 
 
@@ -117,7 +154,21 @@ def _sample(
 
 
 def run_ifeval(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> dict[str, Any]:
-    """Prompt- and instruction-level strict/loose accuracy on an IFEval-format prompt file."""
+    """Prompt- and instruction-level strict/loose accuracy on an IFEval-format prompt file.
+
+    Unknown instruction ids are logged and skipped. The responses are also written to
+    EVAL/ifeval_responses.jsonl.
+
+    Args:
+      cache: loads the model to sample with.
+      spec: the evaluated model.
+      out: EVAL, the eval directory.
+      ec: the eval settings (prompt file, limit, sampling, chunk size).
+
+    Returns:
+      `IFEvalResult.to_dict()` plus `prompt_file`, `unknown_instructions` and
+      `cut_at_max_tokens` (responses the token limit cut).
+    """
     path = ec.ifeval_file or ifeval.shipped_prompts_path()
     loaded = ifeval.load_prompts(path, strict=False)
     for u in loaded.unknown:
@@ -140,7 +191,20 @@ def run_ifeval(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> d
 
 
 def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
-    """Mean response-token loss on held-out pairs, prompted exactly as training prompts them."""
+    """Mean response-token loss on held-out pairs, prompted exactly as training prompts them.
+
+    Args:
+      spec: the evaluated model.
+      ec: the eval settings (pair file, length budgets, loss batch size).
+      mesh: the device mesh; None builds the default one.
+
+    Returns:
+      `loss` (over all response tokens), `mean_example_loss` (mean of the per-pair losses),
+      `pairs`, `pairs_too_long` (left out), `target_tokens` and `pair_file`.
+
+    Raises:
+      DataError: the pair file is malformed, or no pair fits the budgets.
+    """
     from isheep_jax.training import sft_data
 
     path = ec.heldout_file or shipped_heldout_path()
@@ -178,7 +242,19 @@ def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
 
 
 def winrate_items(ec: EvalConfig) -> list[dict]:
-    """The instructions compared pairwise: {id, instruction, input}, validated."""
+    """The instructions compared pairwise: {id, instruction, input}, validated.
+
+    Args:
+      ec: the eval settings: `winrate_file`, else `heldout_file`, else the shipped pairs;
+        `winrate_limit`.
+
+    Returns:
+      One item per row, in file order; `id` is the row's `id` or its line number.
+
+    Raises:
+      DataError: a row is not an object with a non-empty instruction, or has a non-string
+        input.
+    """
     path = ec.winrate_file or ec.heldout_file or shipped_heldout_path()
     items = []
     for lineno, row in io_utils.iter_jsonl(path):
@@ -197,7 +273,20 @@ def winrate_items(ec: EvalConfig) -> list[dict]:
 
 
 def winrate_answers(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> list[dict]:
-    """The model's answers to the win-rate instructions (read back when already on disk)."""
+    """The model's answers to the win-rate instructions (read back when already on disk).
+
+    Args:
+      cache: loads the model to sample with.
+      spec: the model that answers.
+      out: the eval directory whose winrate_answers.jsonl holds (or will hold) the answers.
+      ec: the eval settings.
+
+    Returns:
+      One row per item of `winrate_items`: its fields plus `answer` and `finish_reason`.
+
+    Raises:
+      DataError: the answers on disk are for other instructions.
+    """
     from isheep_jax.training.sft_data import user_text
 
     path = out / "winrate_answers.jsonl"
@@ -232,7 +321,21 @@ def judge_pairs(
     answers: Sequence[dict],
     reference: Sequence[dict],
 ) -> dict[str, Any]:
-    """Win / tie / loss of `answers` against `reference`, both orders judged (see evals/winrate.py)."""
+    """Win / tie / loss of `answers` against `reference`, both orders judged (see evals/winrate.py).
+
+    The verdicts and replies are written to EVAL/winrate_judgments.jsonl.
+
+    Args:
+      cache: loads the judge model.
+      judge: the judge model.
+      out: EVAL, the evaluated model's eval directory.
+      ec: the eval settings (judge sampling and prefill, seed).
+      answers: the evaluated model's rows from `winrate_answers`.
+      reference: the reference model's rows, in the same order.
+
+    Returns:
+      The `WinRate` fields (rates None when no pair is valid), `n` and `judge`.
+    """
     from isheep_jax.training.sft_data import user_text
 
     triples = [
@@ -284,6 +387,19 @@ def evaluate(
     (generated there if missing, so a loop evaluates its base model's answers once); the
     judge defaults to the reference model. Without a reference the win-rate suite only
     writes this model's answers. An existing eval.json is returned as is.
+
+    Args:
+      spec: the evaluated model.
+      out_dir: EVAL, the eval directory (created; resumable).
+      ec: what to measure and how.
+      reference: (reference model, its eval directory), or None.
+      judge: the judge model; None = the reference model.
+      cache: the generator cache to load models with; None makes one.
+      mesh: the device mesh; None = the cache's.
+
+    Returns:
+      `model`, `prompt_style` and `sampling`, plus one entry per suite run: `heldout_loss`,
+      `ifeval` and `winrate` (`judge_pairs`' result and `reference`, or why it was skipped).
     """
     out = io_utils.absolute(out_dir)
     done = out / "eval.json"
@@ -318,7 +434,15 @@ def evaluate(
 
 
 def headline(results: dict[str, Any]) -> dict[str, float | None]:
-    """The few numbers a per-iteration table shows (None where a suite did not run)."""
+    """The few numbers a per-iteration table shows (None where a suite did not run).
+
+    Args:
+      results: the contents of an eval.json (`evaluate`).
+
+    Returns:
+      IFEval prompt/instruction strict/loose accuracy, `heldout_loss`, `win_rate`,
+      `win_rate_ci` ([low, high]) and `win_rate_invalid`.
+    """
     ife, loss, wr = results.get("ifeval"), results.get("heldout_loss"), results.get("winrate") or {}
     return {
         "ifeval_prompt_strict": ife["prompt_level"]["strict_accuracy"] if ife else None,
@@ -333,12 +457,26 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def percent(v: float | None) -> str:
-    """A fraction as percent with one decimal; '-' for a metric that did not run."""
+    """A fraction as percent with one decimal; '-' for a metric that did not run.
+
+    Args:
+      v: a fraction, or None.
+
+    Returns:
+      E.g. '62.5', or '-'.
+    """
     return "-" if v is None else f"{100 * v:.1f}"
 
 
 def format_win_rate(h: dict[str, Any]) -> str:
-    """'62.5 [40.0, 80.0]' (percent, with the interval), plus how many pairs the judge left unreadable."""
+    """'62.5 [40.0, 80.0]' (percent, with the interval), plus how many pairs the judge left unreadable.
+
+    Args:
+      h: a `headline` dict.
+
+    Returns:
+      The win rate text; '-' when none was measured.
+    """
     ci = h.get("win_rate_ci")
     text = (
         "-" if h.get("win_rate") is None else f"{percent(h['win_rate'])} [{percent(ci[0])}, {percent(ci[1])}]"
@@ -347,6 +485,15 @@ def format_win_rate(h: dict[str, Any]) -> str:
 
 
 def format_headline(name: str, h: dict[str, Any]) -> str:
+    """One line with the headline numbers of one model.
+
+    Args:
+      name: the model's label in the line.
+      h: a `headline` dict.
+
+    Returns:
+      IFEval accuracies, held-out loss and win rate as one indented line.
+    """
     loss = "-" if h.get("heldout_loss") is None else f"{h['heldout_loss']:.4f}"
     return (
         f"  {name}: IFEval prompt strict/loose "

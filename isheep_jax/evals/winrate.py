@@ -34,7 +34,11 @@ _PLACEHOLDERS = ("instruction", "answer_a", "answer_b")
 
 
 def load_judge_template() -> str:
-    """The shipped template, `isheep_jax/evals/data/judge_pairwise.txt`."""
+    """The shipped template, `isheep_jax/evals/data/judge_pairwise.txt`.
+
+    Returns:
+      The template text (`string.Template` syntax).
+    """
     return (resources.files("isheep_jax.evals") / "data" / "judge_pairwise.txt").read_text()
 
 
@@ -42,6 +46,19 @@ def build_judge_prompt(instruction: str, answer_a: str, answer_b: str, template:
     """Fills `$instruction`, `$answer_a`, `$answer_b` of a `string.Template` text.
 
     `$` inside the answers is safe: only the template's own placeholders are substituted.
+
+    Args:
+      instruction: the user's request (stripped).
+      answer_a: the answer shown first, as A (stripped).
+      answer_b: the answer shown second, as B (stripped).
+      template: the template text; None uses `load_judge_template()`.
+
+    Returns:
+      The judge prompt.
+
+    Raises:
+      ValueError: the template lacks one of the three placeholders, uses another one, or
+        holds an invalid `$`.
     """
     text = load_judge_template() if template is None else template
     named = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)}
@@ -121,6 +138,12 @@ def parse_verdict(text: str) -> Verdict | None:
        "A is worse" → B);
        if they point both ways the reply is ambiguous → None;
     5. tie phrases ("it's a tie", "equally good", "no clear winner").
+
+    Args:
+      text: the judge's reply.
+
+    Returns:
+      The verdict, or None for an empty, ambiguous or unreadable reply.
     """
     stripped = text.strip().strip("*_`'\" \n\t.!")
     if not stripped:
@@ -152,7 +175,17 @@ def parse_verdict(text: str) -> Verdict | None:
 def judge_prompts(
     instruction: str, model_answer: str, reference_answer: str, template: str | None = None
 ) -> tuple[str, str]:
-    """The two judge prompts of one pair: model's answer shown as A, then shown as B."""
+    """The two judge prompts of one pair: model's answer shown as A, then shown as B.
+
+    Args:
+      instruction: the user's request.
+      model_answer: the evaluated model's answer.
+      reference_answer: the reference model's answer.
+      template: the judge template text; None uses the shipped one.
+
+    Returns:
+      (prompt with the model's answer as A, prompt with the model's answer as B).
+    """
     return (
         build_judge_prompt(instruction, model_answer, reference_answer, template),
         build_judge_prompt(instruction, reference_answer, model_answer, template),
@@ -165,6 +198,15 @@ def combine(
     """The pair's outcome for the evaluated model (see module doc); None = invalid pair.
 
     `model_first` is the verdict when the model's answer was A, `model_second` when it was B.
+
+    Args:
+      model_first: the verdict with the model's answer as A; None if unparseable.
+      model_second: the verdict with the model's answer as B; None if unparseable.
+      on_unparseable: "drop" makes a pair with an unparseable verdict invalid, "tie" scores
+        it as a tie.
+
+    Returns:
+      "win", "tie" or "loss", or None for an invalid pair.
     """
     if model_first is None or model_second is None:
         return "tie" if on_unparseable == "tie" else None
@@ -175,13 +217,27 @@ def combine(
 
 @dataclass(frozen=True)
 class PairJudgment:
-    """Both verdicts of one pair and the judge's raw replies (model-first, model-second)."""
+    """Both verdicts of one pair and the judge's raw replies (model-first, model-second).
+
+    Attributes:
+      model_first: the verdict with the model's answer as A; None if unparseable.
+      model_second: the verdict with the model's answer as B; None if unparseable.
+      replies: the judge's two raw replies, in the same order.
+    """
 
     model_first: Verdict | None
     model_second: Verdict | None
     replies: tuple[str, str] = ("", "")
 
     def outcome(self, on_unparseable: OnUnparseable = "drop") -> Outcome | None:
+        """The pair's outcome (`combine`).
+
+        Args:
+          on_unparseable: "drop" (an unparseable verdict makes the pair invalid) or "tie".
+
+        Returns:
+          "win", "tie" or "loss" for the evaluated model, or None for an invalid pair.
+        """
         return combine(self.model_first, self.model_second, on_unparseable)
 
 
@@ -193,6 +249,17 @@ def judge_all(
     """Judges (instruction, model_answer, reference_answer) triples in one batched call.
 
     `generate` maps judge prompts to the judge's replies (a sampler, or a stub in tests).
+
+    Args:
+      triples: (instruction, model answer, reference answer) per pair.
+      generate: judge prompts -> replies, one reply per prompt, in order.
+      template: the judge template text; None uses the shipped one.
+
+    Returns:
+      One `PairJudgment` per triple, in order.
+
+    Raises:
+      ValueError: `generate` returned a different number of replies than prompts.
     """
     prompts = [p for t in triples for p in judge_prompts(*t, template=template)]
     replies = list(generate(prompts))
@@ -209,7 +276,18 @@ def judge_all(
 
 @dataclass(frozen=True)
 class WinRate:
-    """Counts and rates over valid pairs; `win_rate` counts a tie as half a win."""
+    """Counts and rates over valid pairs; `win_rate` counts a tie as half a win.
+
+    Attributes:
+      wins: valid pairs the model won.
+      ties: valid pairs tied.
+      losses: valid pairs the model lost.
+      invalid: pairs left out for an unparseable verdict.
+      win_rate: (wins + ties / 2) / valid pairs; NaN without valid pairs.
+      ci_low: lower end of the bootstrap confidence interval (NaN without valid pairs).
+      ci_high: upper end of the interval.
+      confidence: the interval's confidence level, e.g. 0.95.
+    """
 
     wins: int
     ties: int
@@ -222,18 +300,22 @@ class WinRate:
 
     @property
     def n(self) -> int:
+        """Number of valid pairs."""
         return self.wins + self.ties + self.losses
 
     @property
     def win_fraction(self) -> float:
+        """wins / n; NaN without valid pairs."""
         return self.wins / self.n if self.n else float("nan")
 
     @property
     def tie_fraction(self) -> float:
+        """ties / n; NaN without valid pairs."""
         return self.ties / self.n if self.n else float("nan")
 
     @property
     def loss_fraction(self) -> float:
+        """losses / n; NaN without valid pairs."""
         return self.losses / self.n if self.n else float("nan")
 
 
@@ -244,6 +326,18 @@ def win_rate(
 
     The interval is a percentile bootstrap of the mean per-pair score (win 1, tie 0.5,
     loss 0) with `num_resamples` resamples from `numpy.random.default_rng(seed)`.
+
+    Args:
+      outcomes: "win", "tie", "loss" or None (invalid) per pair.
+      confidence: the interval's confidence level, in (0, 1).
+      num_resamples: bootstrap resamples.
+      seed: the bootstrap's seed (a fixed seed gives the same interval on every run).
+
+    Returns:
+      The counts, the win rate and its interval.
+
+    Raises:
+      ValueError: `confidence` is outside (0, 1), or an outcome is not one of the four.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")

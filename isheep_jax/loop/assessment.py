@@ -33,8 +33,17 @@ OUT_OF_RANGE_FOLLOWING = "out_of_range_following"
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
-    """A parsed rating. `score` is None exactly when `reason` is set; `raw` is the number
-    as the model wrote it ("" when none was found), kept for drop statistics."""
+    """A parsed rating.
+
+    `score` is None exactly when `reason` is set; `raw` is the number as the model wrote it
+    ("" when none was found), kept for drop statistics.
+
+    Attributes:
+      score: the score, an integer from 1 to 10, or None.
+      explanation: the text after the score (or the whole cleaned reply).
+      reason: None, UNPARSEABLE or OUT_OF_RANGE.
+      raw: the number as written.
+    """
 
     score: int | None
     explanation: str = ""
@@ -49,6 +58,19 @@ def build_rating_prompt(
 
     Placeholders: `$task` (the instruction, then the input on the next line when there is
     one, as the model saw it), `$instruction`, `$input`, `$response`.
+
+    Args:
+      kind: "quality" or "following".
+      instruction: the synthesized instruction.
+      input: its input ('' for none).
+      response: the response to rate.
+      template: the template (or its text); None loads `rate_<kind>`.
+
+    Returns:
+      The rating prompt.
+
+    Raises:
+      ValueError: `kind` is not one of `KINDS`.
     """
     if kind not in KINDS:
         raise ValueError(f"rating kind must be one of {KINDS}, got {kind!r}")
@@ -91,6 +113,12 @@ def parse_score(text: object) -> ScoreResult:
     good", "8/10", "Score: 8") or name it ("I rate it 7 out of 10"). Decimals are rounded
     (Python `round`, as the reference pipeline does) once inside 1-10; a number outside 1-10
     -> OUT_OF_RANGE; no score -> UNPARSEABLE.
+
+    Args:
+      text: the model's rating reply; anything that is not a str is UNPARSEABLE.
+
+    Returns:
+      The score with its explanation, or the reason there is none.
     """
     if not isinstance(text, str):
         return ScoreResult(None, "", UNPARSEABLE)
@@ -147,6 +175,16 @@ def score_filter(
     `require_both` both must pass and the first failure is reported (quality checked
     first); otherwise one passing score is enough, and the quality failure is reported
     when neither passes. A plain int is taken as a parsed score, None as unparseable.
+
+    Args:
+      quality: the quality rating.
+      following: the following rating.
+      threshold: scores above this pass.
+      require_both: whether both scores must pass.
+
+    Returns:
+      None to keep the pair, else "low_<kind>", "unparseable_<kind>" or
+      "out_of_range_<kind>".
     """
     failures = [_failure(quality, "quality", threshold), _failure(following, "following", threshold)]
     if require_both:

@@ -4,8 +4,8 @@ Templates use `string.Template` syntax (`$name` or `${name}`; write `$$` for a l
 dollar sign). `$`-placeholders are chosen over `str.format` braces because prompts quote
 code and JSON, which are full of braces.
 
-Shipped templates live in `isheep_jax/prompts/<name>.txt`. One trailing newline at the end
-of a file is dropped when loading, so an editor adding one does not change the prompt
+Shipped templates live in `isheep_jax/loop/prompts/<name>.txt`. One trailing newline at the
+end of a file is dropped when loading, so an editor adding one does not change the prompt
 (a prompt usually has to end right after e.g. `Rating:` for the model to continue there).
 """
 
@@ -41,6 +41,18 @@ def load_template(name: str, path: str | os.PathLike[str] | None = None) -> Temp
     `name` is any `prompts/<name>.txt` shipped with the package. For the names in
     `REQUIRED_PLACEHOLDERS` the placeholders are checked: all required ones present, none
     unknown; other names (or your own name with a `path`) are loaded unchecked.
+
+    Args:
+      name: the template's name, e.g. "rate_quality".
+      path: a user's template file (UTF-8) to read instead of the shipped one.
+
+    Returns:
+      The template, without one trailing newline of the file.
+
+    Raises:
+      PromptTemplateError: no shipped template has that name, a `$` is not a valid
+        placeholder, or a checked template lacks or adds placeholders.
+      OSError: `path` cannot be read.
     """
     if path is None:
         folder = importlib.resources.files("isheep_jax.loop") / "prompts"
@@ -76,6 +88,16 @@ def render(template: Template | str, **values: object) -> str:
 
     Values are inserted verbatim: a `$` inside an instruction or response is not
     re-interpreted.
+
+    Args:
+      template: the template, or its source text.
+      **values: placeholder name -> value (converted with `str`).
+
+    Returns:
+      The rendered text.
+
+    Raises:
+      PromptTemplateError: a placeholder has no value, or the template holds an invalid `$`.
     """
     if isinstance(template, str):
         template = Template(template)

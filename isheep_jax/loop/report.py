@@ -22,7 +22,25 @@ def _chunk_tokens(it: IterationPaths, stage: str) -> int:
 def iteration_summary(
     it: IterationPaths, i: int, model_dir: str, stage_seconds: dict[str, float]
 ) -> dict[str, Any]:
-    """Counts, drop reasons, score histograms and training results of one iteration."""
+    """Counts, drop reasons, score histograms and training results of one iteration.
+
+    Read from the iteration's artifacts; missing files count as empty.
+
+    Args:
+      it: the iteration's paths.
+      i: the iteration.
+      model_dir: M_i, the model the iteration sampled with.
+      stage_seconds: stage -> seconds spent on it.
+
+    Returns:
+      A JSON-ready dict: `iteration`, `model`, the counts per stage (`candidates_parsed`,
+      `instructions`, `responses`, `pairs_rated`, `pairs_kept`, `kept_fraction` of the
+      candidates), `dropped_by_reason` ("<stage>:<reason>" -> count), `score_histogram`
+      (kind -> score -> count), the training results (`trained`, `train_steps`,
+      `train_loss_first`, `train_loss_last`, `trained_model`), `generated_tokens` per
+      sampling stage, `stage_seconds`, and the `eval` / `eval_base` headlines (None where
+      not evaluated).
+    """
     instructions, responses, assessments, kept, dropped = (
         io_utils.read_jsonl(p, missing_ok=True)
         for p in (it.instructions, it.responses, it.assessments, it.kept, it.dropped)
@@ -72,7 +90,14 @@ def _eval_headline(eval_dir) -> dict[str, Any] | None:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    """The per-iteration table printed at the end of each iteration."""
+    """The per-iteration table printed at the end of each iteration.
+
+    Args:
+      s: an `iteration_summary` dict.
+
+    Returns:
+      The table as one string, one line per row.
+    """
     lines = [
         f"== iteration {s['iteration']} ==",
         f"  candidates parsed      {s['candidates_parsed']:>7}",
@@ -168,7 +193,18 @@ def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[st
 
 
 def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
-    """RUN/report/report.md with PNG plots; returns the Markdown path."""
+    """RUN/report/report.md with PNG plots; returns the Markdown path.
+
+    Args:
+      run_dir: RUN, the run directory.
+      examples_per_iteration: kept pairs shown per iteration.
+
+    Returns:
+      The path of report.md.
+
+    Raises:
+      RunError: `run_dir` has no manifest.json.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

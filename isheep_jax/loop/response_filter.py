@@ -40,14 +40,21 @@ LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
 class ResponseFilterConfig:
     """Thresholds of the rule filter.
 
-    min_target_letters: least fraction of letters (str.isalpha) in the target script;
-      0.8 lets English with accented names ("crème brûlée in Zürich") through.
-    min_unique_ngram_ratio / ngram_size / min_ngrams: a response with at least
-      `min_ngrams` word n-grams of which fewer than this fraction are distinct is looping.
-    max_loop_chars: a chunk of 1-20 characters repeated back to back over more than this
-      many characters is looping too ("hahaha...", "1, 1, 1, ...").
-    short_question_words: a response of at most this many words that ends in "?" is a
-      question back (unless the task asks for questions).
+    Attributes:
+      target_language: a key of `LANGUAGE_SCRIPTS`: the language responses should be in.
+      min_target_letters: least fraction of letters (str.isalpha) in the target script;
+        0.8 lets English with accented names ("crème brûlée in Zürich") through.
+      ngram_size: n of the word n-grams of the repetition check.
+      min_ngrams: see min_unique_ngram_ratio.
+      min_unique_ngram_ratio: a response with at least `min_ngrams` word n-grams of which
+        fewer than this fraction are distinct is looping.
+      max_loop_chars: a chunk of 1-20 characters repeated back to back over more than this
+        many characters is looping too ("hahaha...", "1, 1, 1, ...").
+      short_question_words: a response of at most this many words that ends in "?" is a
+        question back (unless the task asks for questions).
+
+    Raises:
+      ValueError: an unknown target_language.
     """
 
     target_language: str = "en"
@@ -59,6 +66,7 @@ class ResponseFilterConfig:
     short_question_words: int = 40
 
     def __post_init__(self) -> None:
+        """Checks that the target language is known."""
         if self.target_language not in LANGUAGE_SCRIPTS:
             raise ValueError(
                 f"unknown target_language {self.target_language!r}; known: {sorted(LANGUAGE_SCRIPTS)}"
@@ -127,6 +135,16 @@ def filter_response(
     some: chat-turn markers ("User:") are fine when it asks for a dialogue, options when
     it asks for options (or shows some), questions when it asks for questions, a message
     or a rewording, or its input is itself a question.
+
+    Args:
+      response: the sampled response.
+      instruction: the task's instruction.
+      input: the task's input ('' for none).
+      finish_reason: why sampling stopped ("length", "stop", ...), or None if unknown.
+      config: the filter's thresholds.
+
+    Returns:
+      One of the drop reasons (`TRUNCATED`, `EMPTY`, ...) or None to keep the response.
     """
     if finish_reason == "length":
         return TRUNCATED
@@ -160,6 +178,14 @@ def is_repetitive(text: str, config: ResponseFilterConfig = DEFAULT_CONFIG) -> b
 
     Only chunks holding a letter or digit count as loops, so markdown rules ("-----") and
     indentation do not.
+
+    Args:
+      text: the response.
+      config: the thresholds (`ngram_size`, `min_ngrams`, `min_unique_ngram_ratio`,
+        `max_loop_chars`).
+
+    Returns:
+      Whether the text loops.
     """
     words = text.lower().split()
     n = config.ngram_size
@@ -173,8 +199,17 @@ def is_repetitive(text: str, config: ResponseFilterConfig = DEFAULT_CONFIG) -> b
 
 
 def target_letter_fraction(text: str, target_language: str = "en") -> float:
-    """Fraction of the letters in `text` written in the target language's script (1.0
-    when there are no letters: digits and symbols say nothing about language)."""
+    """Fraction of the letters in `text` written in the target language's script.
+
+    It is 1.0 when there are no letters: digits and symbols say nothing about language.
+
+    Args:
+      text: the response.
+      target_language: a key of `LANGUAGE_SCRIPTS`.
+
+    Returns:
+      A fraction in [0, 1].
+    """
     scripts = LANGUAGE_SCRIPTS[target_language]
     letters = [c for c in text if c.isalpha()]
     if not letters:
@@ -195,6 +230,13 @@ def has_multiple_choice(text: str, strict: bool = True) -> bool:
     in a quiz context: a "?" in the text, an "Answer: B" line or an "Options:" header --
     so an outline with "A. Introduction / B. Body" sections is not taken for a quiz.
     Without `strict` (for the task text), two options are enough.
+
+    Args:
+      text: a response, or a task's text.
+      strict: require a quiz context for two options (see above).
+
+    Returns:
+      Whether the text holds answer options.
     """
     if _ANSWER_CHOICES_RE.search(text):
         return True
@@ -227,6 +269,13 @@ def asks_question_back(text: str, config: ResponseFilterConfig = DEFAULT_CONFIG)
     words) and ends with "?", or when its last paragraph is a short question to the
     user ("...\\n\\nWould you like more examples?"). The caller exempts tasks that ask for
     questions or messages.
+
+    Args:
+      text: the response, stripped.
+      config: the thresholds (`short_question_words`).
+
+    Returns:
+      Whether the response asks a question back.
     """
     if _CLARIFY_OPENER_RE.match(text):
         return True

@@ -32,7 +32,14 @@ _SLACK = 1e-9
 
 
 def tokenize(text: str) -> list[str]:
-    """Tokens exactly as `rouge_score.tokenize.tokenize(text, stemmer=None)` yields them."""
+    """Tokens exactly as `rouge_score.tokenize.tokenize(text, stemmer=None)` yields them.
+
+    Args:
+      text: any text.
+
+    Returns:
+      Lowercase [a-z0-9]+ tokens in order.
+    """
     return _NON_ALNUM.sub(" ", text.lower()).split()
 
 
@@ -41,6 +48,14 @@ def f_measure(lcs: int, candidate_len: int, reference_len: int) -> float:
 
     rouge_score computes precision = lcs/len(prediction), recall = lcs/len(target) and
     2*p*r/(p+r); we follow the same operation order so scores match to the last bit.
+
+    Args:
+      lcs: the LCS length.
+      candidate_len: tokens of the candidate (prediction).
+      reference_len: tokens of the reference (target).
+
+    Returns:
+      The F1 score; 0.0 when either side is empty or nothing matches.
     """
     if candidate_len == 0 or reference_len == 0 or lcs == 0:
         return 0.0
@@ -50,7 +65,14 @@ def f_measure(lcs: int, candidate_len: int, reference_len: int) -> float:
 
 
 def match_masks(seq: Sequence[Hashable]) -> dict[Hashable, int]:
-    """Bit i of `masks[tok]` is set where `seq[i] == tok`: the pattern side of `lcs_length`."""
+    """Bit i of `masks[tok]` is set where `seq[i] == tok`: the pattern side of `lcs_length`.
+
+    Args:
+      seq: the pattern sequence.
+
+    Returns:
+      Token -> bit mask (a Python int) of its positions in `seq`.
+    """
     masks: dict[Hashable, int] = {}
     for i, tok in enumerate(seq):
         masks[tok] = masks.get(tok, 0) | (1 << i)
@@ -64,6 +86,14 @@ def lcs_with_masks(masks: dict[Hashable, int], pattern_len: int, text: Iterable[
     LCS = pattern_len - popcount(V). Tokens absent from the pattern leave V unchanged,
     so they are skipped. Carries may set bits above `pattern_len`; they never flow back
     down, so masking once at the end is enough.
+
+    Args:
+      masks: `match_masks(pattern)`.
+      pattern_len: len(pattern).
+      text: the other sequence.
+
+    Returns:
+      The length of the longest common subsequence.
     """
     full = (1 << pattern_len) - 1
     v = full
@@ -76,20 +106,46 @@ def lcs_with_masks(masks: dict[Hashable, int], pattern_len: int, text: Iterable[
 
 
 def lcs_length(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
-    """Length of the longest common subsequence of two token sequences."""
+    """Length of the longest common subsequence of two token sequences.
+
+    Args:
+      a: one sequence.
+      b: the other.
+
+    Returns:
+      The LCS length.
+    """
     if len(a) < len(b):  # the shorter side as bit masks keeps the ints small
         a, b = b, a
     return lcs_with_masks(match_masks(b), len(b), a)
 
 
 def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 between two texts; equals `RougeScorer(["rougeL"]).score(reference,
-    candidate)["rougeL"].fmeasure` (F1 is symmetric, so the argument order is moot)."""
+    """ROUGE-L F1 between two texts.
+
+    Equals `RougeScorer(["rougeL"]).score(reference, candidate)["rougeL"].fmeasure` (F1 is
+    symmetric, so the argument order is moot).
+
+    Args:
+      candidate: one text.
+      reference: the other.
+
+    Returns:
+      The F1 score in [0, 1].
+    """
     return rouge_l_tokens(tokenize(candidate), tokenize(reference))
 
 
 def rouge_l_tokens(candidate: Sequence[Hashable], reference: Sequence[Hashable]) -> float:
-    """ROUGE-L F1 between two already tokenized sequences."""
+    """ROUGE-L F1 between two already tokenized sequences.
+
+    Args:
+      candidate: one token sequence.
+      reference: the other.
+
+    Returns:
+      The F1 score in [0, 1]; 0.0 when either is empty.
+    """
     if not candidate or not reference:
         return 0.0
     return f_measure(lcs_length(candidate, reference), len(candidate), len(reference))
@@ -106,6 +162,9 @@ class RougeDeduper:
                 pool.add(text)
 
     "Duplicate" means score > threshold (strictly), as in the reference pipeline.
+
+    Args:
+      texts: the initial pool, added in order.
     """
 
     def __init__(self, texts: Iterable[str] = ()) -> None:
@@ -119,10 +178,18 @@ class RougeDeduper:
             self.add(text)
 
     def __len__(self) -> int:
+        """Number of texts in the pool."""
         return len(self._seqs)
 
     def add(self, text: str) -> int:
-        """Adds `text` to the pool; returns its index (order of addition)."""
+        """Adds `text` to the pool; returns its index (order of addition).
+
+        Args:
+          text: the text to add.
+
+        Returns:
+          Its index in the pool.
+        """
         ids = tuple(self._vocab.setdefault(tok, len(self._vocab)) for tok in tokenize(text))
         index = len(self._seqs)
         counts = Counter(ids)
@@ -135,15 +202,39 @@ class RougeDeduper:
         return index
 
     def score(self, candidate: str, index: int) -> float:
-        """Exact ROUGE-L F1 between `candidate` and pool entry `index`."""
+        """Exact ROUGE-L F1 between `candidate` and pool entry `index`.
+
+        Args:
+          candidate: any text.
+          index: a pool index (`add`'s return value).
+
+        Returns:
+          The F1 score.
+        """
         return rouge_l_tokens(self._encode(candidate), self._seqs[index])
 
     def is_duplicate(self, candidate: str, threshold: float = 0.7) -> bool:
-        """Whether some pool entry scores strictly above `threshold` against `candidate`."""
+        """Whether some pool entry scores strictly above `threshold` against `candidate`.
+
+        Args:
+          candidate: the text to check.
+          threshold: the F1 a duplicate must exceed.
+
+        Returns:
+          True at the first entry found above the threshold.
+        """
         return self._search(candidate, threshold, first_only=True) is not None
 
     def best_match(self, candidate: str, threshold: float = 0.7) -> tuple[int, float] | None:
-        """(index, score) of the best pool entry scoring above `threshold`, else None."""
+        """(index, score) of the best pool entry scoring above `threshold`, else None.
+
+        Args:
+          candidate: the text to check.
+          threshold: the F1 a match must exceed.
+
+        Returns:
+          The best entry's index and score, or None when no entry exceeds the threshold.
+        """
         return self._search(candidate, threshold, first_only=False)
 
     def max_score(self, candidate: str) -> float:
@@ -152,6 +243,12 @@ class RougeDeduper:
         Slower than `is_duplicate` (every entry sharing a token is a candidate), but still
         bounded: entries are scored in order of their overlap bound and the scan stops once
         the bound cannot beat the best score so far.
+
+        Args:
+          candidate: the text to score.
+
+        Returns:
+          The best F1 score against any pool entry.
         """
         found = self._search(candidate, 0.0, first_only=False)
         return 0.0 if found is None else found[1]

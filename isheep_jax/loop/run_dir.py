@@ -37,44 +37,86 @@ class RunError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class IterationPaths:
+    """The artifact paths of one iteration, RUN/iter_<i>/.
+
+    `instructions`, `responses`, `assessments`, `kept` and `dropped` are the stage files
+    RUN/iter_<i>/<name>.jsonl.
+
+    Attributes:
+      root: epath.Path of RUN/iter_<i>.
+    """
+
     root: Any  # epath.Path of RUN/iter_<i>
 
     def __getattr__(self, name: str):  # instructions, responses, ... -> RUN/iter_i/<name>.jsonl
+        """instructions, responses, assessments, kept, dropped -> RUN/iter_<i>/<name>.jsonl."""
         if name in ("instructions", "responses", "assessments", "kept", "dropped"):
             return self.root / f"{name}.jsonl"
         raise AttributeError(name)
 
     @property
     def summary(self):
+        """RUN/iter_<i>/summary.json, the iteration's last artifact."""
         return self.root / "summary.json"
 
     @property
     def train_dir(self):
+        """RUN/iter_<i>/train, the trainer's work directory."""
         return self.root / "train"
 
     @property
     def model_dir(self):
+        """RUN/iter_<i>/train/model, the trained model (complete once training ends)."""
         return self.root / "train" / "model"
 
     @property
     def train_skipped(self):
+        """RUN/iter_<i>/train_skipped.json: marks a train stage with no pair to train on."""
         return self.root / "train_skipped.json"
 
     @property
     def eval_dir(self):
+        """RUN/iter_<i>/eval, the trained model's evaluation."""
         return self.root / "eval"
 
     @property
     def eval_skipped(self):
+        """RUN/iter_<i>/eval_skipped.json: marks an eval stage that had nothing to do."""
         return self.root / "eval_skipped.json"
 
     def dropped_stage(self, stage: str):
+        """The rows `stage` dropped, before the filter stage merges them into dropped.jsonl.
+
+        Args:
+          stage: "synthesize" or "respond".
+
+        Returns:
+          RUN/iter_<i>/dropped_<stage>.jsonl.
+        """
         return self.root / f"dropped_{stage}.jsonl"
 
     def chunks(self, stage: str):
+        """The chunk directory of a sampling stage.
+
+        Args:
+          stage: "synthesize", "respond" or "assess".
+
+        Returns:
+          RUN/iter_<i>/chunks/<stage>.
+        """
         return self.root / "chunks" / stage
 
     def stage_done(self, stage: Stage) -> bool:
+        """Whether `stage` has finished, from its completion marker on disk.
+
+        Args:
+          stage: one of `STAGES`.
+
+        Returns:
+          True when the stage's last artifact exists: its JSONL file (or summary.json); for
+          "train" a complete model or train_skipped.json; for "eval" eval/eval.json or
+          eval_skipped.json.
+        """
 
         marker = {
             "synthesize": self.instructions,
@@ -91,15 +133,23 @@ class IterationPaths:
 
 
 class RunDir:
+    """A run directory RUN (layout in the module docstring).
+
+    Args:
+      root: the directory, local or a URL such as gs://...; local paths are made absolute.
+    """
+
     def __init__(self, root: str | os.PathLike):
         self.root = io_utils.absolute(root)
 
     @property
     def manifest_path(self):
+        """RUN/manifest.json."""
         return self.root / "manifest.json"
 
     @property
     def metrics_path(self):
+        """RUN/metrics.jsonl, one row per finished iteration."""
         return self.root / "metrics.jsonl"
 
     @property
@@ -108,10 +158,33 @@ class RunDir:
         return self.root / "eval_base"
 
     def iteration(self, i: int) -> IterationPaths:
+        """The artifact paths of iteration `i`.
+
+        Args:
+          i: the iteration (0-based).
+
+        Returns:
+          The paths under RUN/iter_<i>.
+        """
         return IterationPaths(self.root / f"iter_{i}")
 
     def open(self, config_str: str, force: bool = False) -> dict:
-        """Creates the run, or checks that an existing one was made with the same config."""
+        """Creates the run, or checks that an existing one was made with the same config.
+
+        Writes RUN/config.gin and the manifest; a resumed run adds a "resumed" entry to the
+        manifest's history, a forced one a "forced config change" entry.
+
+        Args:
+          config_str: the resolved gin config; its sha256 identifies the config.
+          force: accept a changed config (recorded in the history) instead of raising.
+
+        Returns:
+          The manifest as written.
+
+        Raises:
+          RunError: the directory cannot be created, or it was started with another config
+            and `force` is not set.
+        """
         digest = hashlib.sha256(config_str.encode()).hexdigest()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -147,6 +220,11 @@ class RunDir:
         return manifest
 
     def iterations_present(self) -> list[int]:
+        """The iterations that have a directory RUN/iter_<i>.
+
+        Returns:
+          Their indices, ascending; [] when RUN does not exist.
+        """
         if not self.root.exists():
             return []
         return sorted(

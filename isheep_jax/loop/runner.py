@@ -46,7 +46,41 @@ _SYNTH, _RESPOND, _ASSESS = 0, 1, 2
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """Everything an I-SHEEP run decides; bound in gin files (see gin_configs/runs/)."""
+    """Everything an I-SHEEP run decides; bound in gin files (see gin_configs/runs/).
+
+    Attributes:
+      base_model: a checkpoint directory, or 'embedded:smollm2' (the demo model); required.
+      iterations: how many iterations to run.
+      seed_file: the seed pool file; '' = the package's own seed tasks.
+      synthesis_prompts: few-shot prompts per iteration; each yields several instructions.
+      k_demos: seed demos per synthesis prompt.
+      tasks_per_prompt: the list length the synthesis prompt announces.
+      rouge_threshold: an instruction whose ROUGE-L F1 against the pool exceeds this is a
+        near duplicate and dropped.
+      score_threshold: keep scores strictly above.
+      require_both_scores: both the quality and the following score must pass (else one).
+      rating_prefill: text that opens the judge's answer (after the rendered prompt), e.g.
+        'Rating:'; it is part of what the score parser reads. '' = none, as in the paper.
+      base_prompt_style: how the base model is prompted.
+      tuned_prompt_style: how trained models are prompted (and trained).
+      assessor: which model rates the pairs of iteration i: 'base' or 'current' (M_i).
+      train_from: which model iteration i fine-tunes: 'base' or 'previous' (M_i).
+      train_data: 'latest' (this iteration's kept pairs) or 'cumulative' (all iterations').
+      stop_when_empty: an iteration with no kept pairs ends the run (else the model carries
+        over).
+      evaluate: evaluate each trained model (and the base model once) with EvalConfig:
+        IFEval-style accuracy, held-out loss, win-rate against the base model judged by the
+        base model.
+      eval_judge: '' = the base model judges the win-rate; else a checkpoint (chat-prompted).
+      chunk_size: prompts per resumable sampling chunk.
+      synth_sampling: sampling settings of the synthesis stage.
+      respond_sampling: sampling settings of the response stage.
+      rate_sampling: sampling settings of the assessment stage.
+      seed: the run's seed; each (iteration, stage) derives its own from it.
+
+    Raises:
+      ValueError: an unknown choice, or a count below 1.
+    """
 
     base_model: str = gin.REQUIRED  # a checkpoint directory, or 'embedded:smollm2' (the demo model)
     iterations: int = 2
@@ -77,6 +111,7 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self):
+        """Checks the choices and that the counts are at least 1."""
         for name, choice in (
             ("assessor", Assessor),
             ("train_from", TrainFrom),
@@ -97,7 +132,19 @@ def _completions(
 
 
 class Loop:
-    """Runs (or resumes) the iterations of one run directory."""
+    """Runs (or resumes) the iterations of one run directory.
+
+    Args:
+      lc: the run's settings.
+      run_dir: RUN, the run directory (opened by `run` with `RunDir.open`).
+      mesh: the device mesh; None builds the default one.
+      train_config: the `trainer.TrainConfig`; None = its gin-bound defaults.
+      optimizer_config: the `OptimizerConfig`; None = its gin-bound defaults.
+
+    Raises:
+      ValueError: the seed pool holds fewer than `k_demos` tasks, the base model is not a
+        complete checkpoint, or the training overrides do not suit it.
+    """
 
     def __init__(self, lc: LoopConfig, run_dir: str, mesh=None, train_config=None, optimizer_config=None):
         from isheep_jax.training.trainer import TrainConfig
@@ -122,7 +169,14 @@ class Loop:
         return self.lc.base_prompt_style if model_dir == self.base_dir else self.lc.tuned_prompt_style
 
     def model_for(self, i: int) -> str | None:
-        """M_i: the base model, or the model trained in the last iteration that trained one."""
+        """M_i: the base model, or the model trained in the last iteration that trained one.
+
+        Args:
+          i: the iteration.
+
+        Returns:
+          The model's checkpoint directory.
+        """
         for j in range(i - 1, -1, -1):
             it = self.run.iteration(j)
             if checkpoint.is_complete(it.model_dir):
@@ -131,6 +185,17 @@ class Loop:
 
     # ------------------------------------------------------------------ stages
     def synthesize(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        """Synthesis stage: writes instructions.jsonl and dropped_synthesize.jsonl of iteration `i`.
+
+        The model continues few-shot numbered lists of seed instructions (raw prompts, no chat
+        template); the parsed items go through the heuristic filter and the ROUGE-L check
+        against the seeds, earlier iterations' instructions and the items kept so far.
+
+        Args:
+          i: the iteration.
+          it: its paths.
+          model_dir: M_i, the model that synthesizes.
+        """
         lc = self.lc
         rng = random.Random(f"{lc.seed}-{i}-synthesize")
         template = load_template("instruction_synthesis")
@@ -178,6 +243,16 @@ class Loop:
         io_utils.write_jsonl(it.instructions, kept)
 
     def respond(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        """Response stage: writes responses.jsonl and dropped_respond.jsonl of iteration `i`.
+
+        M_i answers every instruction in its prompt style; the rule filter
+        (`response_filter.filter_response`) drops failed answers.
+
+        Args:
+          i: the iteration.
+          it: its paths.
+          model_dir: M_i, the model that responds.
+        """
         from isheep_jax.training.sft_data import user_text
 
         lc = self.lc
@@ -213,6 +288,16 @@ class Loop:
         io_utils.write_jsonl(it.responses, pairs)
 
     def assess(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        """Assessment stage: writes assessments.jsonl of iteration `i`.
+
+        The assessor rates every pair for quality and for following; each row gains
+        `<kind>_score`, `<kind>_reason` and `<kind>_rating` (the reply, prefill included).
+
+        Args:
+          i: the iteration.
+          it: its paths.
+          model_dir: M_i, the assessor when `LoopConfig.assessor` is 'current'.
+        """
         lc = self.lc
         pairs = io_utils.read_jsonl(it.responses)
         judge = self.base_dir if lc.assessor == "base" else model_dir
@@ -254,6 +339,12 @@ class Loop:
         io_utils.write_jsonl(it.assessments, rows)
 
     def filter(self, i: int, it: IterationPaths) -> None:
+        """Score-filter stage: writes kept.jsonl, and dropped.jsonl with every stage's drops.
+
+        Args:
+          i: the iteration.
+          it: its paths.
+        """
         lc = self.lc
         kept, dropped = [], []
         for row in io_utils.read_jsonl(it.assessments):
@@ -271,6 +362,16 @@ class Loop:
         io_utils.write_jsonl(it.kept, kept)
 
     def train(self, i: int, it: IterationPaths, model_dir: str) -> None:
+        """Training stage: fine-tunes on the kept pairs into RUN/iter_<i>/train/.
+
+        With no kept pair in this iteration it writes train_skipped.json instead. Pairs are
+        prompted in `tuned_prompt_style`; pairs over the training budget are left out (logged).
+
+        Args:
+          i: the iteration.
+          it: its paths.
+          model_dir: M_i, the starting point when `LoopConfig.train_from` is 'previous'.
+        """
         from isheep_jax.training import sft_data, trainer
 
         lc = self.lc
@@ -306,6 +407,15 @@ class Loop:
         trainer.train(init, data, it.train_dir, self.tc, self.oc, self.mesh)
 
     def evaluate(self, i: int, it: IterationPaths) -> None:
+        """Evaluation stage: evaluates this iteration's trained model (and the base model once).
+
+        Writes eval_skipped.json instead when `LoopConfig.evaluate` is off or no model was
+        trained in this iteration.
+
+        Args:
+          i: the iteration.
+          it: its paths.
+        """
 
         if not self.lc.evaluate:
             io_utils.write_json(it.eval_skipped, {"reason": "LoopConfig.evaluate is False"})
@@ -329,6 +439,16 @@ class Loop:
 
     # ------------------------------------------------------------------ driver
     def run_iteration(self, i: int) -> dict:
+        """Runs the unfinished stages of iteration `i`, then writes its summary.
+
+        Each stage's seconds accumulate in RUN/iter_<i>/stage_seconds.json, across restarts.
+
+        Args:
+          i: the iteration.
+
+        Returns:
+          The iteration summary (`report.iteration_summary`), also written to summary.json.
+        """
         it = self.run.iteration(i)
         model_dir = self.model_for(i)
         times_path = it.root / "stage_seconds.json"
@@ -355,6 +475,14 @@ class Loop:
         return summary
 
     def run_all(self) -> list[dict]:
+        """Runs or resumes every iteration; with `stop_when_empty`, stops after one with no kept pair.
+
+        A newly finished iteration's summary replaces its row in RUN/metrics.jsonl and is
+        printed.
+
+        Returns:
+          The summaries of the iterations run, in order.
+        """
 
         summaries = []
         for i in range(self.lc.iterations):
@@ -376,18 +504,45 @@ class Loop:
 
 
 def config_for_manifest() -> str:
-    """The resolved gin bindings of this run (what the manifest hashes)."""
+    """The resolved gin bindings of this run (what the manifest hashes).
+
+    Returns:
+      `gin.config_str()`.
+    """
     return gin.config_str()
 
 
 def run(run_dir: str, force: bool = False) -> list[dict]:
-    """Runs the loop configured by the parsed gin files; resumes an existing run directory."""
+    """Runs the loop configured by the parsed gin files; resumes an existing run directory.
+
+    Args:
+      run_dir: RUN, the run directory.
+      force: continue an existing run even though the gin config changed.
+
+    Returns:
+      The iteration summaries (`Loop.run_all`).
+
+    Raises:
+      RunError: the directory cannot be created, or holds a run with another config and
+        `force` is not set.
+    """
     RunDir(run_dir).open(config_for_manifest(), force=force)
     return Loop(LoopConfig(), run_dir).run_all()
 
 
 def status(run_dir: str) -> dict[str, Any]:
-    """What is done and what is next, read from the artifacts alone."""
+    """What is done and what is next, read from the artifacts alone.
+
+    Args:
+      run_dir: RUN, the run directory.
+
+    Returns:
+      {"iterations": {i: {"done": [stages], "chunks_on_disk": {stage: files}}}, "next":
+      "iteration <i>: <stage>" for the first unfinished iteration on disk, or None}.
+
+    Raises:
+      RunError: `run_dir` has no manifest.json.
+    """
     run = RunDir(run_dir)
     if not run.manifest_path.exists():
         raise RunError(f"{run_dir}: not a run directory (no manifest.json)")

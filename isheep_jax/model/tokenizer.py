@@ -65,9 +65,25 @@ def _jinja_env() -> ImmutableSandboxedEnvironment:
 
 
 class Tokenizer:
-    """encode / decode / chat template for one tokenizer folder."""
+    """encode / decode / chat template for one tokenizer folder.
+
+    Attributes:
+      folder: the tokenizer folder.
+      config: the parsed tokenizer_config.json ({} without one).
+      chat_template: the tokenizer's Jinja chat template (chat_template.jinja, else
+        tokenizer_config.json's `chat_template`, its 'default' one when named), or None.
+    """
 
     def __init__(self, folder: str | os.PathLike):
+        """Loads the tokenizer of `folder`: tokenizer.json if present, else tokenizer.model.
+
+        Args:
+          folder: a directory with tokenizer.json or tokenizer.model (and optionally
+            tokenizer_config.json, chat_template.jinja).
+
+        Raises:
+          TokenizerError: the folder has neither file, or tokenizer.json cannot be loaded.
+        """
         self.folder = str(folder)
         cfg_path = os.path.join(self.folder, "tokenizer_config.json")
         self.config: dict[str, Any] = io_utils.read_json(cfg_path) if os.path.exists(cfg_path) else {}
@@ -103,9 +119,18 @@ class Tokenizer:
     # ------------------------------------------------------------------ vocabulary
     @property
     def vocab_size(self) -> int:
+        """The number of token ids (added tokens included for tokenizer.json)."""
         return self._hf.get_vocab_size() if self._hf else self._sp.get_piece_size()
 
     def token_to_id(self, token: str | None) -> int | None:
+        """The id of a token string.
+
+        Args:
+          token: the token (piece) string, or None.
+
+        Returns:
+          Its id, or None for None and for a token the vocabulary does not have.
+        """
         if token is None:
             return None
         if self._hf:
@@ -114,7 +139,16 @@ class Tokenizer:
         return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
 
     def special(self, name: str) -> str | None:
-        """The special token string for 'bos' / 'eos' / 'pad' / 'unk' from tokenizer_config.json."""
+        """The special token string for 'bos' / 'eos' / 'pad' / 'unk' from tokenizer_config.json.
+
+        A SentencePiece tokenizer falls back to its model's own special ids.
+
+        Args:
+          name: 'bos', 'eos', 'pad' or 'unk'.
+
+        Returns:
+          The token string, or None where there is none.
+        """
         tok = _token_str(self.config.get(f"{name}_token"))
         if tok is None and self._sp is not None:
             i = {
@@ -128,19 +162,33 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int | None:
+        """The beginning-of-sequence id, or None."""
         return self.token_to_id(self.special("bos"))
 
     @property
     def eos_id(self) -> int | None:
+        """The end-of-sequence id, or None."""
         return self.token_to_id(self.special("eos"))
 
     @property
     def pad_id(self) -> int:
+        """The padding id; without one, the end-of-sequence id, else 0."""
         pad = self.token_to_id(self.special("pad"))
         return pad if pad is not None else (self.eos_id or 0)
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text.
+
+        Args:
+          text: the text.
+          add_special_tokens: add the tokenizer's special tokens (tokenizer.json: its
+            post-processor; SentencePiece: BOS unless `add_bos_token` is false, EOS where
+            `add_eos_token` is true in tokenizer_config.json).
+
+        Returns:
+          The ids.
+        """
         if self._hf:
             return self._hf.encode(text, add_special_tokens=add_special_tokens).ids
         ids = self._sp.encode(text)
@@ -151,11 +199,29 @@ class Tokenizer:
         return ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """`encode` of several texts.
+
+        Args:
+          texts: the texts.
+          add_special_tokens: as in `encode`.
+
+        Returns:
+          One id list per text, in order.
+        """
         if self._hf:
             return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
         return [self.encode(t, add_special_tokens) for t in texts]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token ids.
+
+        Args:
+          ids: the ids (any integer type).
+          skip_special_tokens: leave special (SentencePiece: control) tokens out.
+
+        Returns:
+          The text.
+        """
         ids = [int(i) for i in ids]
         if self._hf:
             return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -170,7 +236,23 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         template: str | None = None,
     ) -> str:
-        """Renders messages with `template` (a builtin name or Jinja text) or the tokenizer's own."""
+        """Renders messages with `template` (a builtin name or Jinja text) or the tokenizer's own.
+
+        The template sees `messages`, `add_generation_prompt` and the special tokens
+        (`bos_token`, `eos_token`, `pad_token`, `unk_token`), rendered in a sandbox.
+
+        Args:
+          messages: the conversation, dicts with 'role' and 'content'.
+          add_generation_prompt: end with the header of an assistant turn.
+          template: a key of `BUILTIN_TEMPLATES`, or Jinja text (default: the tokenizer's own).
+
+        Returns:
+          The rendered text.
+
+        Raises:
+          TokenizerError: no template is given and the tokenizer has none.
+          jinja2.exceptions.TemplateError: the template fails or calls `raise_exception`.
+        """
         source = BUILTIN_TEMPLATES.get(template, template) if template else self.chat_template
         if source is None:
             raise TokenizerError(
@@ -195,6 +277,10 @@ class Tokenizer:
 
         Returns:
           The prompt text, ending where the assistant's answer begins.
+
+        Raises:
+          ValueError: `style` is not a `PromptStyle`.
+          TokenizerError: style 'chat' for a tokenizer without a chat template.
         """
         choices.check("prompt", "style", style, PromptStyle)
         if style == "raw":

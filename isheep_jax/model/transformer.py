@@ -5,7 +5,8 @@ Layers are stacked with `nn.scan` (one compiled layer body, or unrolled with
 parameter carries logical axis names. The same parameters serve the full forward pass (training,
 with packing via segment ids) and cached decoding.
 
-Parameter tree (shapes; L = layers, E = hidden, H = heads, K = kv heads, D = head dim):
+Parameter tree (shapes; L = layers, V = vocab, E = hidden, F = MLP width, H = heads,
+K = kv heads, D = head dim):
   embed/embedding [V, E]
   layers/attn/{q_proj [L,E,H,D], k_proj, v_proj [L,E,K,D], o_proj [L,H,D,E]}/kernel (+ bias)
   layers/mlp/{gate_proj, up_proj [L,E,F], down_proj [L,F,E]}/kernel
@@ -30,9 +31,16 @@ _KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class KVCache(NamedTuple):
-    """Decoding state. k, v: one [batch, kv_heads, slots, head_dim] array per layer;
-    valid [batch, slots]. Slots sit next to head_dim so attention reads the cache as a
-    plain batched matmul (no per-step transpose of the whole cache).
+    """Decoding state: the keys and values of every layer, and which slots hold a token.
+
+    Slots sit next to head_dim so attention reads the cache as a plain batched matmul (no
+    per-step transpose of the whole cache).
+
+    Attributes:
+      k: one [batch, kv_heads, slots, head_dim] array per layer, in the cache dtype.
+      v: one [batch, kv_heads, slots, head_dim] array per layer, in the cache dtype.
+      valid: [batch, slots] bool, the slots that hold a real (non-padding) token.
+      index: int32 scalar, the slot the next token is written to (same for all rows).
     """
 
     k: tuple[jax.Array, ...]
@@ -41,7 +49,11 @@ class KVCache(NamedTuple):
     index: jax.Array  # int32 scalar: the slot the next token is written to (same for all rows)
 
     def constrained(self) -> KVCache:
-        """The cache with its logical sharding applied (batch over data/fsdp, kv heads over tensor)."""
+        """The cache with its logical sharding applied (batch over data/fsdp, kv heads over tensor).
+
+        Returns:
+          The same cache under `constrain` (unchanged outside `activation_sharding`).
+        """
         kv = ("batch", "act_kv_heads", "cache_length", "kv")
         return KVCache(
             tuple(constrain(x, kv) for x in self.k),
@@ -52,23 +64,47 @@ class KVCache(NamedTuple):
 
 
 class PrefixCache(NamedTuple):
-    """Keys and values of a prompt prefix that every row of a batch shares (a chat template's
-    system turn, a rating rubric's header, few-shot demonstrations): one [1, kv_heads, C,
-    head_dim] array per layer, prefilled once for the batch instead of once per row. The
-    rows' prefill attends to it before their own tokens and writes it into the first C
-    slots of every row's cache, so decoding is unchanged."""
+    """Keys and values of a prompt prefix that every row of a batch shares.
+
+    Such a prefix (a chat template's system turn, a rating rubric's header, few-shot
+    demonstrations) is prefilled once for the batch instead of once per row. The rows'
+    prefill attends to it before their own tokens and writes it into the first C slots of
+    every row's cache, so decoding is unchanged.
+
+    Attributes:
+      k: one [1, kv_heads, C, head_dim] array per layer.
+      v: one [1, kv_heads, C, head_dim] array per layer.
+    """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
 
     def constrained(self) -> PrefixCache:
+        """The prefix with its logical sharding applied (kv heads over tensor).
+
+        Returns:
+          The same prefix under `constrain` (unchanged outside `activation_sharding`).
+        """
         kv = (None, "act_kv_heads", "cache_length", "kv")
         return PrefixCache(tuple(constrain(x, kv) for x in self.k), tuple(constrain(x, kv) for x in self.v))
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: str | None = None) -> KVCache:
-    """An empty cache; k and v in `dtype` (default: the compute dtype). New keys and values
-    are rounded to it when written; attention reads them back in f32 or the compute dtype."""
+    """An empty cache; k and v in `dtype` (default: the compute dtype).
+
+    New keys and values are rounded to it when written; attention reads them back in f32
+    or the compute dtype.
+
+    Args:
+      cfg: the model configuration (layers, kv heads, head dim, compute dtype).
+      batch: the number of rows.
+      slots: S, the number of token slots per row.
+      dtype: the dtype of k and v (default: `cfg.dtype`).
+
+    Returns:
+      A `KVCache` of zeros: k, v [batch, kv_heads, S, head_dim] per layer, valid [batch, S]
+      all False, index 0.
+    """
     shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     dt = jnp.dtype(dtype or cfg.dtype)
     zeros = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers))
@@ -81,13 +117,17 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: str | None = Non
 
 
 class Packing(NamedTuple):
-    """A left-padded prompt batch [B, P] reduced to its real tokens, for the prefill's
-    token-wise work (projections, MLP, norms): rows of mixed lengths padded to a bucket are
-    a third padding or more, which a padded prefill computes like real tokens.
+    """A left-padded prompt batch [B, P] reduced to its real tokens, for the prefill's token-wise work.
 
-    pack [Tp]: flat indices (into B * P) of the tokens computed, real ones first (the rest
-    repeat slot 0 and are never read back); unpack [B, P]: each slot's index into the packed
-    tokens, Tp for padding (reads a zero row). Attention runs on the padded layout.
+    The token-wise work is the projections, MLP and norms: rows of mixed lengths padded to
+    a bucket are a third padding or more, which a padded prefill computes like real
+    tokens. Attention runs on the padded layout.
+
+    Attributes:
+      pack: [Tp] int32, flat indices (into B * P) of the tokens computed, real ones first
+        (the rest repeat slot 0 and are never read back).
+      unpack: [B, P] int32, each slot's index into the packed tokens, Tp for padding (reads
+        a zero row).
     """
 
     pack: jax.Array
@@ -95,7 +135,16 @@ class Packing(NamedTuple):
 
 
 def make_packing(mask: jax.Array, packed_len: int) -> Packing:
-    """Packing of a [B, P] bool mask; packed_len >= its true count (caller's bucket)."""
+    """Packing of a [B, P] bool mask.
+
+    Args:
+      mask: [B, P] bool, True on real tokens.
+      packed_len: Tp, the caller's bucket; at least the number of True entries (not checked:
+        the tokens past Tp would be dropped).
+
+    Returns:
+      The `Packing`: pack [Tp] int32, unpack [B, P] int32.
+    """
     flat = mask.reshape(-1)
     pack = jnp.nonzero(flat, size=packed_len, fill_value=0)[0].astype(jnp.int32)
     unpack = jnp.where(flat, jnp.cumsum(flat) - 1, packed_len).astype(jnp.int32).reshape(mask.shape)
@@ -103,12 +152,28 @@ def make_packing(mask: jax.Array, packed_len: int) -> Packing:
 
 
 def pack_tokens(x: jax.Array, packing: Packing) -> jax.Array:
-    """[B, P, ...] -> [1, Tp, ...]."""
+    """Gathers the packed tokens of a padded batch: [B, P, ...] -> [1, Tp, ...].
+
+    Args:
+      x: [B, P, ...], e.g. tokens [B, P] or activations [B, P, E].
+      packing: from `make_packing`.
+
+    Returns:
+      [1, Tp, ...] in `x`'s dtype.
+    """
     return x.reshape((-1,) + x.shape[2:])[packing.pack][None]
 
 
 def unpack_tokens(x: jax.Array, packing: Packing) -> jax.Array:
-    """[1, Tp, ...] -> [B, P, ...], zeros on padding."""
+    """Scatters packed tokens back to the padded layout: [1, Tp, ...] -> [B, P, ...], zeros on padding.
+
+    Args:
+      x: [1, Tp, ...] packed values.
+      packing: from `make_packing`.
+
+    Returns:
+      [B, P, ...] in `x`'s dtype.
+    """
     rows = jnp.concatenate([x[0], jnp.zeros((1,) + x.shape[2:], x.dtype)])
     return rows[packing.unpack]
 
@@ -121,16 +186,39 @@ def _param(
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm over the last axis with a learned scale [hidden] (`layers.rms_norm`).
+
+    Attributes:
+      cfg: the model configuration (epsilon, compute and parameter dtypes).
+    """
+
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises `x`.
+
+        Args:
+          x: [..., hidden].
+
+        Returns:
+          [..., hidden] in the compute dtype.
+        """
         scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
         return layers.rms_norm(x, scale, self.cfg.rms_norm_eps, jnp.dtype(self.cfg.dtype))
 
 
 class Projection(nn.Module):
-    """x[..., in] @ kernel[in..., out...] (+ bias[out...]); kernel named by logical axes."""
+    """x[..., in] @ kernel[in..., out...] (+ bias[out...]); kernel named by logical axes.
+
+    Attributes:
+      cfg: the model configuration (compute and parameter dtypes).
+      in_shape: the contracted trailing dims of `x`, e.g. (E,) or (H, D).
+      out_shape: the dims the projection produces, e.g. (H, D) or (E,).
+      axes: logical names of the kernel's dims, in_shape's then out_shape's (the bias takes
+        the latter).
+      use_bias: whether to add a bias [*out_shape].
+    """
 
     cfg: ModelConfig
     in_shape: tuple[int, ...]
@@ -140,12 +228,20 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Projects `x`.
+
+        Args:
+          x: [..., *in_shape].
+
+        Returns:
+          [..., *out_shape] in the compute dtype.
+        """
         dt = jnp.dtype(self.cfg.dtype)
         kernel = _param(self, "kernel", self.in_shape + self.out_shape, self.axes)
         # One [tokens, in] x [in, out] matmul: with the token axes kept apart ([B, T, E]
         # operands) XLA:CPU's backward pass transposes the SwiGLU gradients through strided
-        # copies (SmolLM2-135M MLP fwd+bwd at 8 x 256 tokens: 250 -> 175 ms). The reshapes
-        # are of contiguous axes, free on every backend.
+        # copies (measurements: benchmarks/HISTORY.md). The reshapes are of contiguous axes,
+        # free on every backend.
         n_in = len(self.in_shape)
         size_in, size_out = math.prod(self.in_shape), math.prod(self.out_shape)
         y = jnp.dot(x.astype(dt).reshape(-1, size_in), kernel.astype(dt).reshape(size_in, size_out))
@@ -157,10 +253,17 @@ class Projection(nn.Module):
 
 
 class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE: q/k/v projections, cache update, attention, o_proj.
+
+    Attributes:
+      cfg: the model configuration.
+      fresh_cache: the cache is empty (see the comment on the field).
+    """
+
     cfg: ModelConfig
     # The cache is empty (a prompt's prefill; its contents are never read): attend over the
     # shared prefix and the new keys only, mask [B, 1, T, C + T] (not over all S slots, most
-    # of them empty: a third of the prefill time at S = 3 T), and build the cache as
+    # of them empty, whose scores would be prefill work for nothing), and build the cache as
     # [prefix | new keys | empty] in one pass.
     fresh_cache: bool = False
 
@@ -175,11 +278,26 @@ class Attention(nn.Module):
         packing: Packing | None = None,
         prefix: tuple[jax.Array, jax.Array] | None = None,
     ):
-        """cache: this layer's (k, v), each [B, K, S, D]; the new slots are written in place.
-        packing: x is [1, Tp, E] packed tokens (a fresh cache's prefill); positions and mask
-        are of the padded [B, P] layout attention runs on. prefix: this layer's shared
-        prefix (k, v), each [1, K, C, D], seen by every row before its new tokens (a fresh
-        cache's prefill)."""
+        """Attention of T new tokens, with or without a cache.
+
+        Args:
+          x: [B, T, E] normalised activations ([1, Tp, E] packed tokens with `packing`).
+          positions: [B, T] int32, the RoPE positions.
+          mask: [B, 1, T, keys] bool: keys = T without a cache, C + T into a fresh cache
+            (C: the prefix length, 0 without one), S into a cache of S slots.
+          cache: None, or this layer's (k, v), each [B, K, S, D]; the new slots are written
+            in place.
+          cache_index: int32 scalar, the slot of the first new token (a cache that is not
+            fresh).
+          packing: x is [1, Tp, E] packed tokens (a fresh cache's prefill); positions and
+            mask are of the padded [B, P] layout attention runs on.
+          prefix: this layer's shared prefix (k, v), each [1, K, C, D], seen by every row
+            before its new tokens (a fresh cache's prefill).
+
+        Returns:
+          (y [B, T, E] in the compute dtype ([1, Tp, E] with `packing`), the updated (k, v)
+          cache, or None without one).
+        """
         cfg = self.cfg
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = Projection(cfg, (e,), (h, d), ("embed", "heads", "kv"), cfg.qkv_bias, name="q_proj")(x)
@@ -230,10 +348,24 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The SwiGLU MLP: down_proj(silu(gate_proj(x)) * up_proj(x)).
+
+    Attributes:
+      cfg: the model configuration.
+    """
+
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the MLP.
+
+        Args:
+          x: [B, T, E] normalised activations.
+
+        Returns:
+          [B, T, E] in the compute dtype.
+        """
         cfg = self.cfg
         e, f = cfg.hidden_size, cfg.intermediate_size
         gate = Projection(cfg, (e,), (f,), ("embed", "mlp"), name="gate_proj")(x)
@@ -243,11 +375,32 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)).
+
+    Attributes:
+      cfg: the model configuration.
+      fresh_cache: the cache is empty (see `Attention`).
+    """
+
     cfg: ModelConfig
     fresh_cache: bool = False  # see Attention
 
     @nn.compact
     def __call__(self, carry, positions, mask, cache_index, packing: Packing | None = None, prefix=None):
+        """Runs the layer; the signature is `nn.scan`'s (carry, broadcast inputs).
+
+        Args:
+          carry: (x [B, T, E] in the compute dtype ([1, Tp, E] with `packing`), this layer's
+            (k, v) cache or None).
+          positions: [B, T] int32.
+          mask: [B, 1, T, keys] bool (see `Attention`).
+          cache_index: int32 scalar, the slot of the first new token (or None without a cache).
+          packing: the prefill's `Packing`, or None.
+          prefix: this layer's shared prefix (k, v), each [1, K, C, D], or None.
+
+        Returns:
+          ((x, cache) as in `carry`, updated; None), scan's (carry, output) pair.
+        """
         x, cache = carry
         h, cache = Attention(self.cfg, self.fresh_cache, name="attn")(
             RMSNorm(self.cfg, name="input_norm")(x), positions, mask, cache, cache_index, packing, prefix
@@ -266,10 +419,21 @@ def _remat_policy(name: str):
 
 
 class Embed(nn.Module):
+    """The token embedding table as a parameter, initialised from N(0, 1).
+
+    Attributes:
+      cfg: the model configuration (vocabulary, hidden size, parameter dtype).
+    """
+
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self) -> jax.Array:
+        """The table.
+
+        Returns:
+          embedding [V, E] in the parameter dtype.
+        """
         return _param(
             self,
             "embedding",
@@ -280,11 +444,31 @@ class Embed(nn.Module):
 
 
 def embed_tokens(cfg: ModelConfig, embedding: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Looks the tokens up in the embedding table.
+
+    Args:
+      cfg: the model configuration (compute dtype).
+      embedding: [V, E].
+      tokens: [B, T] int.
+
+    Returns:
+      x [B, T, E] in the compute dtype.
+    """
     x = jnp.take(embedding, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
     return constrain(x, ("batch", "length", "act_embed"))
 
 
 def tied_logits(cfg: ModelConfig, x: jax.Array, embedding: jax.Array) -> jax.Array:
+    """Logits of a tied head: x times the embedding table, transposed.
+
+    Args:
+      cfg: the model configuration (compute dtype).
+      x: [B, T, E] final-norm activations.
+      embedding: [V, E] (the embedding, or `tied_head`: its copy in the compute dtype).
+
+    Returns:
+      logits [B, T, V] in the compute dtype.
+    """
     dt = jnp.dtype(cfg.dtype)
     return jnp.einsum("bte,ve->btv", x.astype(dt), embedding.astype(dt))
 
@@ -308,10 +492,10 @@ def _finish_logits(logits: jax.Array) -> jax.Array:
 class Transformer(nn.Module):
     """Full forward: tokens [batch, T] -> logits [batch, T, vocab] f32 (training, scoring).
 
-    segment_ids [batch, T]: 0 marks padding; packed examples carry distinct ids and never
-    attend to each other. logits_index [batch]: logits only at that position of each row
-    ([batch, 1, vocab]), so a long prompt never materialises [batch, T, vocab] logits.
     Cached decoding uses `decode_forward` on the same parameters, unstacked.
+
+    Attributes:
+      cfg: the model configuration.
     """
 
     cfg: ModelConfig
@@ -324,6 +508,19 @@ class Transformer(nn.Module):
         segment_ids: jax.Array,
         logits_index: jax.Array | None = None,
     ) -> jax.Array:
+        """Runs the full forward.
+
+        Args:
+          tokens: [batch, T] int32.
+          positions: [batch, T] int32, the RoPE positions.
+          segment_ids: [batch, T] int32: 0 marks padding; packed examples carry distinct ids
+            and never attend to each other.
+          logits_index: [batch] int: logits only at that position of each row, so a long
+            prompt never materialises [batch, T, vocab] logits (None: every position).
+
+        Returns:
+          logits [batch, T, vocab] float32, or [batch, 1, vocab] float32 with `logits_index`.
+        """
         cfg = self.cfg
         embedding = Embed(cfg, name="embed")()
         x = embed_tokens(cfg, embedding, tokens)
@@ -353,13 +550,19 @@ def unstack_layers(params: Any, head_dtype: Any = None) -> Any:
     """Params in the layout `decode_forward` takes: `layers` as a tuple of per-layer trees.
 
     Decoding runs the layers unrolled so each layer's KV cache is its own buffer, updated in
-    place; a cache stacked over layers in a scan carry is copied whole at every layer on
-    XLA:CPU (measured 20x slower). A tied head multiplies by the embedding [V, E] itself. (A
-    transposed [E, V] copy had measured faster on an AVX-512 CPU; on the AMD Zen 3 CPU of
-    benchmarks/RESULTS.md the embedding itself is faster at every batch from 1 to 64,
-    SmolLM2-135M batch 32: 180 -> 160 ms per step, and it costs no copy.)
-    head_dtype: the compute dtype. Where it is not the embedding's, a tied head gets its own
-    copy in it (`tied_head`), cast once here instead of at every step.
+    place; XLA:CPU copies a cache stacked over layers in a scan carry whole at every layer.
+    A tied head multiplies by the embedding [V, E] itself: it needs no transposed [E, V]
+    copy, and neither layout is the faster one on every CPU (measurements:
+    benchmarks/HISTORY.md).
+
+    Args:
+      params: the stacked parameter tree (every `layers` leaf has a leading [L] axis).
+      head_dtype: the compute dtype. Where it is not the embedding's, a tied head gets its
+        own copy in it (`tied_head`), cast once here instead of at every step (None: no copy).
+
+    Returns:
+      A shallow copy of `params` with `layers` a tuple of L per-layer trees (leaves without
+      the [L] axis) and, for a tied head in another dtype, `tied_head` [V, E] in `head_dtype`.
     """
     n = jax.tree.leaves(params["layers"])[0].shape[0]
     out = dict(params)
@@ -384,13 +587,30 @@ def decode_forward(
 ) -> tuple[jax.Array, KVCache]:
     """Cached forward of T new tokens (prefill or one decode step) on unstacked params.
 
-    fresh_cache: the cache is empty (only its shapes are used): the tokens attend to the
-    prefix and among themselves only, and the cache is rebuilt as [prefix | tokens | empty
-    slots], its index after the tokens.
-    packing: compute only the packed tokens outside attention (a fresh cache's prefill,
-    needs logits_index); results equal the padded computation's on every real token.
-    prefix: a prefix every row attends to before its tokens (a fresh cache's prefill; the
-    positions count it).
+    Args:
+      cfg: the model configuration.
+      params: the parameters in `unstack_layers`' layout.
+      tokens: [B, T] int32, the new tokens.
+      positions: [B, T] int32, their RoPE positions.
+      segment_ids: [B, T] int32, 0 marking padding (those slots stay invalid in the cache).
+      cache: the `KVCache` of S slots; the tokens are written from `cache.index` on (from
+        slot C, after the prefix, with `fresh_cache`).
+      logits_index: [B] int: logits only at that position of each row (None: every position).
+      fresh_cache: the cache is empty (only its shapes are used): the tokens attend to the
+        prefix and among themselves only, and the cache is rebuilt as [prefix | tokens |
+        empty slots], its index after the tokens.
+      packing: compute only the packed tokens outside attention (a fresh cache's prefill,
+        needs logits_index); results equal the padded computation's on every real token.
+      prefix: a prefix every row attends to before its tokens (a fresh cache's prefill; the
+        positions count it).
+
+    Returns:
+      (logits [B, T, V] float32, or [B, 1, V] float32 with `logits_index`; the updated
+      `KVCache`, its index advanced past the tokens).
+
+    Raises:
+      ValueError: `packing` without `fresh_cache` and `logits_index`, or `prefix` without
+        `fresh_cache`.
     """
     if packing is not None and (not fresh_cache or logits_index is None):
         raise ValueError("packing is for a fresh cache's prefill with logits_index")

@@ -52,7 +52,22 @@ _CONTEXT: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.Contex
 def make_mesh(
     data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
-    """Builds a (data, fsdp, tensor) mesh; exactly one size may be -1 (fill the rest)."""
+    """Builds a (data, fsdp, tensor) mesh; at most one size may be -1 (fill the rest).
+
+    Args:
+      data: size of the `data` axis, or -1.
+      fsdp: size of the `fsdp` axis, or -1 (the default: every device not taken by the others).
+      tensor: size of the `tensor` axis, or -1.
+      devices: the devices to lay out, in order (default: `jax.devices()`, all processes').
+
+    Returns:
+      A `Mesh` of shape [data, fsdp, tensor] over `devices` with axis names `MESH_AXES`,
+      every axis of type `AxisType.Auto`.
+
+    Raises:
+      ValueError: more than one size is -1, the known sizes do not divide the device
+        count, or the sizes' product is not the device count.
+    """
     devices = list(devices if devices is not None else jax.devices())
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
@@ -77,7 +92,21 @@ def logical_to_pspec(
     mesh: Mesh,
     rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
 ) -> P:
-    """Maps logical axis names to a PartitionSpec, replicating dims that do not divide."""
+    """Maps logical axis names to a PartitionSpec, replicating dims that do not divide.
+
+    Each name maps through `rules` to mesh axes; mesh axes of size 1, and ones an earlier
+    dim already uses, are dropped. A dim whose size the product of its remaining mesh axes
+    does not divide is replicated whole. Names missing from `rules` are replicated.
+
+    Args:
+      names: one logical axis name per dim (None: replicated).
+      shape: the array's shape, for the divisibility check (None: no check).
+      mesh: the mesh whose axis sizes apply.
+      rules: (logical name, mesh axis | tuple of mesh axes | None) pairs.
+
+    Returns:
+      A `PartitionSpec` with one entry per dim.
+    """
     table = dict(rules)
     used: set[str] = set()
     spec = []
@@ -99,13 +128,34 @@ def logical_to_sharding(
     mesh: Mesh,
     rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
 ) -> NamedSharding:
+    """The `NamedSharding` of `logical_to_pspec(names, shape, mesh, rules)` on `mesh`.
+
+    Args:
+      names: one logical axis name per dim (None: replicated).
+      shape: the array's shape, for the divisibility check (None: no check).
+      mesh: the mesh to shard over.
+      rules: (logical name, mesh axes) pairs, as in `logical_to_pspec`.
+
+    Returns:
+      The sharding.
+    """
     return NamedSharding(mesh, logical_to_pspec(names, shape, mesh, rules))
 
 
 def tree_shardings(
     logical_axes: Any, abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
 ) -> Any:
-    """Shardings for a pytree given a matching pytree of logical-name tuples."""
+    """Shardings for a pytree given a matching pytree of logical-name tuples.
+
+    Args:
+      logical_axes: a pytree whose leaves are tuples of logical names, one per dim.
+      abstract: the matching pytree of arrays or `ShapeDtypeStruct`s (only `.shape` is read).
+      mesh: the mesh to shard over.
+      rules: (logical name, mesh axes) pairs, as in `logical_to_pspec`.
+
+    Returns:
+      The matching pytree of `NamedSharding`s.
+    """
     return jax.tree.map(
         lambda names, x: logical_to_sharding(names, x.shape, mesh, rules),
         logical_axes,
@@ -116,7 +166,17 @@ def tree_shardings(
 
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
-    """Within this context (active while tracing), `constrain` applies sharding constraints."""
+    """Within this context (active while tracing), `constrain` applies sharding constraints.
+
+    The context is read when a function is traced, not when a compiled one runs.
+
+    Args:
+      mesh: the mesh the constraints refer to (also what `mesh_size` reports).
+      rules: (logical name, mesh axes) pairs, as in `logical_to_pspec`.
+
+    Yields:
+      None.
+    """
     token = _CONTEXT.set((mesh, tuple(rules)))
     try:
         yield
@@ -125,13 +185,25 @@ def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_R
 
 
 def mesh_size() -> int:
-    """Devices of the mesh of the active `activation_sharding` context (1 outside one)."""
+    """Devices of the mesh of the active `activation_sharding` context (1 outside one).
+
+    Returns:
+      The mesh's device count, or 1 outside an `activation_sharding` context.
+    """
     ctx = _CONTEXT.get()
     return 1 if ctx is None else ctx[0].size
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint by logical names; a no-op outside `activation_sharding`."""
+    """Sharding constraint by logical names; a no-op outside `activation_sharding`.
+
+    Args:
+      x: the array (a traced value) to constrain.
+      names: one logical axis name per dim of `x` (None: replicated).
+
+    Returns:
+      `x` under `jax.lax.with_sharding_constraint`, or `x` itself outside the context.
+    """
     ctx = _CONTEXT.get()
     if ctx is None:
         return x
@@ -140,4 +212,12 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The fully replicated sharding on `mesh`.
+
+    Args:
+      mesh: the mesh.
+
+    Returns:
+      `NamedSharding(mesh, PartitionSpec())`: a whole copy on every device.
+    """
     return NamedSharding(mesh, P())

@@ -1,4 +1,7 @@
-"""Resumable sampling: a stage's prompts in chunks, each chunk's results a file of its own.
+"""Chunked sampling: a stage's prompts in resumable chunks, each chunk's results a file of its own.
+
+This layer sits above the sampler: it only decides which prompts still need results and
+hands them to a `generate` callable (typically wrapping `sampling.generator.completion_rows`).
 
 Row ids are global prompt indices, so a row's random stream never depends on chunking or
 restarts: a chunk computed after a restart is identical to one computed before.
@@ -29,10 +32,14 @@ def sample_in_chunks(
 ) -> list[dict]:
     """Results for every prompt, computing only chunks not already on disk.
 
+    Chunk c holds prompts [c * chunk_size, (c + 1) * chunk_size); the row ids passed to
+    `generate` are those global prompt indices.
+
     Args:
-      chunk_dir: directory (`epath.Path`, local or gs://) of the chunk files `<n>.jsonl`.
+      chunk_dir: directory (`epath.Path`, local or gs://) of the chunk files `<n>.jsonl`
+        (n the chunk index, zero-padded to 5 digits).
       prompts: all prompts of the stage.
-      chunk_size: prompts per chunk.
+      chunk_size: prompts per chunk (>= 1).
       generate: `generate(prompts, row_ids)` returns one JSON-able dict per prompt.
       desc: name of the stage, for the log.
 
@@ -41,6 +48,7 @@ def sample_in_chunks(
 
     Raises:
       ChunkError: a chunk file's length is wrong (a different config); never silently reused.
+        Only the row count is checked: a file of the right length is reused as it is.
     """
     out: list[dict] = []
     n_chunks = math.ceil(len(prompts) / chunk_size)

@@ -1,4 +1,8 @@
-"""The jit-compiled decoding loop: prefill + `lax.while_loop` over an explicit KV cache.
+"""Decode loop: one jit-compiled call that prefills a padded batch and decodes it in a `lax.while_loop`.
+
+This layer runs one batch already tokenised and padded, over an explicit KV cache; how
+each token is chosen from the logits is `sampling.token_choice`, and batching, bucketing
+and text are `sampling.generator`.
 
 Prompts are left-padded to a common length P, so every row writes the same cache slot at
 each step (no per-row scatter); each row's positions start at 0 at its first real token
@@ -27,6 +31,15 @@ RUNNING, EOS, STOP = 0, 1, 2  # finish codes; RUNNING at the end means 'length'
 
 
 class DecodeOutput(NamedTuple):
+    """What `decode` returns for a batch of B rows with token capacity N.
+
+    Attributes:
+      tokens: [B, N] int32 generated token ids, `pad_id` after each row's end.
+      logprobs: [B, N] f32 log p of each token under the raw model distribution (0 after the end).
+      lengths: [B] int32 tokens generated, the terminating EOS / stop tokens included.
+      finish: [B] int32 finish code: RUNNING (hit max_new_tokens or N), EOS or STOP.
+    """
+
     tokens: jax.Array  # [B, N] int32, pad after the end
     logprobs: jax.Array  # [B, N] f32, log p of each token under the raw model distribution
     lengths: jax.Array  # [B] tokens generated, the terminating EOS / stop tokens included
@@ -71,14 +84,36 @@ def decode(
     packed_len: int | None = None,
     prefix: jax.Array | None = None,
 ) -> DecodeOutput:
-    """prompt [B, P] left-padded (prompt_mask False on padding); eos_ids [E]; stop_seqs [S, Ls].
+    """Prefills a batch of left-padded prompts and samples up to `max_new_tokens` per row.
 
-    params: unstacked (`model.unstack_layers`). cache_dtype: the KV cache's (default: compute
-    dtype); bfloat16 under f32 compute halves the bytes each decode step reads.
-    packed_len: prefill only the real prompt tokens, padded to this many (>= the mask's
-    count; see `model.Packing`); None computes the padded batch. Same results either way.
-    prefix [C]: tokens every row's prompt starts with (`prompt` then holds what follows
-    them, left-padded): prefilled once for all rows. None or C = 0: no shared prefix.
+    Jit-compiled; `cfg`, `capacity`, `cache_dtype` and `packed_len` are static (along with
+    the shapes), every other argument is traced.
+
+    Args:
+      cfg: the model config (static).
+      params: unstacked parameters (`model.unstack_layers`).
+      prompt: [B, P] int32 token ids, left-padded.
+      prompt_mask: [B, P] bool, False on padding.
+      row_keys: [B] PRNG keys, one per row (keyed by seed and row id).
+      eos_ids: [E] int32 token ids that end a row (finish EOS).
+      stop_seqs: [S, Ls] int32 stop sequences of token ids, right-aligned, -1 = wildcard
+        padding (S may be 0); a row whose last generated tokens match one ends (finish STOP).
+      max_new_tokens: scalar int32, at most this many tokens per row (also capped at `capacity`).
+      temperature: scalar f32; <= 0 means greedy.
+      top_k: scalar int32; <= 0 disables top-k.
+      top_p: scalar f32; >= 1 disables top-p.
+      pad_id: scalar int32 written after each row's end.
+      capacity: N, the cache slots for new tokens and the width of the outputs (static).
+      cache_dtype: the KV cache's dtype (default: compute dtype); bfloat16 under f32
+        compute halves the bytes each decode step reads.
+      packed_len: prefill only the real prompt tokens, padded to this many (>= the mask's
+        count; see `model.Packing`); None computes the padded batch. Same results either way.
+      prefix: [C] int32 tokens every row's prompt starts with (`prompt` then holds what
+        follows them, left-padded): prefilled once for all rows. None or C = 0: no shared
+        prefix.
+
+    Returns:
+      A `DecodeOutput`: tokens and logprobs [B, N], lengths and finish codes [B].
     """
     b, p = prompt.shape
     c = 0 if prefix is None else prefix.shape[0]
@@ -150,9 +185,11 @@ def decode(
     limit = jnp.minimum(max_new_tokens, capacity)
 
     def cond(state: _State) -> jax.Array:
+        """Continues while the token budget lasts and some row is still running."""
         return (state.step < limit) & jnp.any(state.finish == RUNNING)
 
     def body(state: _State) -> _State:
+        """One decode step: feeds each row's last token through the model, then samples the next."""
         last = state.tokens[:, state.step - 1][:, None]
         pos = (prompt_len + state.step - 1)[:, None]
         logits, cache = decode_forward(cfg, params, last, pos, jnp.ones_like(last), state.cache)

@@ -1,4 +1,8 @@
-"""Batch driver for the sampler: thousands of prompts in, completions out in input order.
+"""Batch driver (`Generator`): the user-facing sampler, thousands of prompts in, completions out in order.
+
+This layer tokenises, sorts, batches, pads and buckets the prompts, runs each batch through
+`sampling.decode_loop.decode` (which chooses tokens with `sampling.token_choice`), and turns
+the tokens back into text.
 
 Prompts are sorted by length and cut into batches; batch size, prompt length and token
 capacity are rounded up to buckets so a long job compiles a handful of times. Each row's
@@ -70,7 +74,20 @@ FINISH_NAMES: dict[int, FinishReason] = {
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """Sampling settings of one stage (temperature <= 0 is greedy; see sampling.py for order)."""
+    """Sampling settings of one stage (temperature <= 0 is greedy; see token_choice.py for order).
+
+    Attributes:
+      max_new_tokens: at most this many generated tokens per prompt (>= 1).
+      temperature: divides the logits; <= 0 means greedy.
+      top_p: nucleus mass in (0, 1]; 1 disables top-p.
+      top_k: tokens kept by top-k; <= 0 disables it.
+      seed: the base of every row's random stream (with the row id).
+      stop_strings: strings that end a completion; the text is cut before the first one.
+      batch_size: prompts decoded at once (rows are padded up to a power of two).
+
+    Raises:
+      ValueError: max_new_tokens < 1, top_p outside (0, 1], or batch_size < 1.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -91,6 +108,16 @@ class SamplingSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
+    """One prompt's completion.
+
+    Attributes:
+      token_ids: generated token ids, EOS excluded (a stop string's tokens may end it).
+      text: decoded text, cut before any stop string.
+      finish_reason: 'length', 'eos' or 'stop'.
+      logprobs: log p of each token of `token_ids` under the raw model distribution.
+      prompt_tokens: tokens of the prompt, special tokens and any shared prefix included.
+    """
+
     token_ids: list[int]  # generated tokens, EOS excluded (a stop string's tokens may end it)
     text: str  # decoded text, cut before any stop string
     finish_reason: FinishReason
@@ -99,6 +126,18 @@ class Completion:
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:
+    """Rounds `n` up to the smallest bucket that holds it.
+
+    Args:
+      n: a length.
+      buckets: ascending bucket sizes.
+
+    Returns:
+      The smallest bucket >= n.
+
+    Raises:
+      ValueError: n exceeds the largest bucket.
+    """
     i = bisect.bisect_left(buckets, n)
     if i == len(buckets):
         raise ValueError(f"length {n} exceeds the largest bucket {buckets[-1]}")
@@ -110,18 +149,32 @@ def _pow2_at_least(n: int) -> int:
 
 
 def packed_prefill_len(mask: np.ndarray) -> int | None:
-    """Tokens a packed prefill computes for a [B, P] prompt mask: its real tokens rounded up
-    to a quarter of B * P (at most 3 extra compiles per shape bucket); None when that is all
-    of them (the padded prefill, no gathers)."""
+    """Tokens a packed prefill computes for a prompt mask (`decode`'s `packed_len`).
+
+    Args:
+      mask: [B, P] bool prompt mask, True on real tokens.
+
+    Returns:
+      The real tokens rounded up to a multiple of a quarter of B * P (at most 3 extra
+      compiles per shape bucket); None when that is all of them (the padded prefill, no
+      gathers).
+    """
     quarter = max(mask.size // 4, 1)
     n = -(-int(mask.sum()) // quarter) * quarter
     return None if n >= mask.size else n
 
 
 def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
-    """Tokens to prefill once for all prompts: their longest common prefix, rounded down to
-    a PREFIX_BUCKETS length, leaving every prompt at least one token of its own; 0 when that
-    is below the smallest bucket."""
+    """Tokens to prefill once for all prompts (the shared prefix's length).
+
+    Args:
+      prompts: token ids of every prompt, each a sequence of ints.
+
+    Returns:
+      Their longest common prefix, rounded down to a PREFIX_BUCKETS length, leaving every
+      prompt at least one token of its own; 0 when that is below the smallest bucket (or
+      there are no prompts).
+    """
     if not prompts:
         return 0
     first, limit = prompts[0], min(len(x) for x in prompts) - 1
@@ -152,7 +205,17 @@ KV_CACHE_DTYPES = ("", "float32", "bfloat16", "float16")  # '' = the compute dty
 
 
 def check_kv_cache_dtype(name: str) -> str | None:
-    """A `Generator.kv_cache_dtype` value checked; None for the compute dtype."""
+    """Checks a `Generator.kv_cache_dtype` value.
+
+    Args:
+      name: one of KV_CACHE_DTYPES ('' = the compute dtype).
+
+    Returns:
+      The dtype name, or None for the compute dtype ('').
+
+    Raises:
+      ValueError: `name` is not one of KV_CACHE_DTYPES.
+    """
     if name not in KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {name!r}")
     return name or None
@@ -162,17 +225,28 @@ def check_kv_cache_dtype(name: str) -> str | None:
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
 
-    kv_cache_dtype: the KV cache's dtype ('' = the compute dtype). 'bfloat16' under f32
-    compute halves the cache's memory (room for larger sampling batches; `isheep plan`
-    counts it) at the price of rounding keys and values: tokens may differ from an f32
-    cache's after a near-tie, so it is not the default. It did not change decode speed on
-    this project's 2-core CPU (the conversion costs what the halved reads save).
-    share_prefix: the prefix that all prompts of one `generate` call share (a chat
-    template's system turn, a rating prompt's header, few-shot demonstrations; see
-    `shared_prefix_len`) is prefilled once per batch instead of once per row (SmolLM2's
-    chat prompts share 24 of ~43 tokens: batch-64 prefill 4.7 -> 2.7 s on the project's
-    CPU). The caches have the shapes they would have without it, so decoding costs the
-    same. Same results up to float summation order.
+    Args:
+      cfg: the model config.
+      params: the model's (stacked) parameters; an unstacked copy is kept (see
+        `model.unstack_layers`), so the caller may drop these afterwards.
+      tokenizer: encodes prompts and decodes completions; gives the pad and EOS ids.
+      mesh: the device mesh to sample on (default: `sharding.make_mesh()`).
+      extra_eos_ids: token ids that end a completion besides the config's and the
+        tokenizer's EOS ids.
+      kv_cache_dtype: the KV cache's dtype ('' = the compute dtype). 'bfloat16' under f32
+        compute halves the cache's memory (room for larger sampling batches; `isheep plan`
+        counts it) at the price of rounding keys and values: tokens may differ from an f32
+        cache's after a near-tie, so it is not the default. It need not speed up decoding
+        on a CPU, where converting the keys and values can cost what the halved reads save
+        (measurements: benchmarks/HISTORY.md).
+      share_prefix: the prefix that all prompts of one `generate` call share (a chat
+        template's system turn, a rating prompt's header, few-shot demonstrations; see
+        `shared_prefix_len`) is prefilled once per batch instead of once per row. The
+        caches have the shapes they would have without it, so decoding costs the same.
+        Same results up to float summation order.
+
+    Raises:
+      ValueError: `kv_cache_dtype` is not one of KV_CACHE_DTYPES.
     """
 
     def __init__(
@@ -202,6 +276,18 @@ class Generator:
     def encode_prompts(
         self, prompts: Sequence[str | Sequence[int]], add_special_tokens: bool = True
     ) -> list[list[int]]:
+        """Token ids of every prompt: strings are tokenised, token-id sequences kept as they are.
+
+        Args:
+          prompts: each a string or a sequence of token ids.
+          add_special_tokens: whether the tokenizer adds its special tokens (BOS) to strings.
+
+        Returns:
+          One list of int token ids per prompt, in input order.
+
+        Raises:
+          ValueError: a prompt has no tokens.
+        """
         texts = [p for p in prompts if isinstance(p, str)]
         encoded = iter(self.tokenizer.encode_batch(texts, add_special_tokens) if texts else [])
         out = [list(next(encoded)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
@@ -220,8 +306,21 @@ class Generator:
     ) -> list[Completion]:
         """Samples a completion for every prompt; results come back in input order.
 
-        row_ids: stable ids keying each row's random stream (default: the prompt index).
-        Chat prompts already rendered with their template should pass add_special_tokens=False.
+        Args:
+          prompts: each a string or a sequence of token ids.
+          settings: the sampling settings.
+          row_ids: stable ids keying each row's random stream (default: the prompt index).
+          add_special_tokens: whether to add the tokenizer's special tokens to string prompts.
+            Chat prompts already rendered with their template should pass False.
+          progress: show a progress bar (a string: with that description; False: none).
+
+        Returns:
+          One `Completion` per prompt, in input order.
+
+        Raises:
+          ValueError: a prompt is empty, `row_ids` and `prompts` differ in length,
+            `max_new_tokens` exceeds the largest capacity bucket, or a prompt plus the
+            token capacity exceeds the model's max_position_embeddings.
         """
         ids = self.encode_prompts(prompts, add_special_tokens)
         row_ids = list(range(len(ids))) if row_ids is None else list(row_ids)
@@ -279,7 +378,10 @@ class Generator:
         base_key: jax.Array,
         prefix: list[int],
     ) -> list[Completion]:
-        """batch_ids: each prompt's tokens after the shared `prefix`."""
+        """Decodes one batch of at most `settings.batch_size` prompts.
+
+        batch_ids: each prompt's tokens after the shared `prefix`; rows: their row ids.
+        """
         n = len(batch_ids)
         b = min(_pow2_at_least(n), _pow2_at_least(settings.batch_size))
         # The rows' own tokens fill the whole prompt bucket less the prefix: the cache has the
@@ -331,6 +433,7 @@ class Generator:
     def _completion(
         self, toks: np.ndarray, lps: np.ndarray, finish: int, prompt_tokens: int, stop_strings: Sequence[str]
     ) -> Completion:
+        """One row's `Completion`: the final EOS dropped, the text cut at any stop string."""
         toks, lps = toks.tolist(), lps.tolist()
         reason = FINISH_NAMES[finish]
         if reason == "eos":
@@ -344,14 +447,27 @@ class Generator:
 
 
 class GeneratorCache:
-    """Holds the Generator of one checkpoint at a time: a 7B model and its unstacked copy
-    are plenty of memory, so switching models frees the previous one first."""
+    """Holds the Generator of one checkpoint at a time.
+
+    A 7B model and its unstacked copy are plenty of memory, so switching models frees the
+    previous one first.
+
+    Args:
+      mesh: the device mesh to load the checkpoints onto and sample on (None: the default mesh).
+    """
 
     def __init__(self, mesh: Mesh | None = None):
         self.mesh, self.dir, self.gen = mesh, None, None
 
     def get(self, model_dir: str) -> Generator:
+        """The Generator of `model_dir`, loaded (after releasing the previous one) if not held.
 
+        Args:
+          model_dir: the checkpoint directory (`model.checkpoint.load_model`).
+
+        Returns:
+          Its `Generator`.
+        """
         if self.dir != model_dir:
             self.release()
             cfg, params = checkpoint.load_model(model_dir, self.mesh)
@@ -361,6 +477,7 @@ class GeneratorCache:
         return self.gen
 
     def release(self) -> None:
+        """Drops the held Generator and collects garbage so its memory is freed now."""
         self.dir, self.gen = None, None
         gc.collect()
 
@@ -375,8 +492,18 @@ def completion_rows(
 ) -> list[dict]:
     """JSON-able results of rendered prompts (what the run's chunk files store).
 
-    `chat`: the prompts were rendered with a chat template, which already holds the special
-    tokens the tokenizer would otherwise add (BOS).
+    Args:
+      gen: the generator to sample with.
+      prompts: rendered prompt strings.
+      row_ids: one stable id per prompt, keying its random stream.
+      settings: the sampling settings.
+      chat: the prompts were rendered with a chat template, which already holds the special
+        tokens the tokenizer would otherwise add (BOS).
+      desc: the progress bar's description.
+
+    Returns:
+      One dict per prompt, in input order: "text", "finish_reason" and "num_tokens"
+      (generated tokens, EOS excluded).
     """
     outs = gen.generate(prompts, settings, row_ids=row_ids, add_special_tokens=not chat, progress=desc)
     return [{"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)} for o in outs]

@@ -1,16 +1,21 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p. Pure functions.
+"""Token choice: how one token per row is chosen from one step's logits (greedy, temperature, top-k, top-p).
+
+This layer knows nothing of prompts, caches or loops: its pure functions take a step's
+logits [batch, vocab] and per-row PRNG keys and return [batch] tokens. The loop that calls
+them step after step is `sampling.decode_loop`; the batch driver is `sampling.generator`.
 
 Order (same as transformers' default warpers): temperature scales the logits first, then
 top-k keeps the k most likely tokens, then top-p keeps the most likely tokens whose mass
 reaches p (the most likely token is always kept; tokens tied at the cut-off are all
 kept). All settings are traced values, so changing them never recompiles.
 
-No full sort of the vocabulary: XLA's CPU sort of [batch, 49k] costs more than the whole
-forward pass. The top-k cut-off is found by bisection on a threshold (`_bisect`, 32
-halvings: exact to f32 resolution); the top-p draw is a rejection sampler that never
-needs its cut-off (`sample_top_p`; `top_p_mask` is the nucleus it samples from), and
-tokens are drawn by inverse CDF in vocabulary order. A row's random stream depends only
-on (seed, row id, step), so results do not depend on batching or on the mesh.
+No full sort of the vocabulary: XLA:CPU sorts a [batch, vocab] array slowly compared with
+the rest of a decode step (measurements: benchmarks/HISTORY.md). The top-k cut-off is
+found by bisection on a threshold (`_bisect`, 32 halvings: exact to f32 resolution); the
+top-p draw is a rejection sampler that never needs its cut-off (`sample_top_p`;
+`top_p_mask` is the nucleus it samples from), and tokens are drawn by inverse CDF in
+vocabulary order. A row's random stream depends only on (seed, row id, step), so results
+do not depend on batching or on the mesh.
 """
 
 from __future__ import annotations
@@ -37,7 +42,16 @@ def _bisect(lo: jax.Array, hi: jax.Array, ok: Callable[[jax.Array], jax.Array]) 
 
 
 def top_k_mask(logits: jax.Array, k: jax.Array) -> jax.Array:
-    """[B, V] bool: logits at or above the k-th largest of each row (all when k <= 0)."""
+    """Marks the logits at or above the k-th largest of each row (top-k).
+
+    Args:
+      logits: [batch, vocab] float logits.
+      k: scalar int32, traced; k <= 0 disables top-k.
+
+    Returns:
+      [batch, vocab] bool, True where a token is kept (all True when k <= 0). Ties at the
+      k-th largest value are all kept, so a row may keep more than k tokens.
+    """
 
     def cut(logits):
         lo, hi = jnp.min(logits, -1), jnp.max(logits, -1)
@@ -48,9 +62,16 @@ def top_k_mask(logits: jax.Array, k: jax.Array) -> jax.Array:
 
 
 def top_p_mask(probs: jax.Array, p: jax.Array) -> jax.Array:
-    """[B, V] bool: the most likely tokens whose total probability reaches p (all when p >= 1).
+    """Marks the most likely tokens whose total probability reaches p (the top-p nucleus).
 
     The nucleus `sample_top_p` draws from (which never computes it); kept as its reference.
+
+    Args:
+      probs: [batch, vocab] float probabilities, each row summing to 1.
+      p: scalar float, traced; p >= 1 disables top-p.
+
+    Returns:
+      [batch, vocab] bool, True where a token is in the nucleus (all True when p >= 1).
     """
 
     def cut(probs):
@@ -64,8 +85,18 @@ def top_p_mask(probs: jax.Array, p: jax.Array) -> jax.Array:
 
 
 def greedy_tokens(logits: jax.Array) -> jax.Array:
-    """argmax (the first of tied maxima) as a max and a min: XLA:CPU's argmax (a two-output
-    reduction) is twice as slow. [batch, vocab] -> [batch] int32."""
+    """Greedy choice: the argmax of each row (the first of tied maxima).
+
+    Computed as a max and a min rather than `jnp.argmax`: XLA:CPU lowers argmax as a
+    two-output reduction, which is slower than two single-output ones (measurements:
+    benchmarks/HISTORY.md).
+
+    Args:
+      logits: [batch, vocab] float logits.
+
+    Returns:
+      [batch] int32 token ids; a row of all NaN gives the last token id (vocab - 1).
+    """
     v = logits.shape[-1]
     top = jnp.max(logits, axis=-1, keepdims=True)
     first = jnp.min(jnp.where(logits == top, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
@@ -76,11 +107,18 @@ _BLOCK = 128
 
 
 def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
-    """For weights [B, V] >= 0 and u [B] in [0, total): the index i with cdf[i-1] <= u < cdf[i].
+    """Draws by inverse CDF: per row, the index i with cdf[i-1] <= u < cdf[i].
 
     Two levels (block sums, then one block) instead of a cumulative sum over the vocabulary,
     which XLA:CPU runs as a slow reduce-window. Never returns a zero-weight index, even when
     round-off puts u at or past the total (a row of all-zero weights gives index 0).
+
+    Args:
+      weights: [batch, vocab] float, >= 0, not necessarily normalised.
+      u: [batch] float in [0, total), total being the row's sum of weights.
+
+    Returns:
+      [batch] int32 indices into the vocabulary.
     """
     b, v = weights.shape
     nb = -(-v // _BLOCK)
@@ -97,16 +135,25 @@ def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
 
 
 def sample_top_p(probs: jax.Array, keys: jax.Array, p: jax.Array) -> jax.Array:
-    """An exact draw from each row's top-p nucleus (`top_p_mask`) without finding its cut-off.
+    """Draws one token per row exactly from its top-p nucleus (`top_p_mask`) without finding its cut-off.
 
     Rejection, as FlashInfer samples: draw x from the tokens more likely than `low`
     (initially all); x is in the nucleus iff the tokens strictly more likely than x hold
     less than p; otherwise raise `low` to p(x) and draw again. An accepted draw is
     distributed as the nucleus renormalised; a round costs about three passes over the
     vocabulary (a threshold bisection costs 32). A row rejects with probability about
-    1 - p per round, and the loop runs until every row has accepted: 2-3 rounds for a batch
-    of 64 at p = 0.95. Round r of a row uses fold_in(key, r), so a row's token depends
-    only on its own key.
+    1 - p per round, and the loop runs until every row has accepted, so a batch of 64 at
+    p = 0.95 needs about 2-3 rounds. Round r of a row uses fold_in(key, r), so a row's token
+    depends only on its own key. A p <= 0 degrades to greedy (the most likely tokens are
+    always accepted) rather than looping forever.
+
+    Args:
+      probs: [batch, vocab] float probabilities (after temperature and top-k).
+      keys: [batch] PRNG keys, one per row for this step.
+      p: scalar float, traced; p >= 1 accepts every draw (plain sampling from `probs`).
+
+    Returns:
+      [batch] int32 token ids.
     """
     b = probs.shape[0]
 
@@ -139,9 +186,17 @@ def sample_top_p(probs: jax.Array, keys: jax.Array, p: jax.Array) -> jax.Array:
 def sample_tokens(
     logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array
 ) -> jax.Array:
-    """logits [batch, vocab] f32; keys [batch] PRNG keys; temperature <= 0 means greedy.
+    """Chooses one token per row: greedy, or temperature, then top-k, then top-p sampling.
 
-    top_k <= 0 disables top-k; top_p >= 1 disables top-p. Returns tokens [batch] int32.
+    Args:
+      logits: [batch, vocab] f32 raw logits of one step.
+      keys: [batch] PRNG keys, one per row for this step (`row_step_keys`).
+      temperature: scalar f32, traced; temperature <= 0 means greedy (keys unused).
+      top_k: scalar int32, traced; top_k <= 0 disables top-k.
+      top_p: scalar f32, traced; top_p >= 1 disables top-p.
+
+    Returns:
+      [batch] int32 token ids.
     """
 
     def sample(logits):
@@ -154,13 +209,30 @@ def sample_tokens(
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """log p(token) under the model's raw distribution (no temperature/truncation). [batch]
+    """Log-probability of each row's token under the model's raw distribution.
 
-    The token's logit minus the row's logsumexp: no [batch, vocab] log-softmax is written."""
+    No temperature or truncation is applied. The token's logit minus the row's logsumexp:
+    no [batch, vocab] log-softmax is written.
+
+    Args:
+      logits: [batch, vocab] f32 raw logits.
+      tokens: [batch] int32 token ids.
+
+    Returns:
+      [batch] f32 log p(token).
+    """
     picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def row_step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
-    """Per-row keys for one decoding step: fold the step into each row's key."""
+    """Per-row keys for one decoding step: folds the step into each row's key.
+
+    Args:
+      row_keys: [batch] PRNG keys, one per row (keyed by seed and row id).
+      step: scalar int32, the index of the token being generated.
+
+    Returns:
+      [batch] PRNG keys for this step.
+    """
     return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)

@@ -16,6 +16,11 @@ class MetricsWriter:
 
     `truncate_after(step)` drops rows of steps a resumed run will redo, so the file
     always describes one consistent run. In a multi-process run only process 0 writes.
+
+    Args:
+      path: the JSONL file; its parent directory is created.
+      tb_dir: directory for TensorBoard event files, or None for JSONL only. Left out
+        silently when TensorFlow or TensorBoard cannot be imported.
     """
 
     def __init__(self, path: str | os.PathLike, tb_dir: str | os.PathLike | None = None):
@@ -35,12 +40,24 @@ class MetricsWriter:
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
+        """Drops the rows of steps after `step` from the JSONL file (if this process writes it).
+
+        Args:
+          step: the last step to keep, e.g. the step a resumed run restarts from.
+        """
         if not self.enabled or not self.path.exists():
             return
         rows = [r for r in io_utils.read_jsonl(self.path) if r.get("step", 0) <= step]
         io_utils.write_jsonl(self.path, rows)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
+        """Appends one row `{"step": step, **values}` and logs the numeric values to TensorBoard.
+
+        Args:
+          step: the step the values belong to.
+          values: metric name -> number (stored as float) or string (stored as is; not sent
+            to TensorBoard).
+        """
         if not self.enabled:
             return
         row = {
@@ -58,10 +75,19 @@ class MetricsWriter:
                         tf.summary.scalar(k, float(v))
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writer (the JSONL file is never held open)."""
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All rows of a metrics JSONL file.
+
+    Args:
+      path: the file `MetricsWriter` wrote.
+
+    Returns:
+      The rows in file order; [] when the file does not exist.
+    """
     return io_utils.read_jsonl(path, missing_ok=True)

@@ -18,10 +18,27 @@ Schedule = Literal["cosine", "linear", "constant"]  # learning-rate decay after 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW hyper-parameters. `schedule`: 'cosine' | 'linear' (to min_lr_ratio * lr) | 'constant'.
+    """AdamW hyper-parameters, learning-rate schedule and gradient clipping.
 
-    Warmup is linear from 0 over `warmup_steps`, or over `warmup_ratio` of all steps when
-    warmup_steps is 0.
+    Warmup is linear over `warmup_steps`, or over `warmup_ratio` of all steps when
+    warmup_steps is 0 (see `learning_rate_schedule`).
+
+    Attributes:
+      learning_rate: peak learning rate, reached at the end of warmup.
+      schedule: decay after warmup: 'cosine' | 'linear' (to min_lr_ratio * lr) | 'constant'.
+      warmup_steps: warmup length in steps; 0 uses `warmup_ratio` instead.
+      warmup_ratio: warmup length as a fraction of all steps, in [0, 1).
+      min_lr_ratio: the learning rate the 'cosine' and 'linear' decays end at, as a fraction
+        of `learning_rate`.
+      b1: AdamW decay rate of the first moment.
+      b2: AdamW decay rate of the second moment.
+      eps: AdamW denominator epsilon.
+      weight_decay: decoupled weight decay, applied to matrices only (`decay_mask`).
+      clip_grad_norm: global gradient-norm clipping threshold; 0 disables clipping.
+
+    Raises:
+      ValueError: an unknown schedule, a non-positive learning rate, or a warmup_ratio
+        outside [0, 1).
     """
 
     learning_rate: float = 1e-5
@@ -36,6 +53,7 @@ class OptimizerConfig:
     clip_grad_norm: float = 1.0  # 0 disables clipping
 
     def __post_init__(self):
+        """Checks the schedule name, the learning rate and the warmup ratio."""
         choices.check("OptimizerConfig", "schedule", self.schedule, Schedule)
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
@@ -44,6 +62,19 @@ class OptimizerConfig:
 
 
 def learning_rate_schedule(oc: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate per step: linear warmup, then the configured decay.
+
+    Warmup lasts `oc.warmup_steps` (or `oc.warmup_ratio * total_steps` when that is 0), at
+    most `total_steps - 1` steps, and rises linearly from `learning_rate / warmup` to
+    `learning_rate`; the decay spans the remaining steps.
+
+    Args:
+      oc: the optimizer settings.
+      total_steps: the number of optimizer steps of the run.
+
+    Returns:
+      An optax schedule mapping a step count to a learning rate.
+    """
     warmup = oc.warmup_steps or int(oc.warmup_ratio * total_steps)
     warmup = min(warmup, max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup, 1)
@@ -63,9 +94,15 @@ def learning_rate_schedule(oc: OptimizerConfig, total_steps: int) -> optax.Sched
 
 
 def decay_mask(params: Any) -> Any:
-    """True for matrices (kernels, embeddings); False for norm scales and biases.
+    """Weight-decay mask: True for matrices (kernels, embeddings), False for norm scales, biases.
 
     Decided by name, not rank: with layers stacked for scan a norm scale is 2-D too.
+
+    Args:
+      params: a parameter tree (arrays or abstract shapes).
+
+    Returns:
+      A tree of bools with the structure of `params`.
     """
 
     def leaf(path, _):
@@ -75,6 +112,15 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(oc: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """The SFT optimizer: AdamW on `learning_rate_schedule`, after global-norm clipping.
+
+    Args:
+      oc: the optimizer settings; `oc.clip_grad_norm == 0` leaves clipping out.
+      total_steps: the number of optimizer steps of the run (sets the schedule's length).
+
+    Returns:
+      An optax gradient transformation.
+    """
     adamw = optax.adamw(
         learning_rate_schedule(oc, total_steps),
         b1=oc.b1,

@@ -45,13 +45,33 @@ def user_text(instruction: str, input_text: str = "") -> str:
 
     The loop's response stage and training both use this, so the model is trained on the
     prompts it is sampled with.
+
+    Args:
+      instruction: the task.
+      input_text: the task's input; '' for none.
+
+    Returns:
+      The text of the user turn.
     """
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
 def read_pairs(paths: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
-    """Columns instruction / input / response from pair JSONL files (kept pairs, or Alpaca rows
-    whose response is called `output`), validated."""
+    """Columns instruction / input / response from pair JSONL files, validated.
+
+    The files hold kept pairs, or Alpaca rows whose response is called `output`; a missing
+    or null `input` reads as ''.
+
+    Args:
+      paths: the JSONL files, read in order.
+
+    Returns:
+      {"instruction": [...], "input": [...], "response": [...]}, one entry per row.
+
+    Raises:
+      DataError: a row is not an object, has no non-blank `instruction` or response, or
+        has a non-string `input` (the message names file and line).
+    """
     cols: dict[str, list[str]] = {"instruction": [], "input": [], "response": []}
     for path in paths:
         for lineno, row in io_utils.iter_jsonl(path):
@@ -77,6 +97,14 @@ def render_prompts(ds: tf.data.Dataset, tokenizer_dir: str, prompt_style: str) -
 
     prompt_style 'raw' (base models: the user text itself), 'chat' (the tokenizer's own
     template) or a builtin template name; the same rendering the sampler's prompts get.
+
+    Args:
+      ds: examples with scalar string features `instruction`, `input`, `response`.
+      tokenizer_dir: the tokenizer folder whose templates render the prompts.
+      prompt_style: see above; a bad style raises here, not inside tf.data.
+
+    Returns:
+      The mapped dataset with scalar string features `inputs` and `targets`.
     """
     tok = Tokenizer(tokenizer_dir)
     tok.render_prompt("x", prompt_style)  # fail here, not inside tf.data, on a bad style
@@ -94,7 +122,15 @@ def render_prompts(ds: tf.data.Dataset, tokenizer_dir: str, prompt_style: str) -
 
 
 def prepend_bos(ds: tf.data.Dataset, bos_id: int | None) -> tf.data.Dataset:
-    """Puts BOS before the prompt ids (raw prompts of tokenizers that add BOS on encode)."""
+    """Puts BOS before the prompt ids (raw prompts of tokenizers that add BOS on encode).
+
+    Args:
+      ds: tokenized examples with int32 `inputs` [prompt_length].
+      bos_id: the id to prepend; None leaves `ds` as it is.
+
+    Returns:
+      The dataset with `inputs` [prompt_length + 1] (or `ds` itself).
+    """
     if bos_id is None:
         return ds
     return ds.map(
@@ -105,7 +141,16 @@ def prepend_bos(ds: tf.data.Dataset, bos_id: int | None) -> tf.data.Dataset:
 
 def tokenizer_adds_bos(tokenizer_dir: str, prompt_style: str) -> int | None:
     """BOS id to prepend: only for raw prompts of a tokenizer that adds BOS (chat templates carry
-    their own)."""
+    their own).
+
+    Args:
+      tokenizer_dir: the tokenizer folder.
+      prompt_style: how prompts are rendered; only 'raw' can need a BOS.
+
+    Returns:
+      The BOS id when `prompt_style` is 'raw' and the tokenizer puts BOS first on encode,
+      else None.
+    """
     if prompt_style != "raw":
         return None
     tok = Tokenizer(tokenizer_dir)
@@ -114,14 +159,39 @@ def tokenizer_adds_bos(tokenizer_dir: str, prompt_style: str) -> int | None:
 
 # ---------------------------------------------------------------------------- tasks
 def task_name(run_name: str, iteration: int) -> str:
-    """seqio names allow [A-Za-z0-9_.:]: other characters of the run name become '_'."""
+    """seqio names allow [A-Za-z0-9_.:]; run-name characters outside [A-Za-z0-9_] become '_'.
+
+    Args:
+      run_name: the run's name (its directory name).
+      iteration: the loop iteration the task's pairs come from.
+
+    Returns:
+      "isheep_<run name>_iter<iteration>".
+    """
     return f"isheep_{re.sub(r'[^A-Za-z0-9_]', '_', run_name)}_iter{iteration}"
 
 
 def register_sft_task(
     name: str, pair_files: Sequence[str | os.PathLike], tokenizer_dir: str | os.PathLike, prompt_style: str
 ) -> seqio.Task:
-    """Registers (or replaces) a SeqIO Task over kept-pair JSONL files; split 'train'."""
+    """Registers (or replaces) a SeqIO Task over kept-pair JSONL files; split 'train'.
+
+    The pairs are read into memory now; the task renders prompts in `prompt_style`,
+    tokenizes, prepends BOS where the tokenizer would (`tokenizer_adds_bos`) and appends EOS
+    to the targets.
+
+    Args:
+      name: the task name (`task_name`).
+      pair_files: JSONL files of pairs (`read_pairs`).
+      tokenizer_dir: the tokenizer folder of the model to train.
+      prompt_style: 'raw', 'chat' or a builtin template name (`render_prompts`).
+
+    Returns:
+      The registered task, with output features `inputs` (no EOS) and `targets` (EOS).
+
+    Raises:
+      DataError: the files hold no pair, or a row is malformed.
+    """
     cols = read_pairs(pair_files)
     if not cols["instruction"]:
         raise io_utils.DataError(f"task {name}: no pairs in {[os.fspath(p) for p in pair_files]}")
@@ -153,7 +223,17 @@ def register_sft_task(
 
 
 def register_mixture(name: str, task_names: Sequence[str]) -> seqio.Mixture:
-    """A Mixture of iteration tasks (cumulative data); `load_examples` reads each task once."""
+    """A Mixture of iteration tasks (cumulative data); `load_examples` reads each task once.
+
+    Registers (or replaces) the mixture, every task at rate 1.
+
+    Args:
+      name: the mixture name.
+      task_names: registered tasks, e.g. one per iteration.
+
+    Returns:
+      The registered mixture.
+    """
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
     return seqio.MixtureRegistry.add(name, [(t, 1.0) for t in task_names])
@@ -163,8 +243,14 @@ def register_mixture(name: str, task_names: Sequence[str]) -> seqio.Mixture:
 class CausalLMFeatureConverter(seqio.FeatureConverter):
     """{inputs, targets} -> decoder features of one causal sequence, loss on targets only.
 
-    The model length is inputs + targets; an example of a prompt and b target tokens fills
-    a + b - 1 positions (the last token is only ever a target).
+    The model length is inputs + targets; an example of `a` prompt and `b` target tokens
+    fills a + b - 1 positions (the last token is only ever a target). With `pack`, several
+    examples share a row, told apart by segment id; otherwise each row holds one example
+    and is padded.
+
+    Each output feature (`MODEL_KEYS`) is int32 [length]: inputs, next-token targets, loss
+    weights (1 where the target is a response token), segment ids (0 marks padding) and
+    positions within the segment.
     """
 
     TASK_FEATURES = {
@@ -219,13 +305,27 @@ class CausalLMFeatureConverter(seqio.FeatureConverter):
         )
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        """Every model feature has length inputs + targets.
+
+        Args:
+          task_feature_lengths: {"inputs": prompt budget, "targets": response budget}.
+
+        Returns:
+          `MODEL_KEYS` -> the sum of the two budgets.
+        """
         length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
         return {k: length for k in MODEL_KEYS}
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTArrays:
-    """Converted examples as int32 arrays [rows, length] keyed by MODEL_KEYS, plus counts."""
+    """Converted examples as int32 arrays [rows, length] keyed by MODEL_KEYS, plus counts.
+
+    Attributes:
+      arrays: `MODEL_KEYS` -> int32 [rows, length] numpy arrays.
+      num_examples: pairs read from the task(s).
+      num_too_long: pairs left out: prompt or response + EOS longer than its budget.
+    """
 
     arrays: dict[str, np.ndarray]
     num_examples: int  # pairs read from the task(s)
@@ -233,14 +333,17 @@ class SFTArrays:
 
     @property
     def num_rows(self) -> int:
+        """Number of rows (packed rows may hold several examples)."""
         return len(self.arrays["decoder_target_tokens"])
 
     @property
     def length(self) -> int:
+        """Row length in tokens."""
         return self.arrays["decoder_target_tokens"].shape[1]
 
     @property
     def num_target_tokens(self) -> int:
+        """Number of tokens with loss weight 1."""
         return int(self.arrays["decoder_loss_weights"].sum())
 
 
@@ -249,6 +352,18 @@ def load_examples(name: str, max_prompt_len: int, max_response_len: int, pack: b
 
     Pairs that do not fit are left out and counted rather than cut: a truncated prompt
     would teach an answer to a question never asked, a truncated response an early stop.
+
+    Args:
+      name: a registered task or mixture.
+      max_prompt_len: the longest prompt an example may have, in tokens (BOS included).
+      max_response_len: the longest response an example may have, in tokens (EOS included).
+      pack: pack several examples per row (`CausalLMFeatureConverter`).
+
+    Returns:
+      The examples as `SFTArrays` of int32 [rows, max_prompt_len + max_response_len].
+
+    Raises:
+      DataError: no pair fits the budgets.
     """
     provider = seqio.get_mixture_or_task(name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]

@@ -24,13 +24,31 @@ Batch = dict[str, jax.Array]  # sft_data.MODEL_KEYS -> int32 [micro, rows, lengt
 
 
 class TrainState(NamedTuple):
+    """The training state: step count, parameters and optimizer state, as one pytree.
+
+    Attributes:
+      step: int32 scalar, the number of optimizer steps taken.
+      params: the model parameters.
+      opt_state: the optimizer's state (`optim.make_optimizer`).
+    """
+
     step: jax.Array  # int32 scalar
     params: Params
     opt_state: optax.OptState
 
 
 def loss_sums(cfg: ModelConfig, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """(sum of target-token NLL, number of target tokens) for batch arrays [rows, length]."""
+    """(sum of target-token NLL, number of target tokens) for batch arrays [rows, length].
+
+    Args:
+      cfg: the model config.
+      params: the model parameters.
+      batch: one micro-batch: `sft_data.MODEL_KEYS` -> int32 [rows, length] arrays.
+
+    Returns:
+      Two float32 scalars: the NLL summed over tokens, weighted by `decoder_loss_weights`,
+      and the sum of those weights (the number of target tokens).
+    """
     logits = forward(
         cfg,
         params,
@@ -47,7 +65,20 @@ def loss_sums(cfg: ModelConfig, params: Params, batch: Batch) -> tuple[jax.Array
 def per_segment_loss(
     cfg: ModelConfig, params: Params, batch: Batch, max_segments: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-example (loss sum, count) [rows, max_segments] indexed by segment id - 1 (packing checks)."""
+    """Per-example (loss sum, count) [rows, max_segments] indexed by segment id - 1 (packing checks).
+
+    Args:
+      cfg: the model config.
+      params: the model parameters.
+      batch: `sft_data.MODEL_KEYS` -> int32 [rows, length] arrays, packed or not; segment id
+        0 marks padding.
+      max_segments: the number of segment slots per row; segments with a larger id are not
+        counted.
+
+    Returns:
+      (loss sums, target-token counts), both float32 [rows, max_segments]; entry [r, s]
+      belongs to segment id s + 1 of row r and is 0 where the row has no such segment.
+    """
     logits = forward(
         cfg,
         params,
@@ -65,7 +96,19 @@ def per_segment_loss(
 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
-    """(state, batch [micro, rows, length]) -> (state, metrics); pure, to be jit-compiled."""
+    """(state, batch [micro, rows, length]) -> (state, metrics); pure, to be jit-compiled.
+
+    Args:
+      cfg: the model config.
+      optimizer: the gradient transformation (`optim.make_optimizer`).
+
+    Returns:
+      `step(state, batch)`, where `batch` maps `sft_data.MODEL_KEYS` to int32
+      [micro_batches, rows, length] arrays. It returns the next `TrainState` and float32
+      scalar metrics: `loss` (mean NLL per target token over the whole batch),
+      `target_tokens` and `grad_norm` (global norm of the token-averaged gradient, before
+      the optimizer's clipping).
+    """
 
     def sums_and_grads(params, micro):
         """((loss sum, token count), gradient of the loss sum) of one micro-batch [rows, length]."""
@@ -104,7 +147,19 @@ def state_shardings(
     mesh: Mesh,
     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
 ) -> tuple[TrainState, TrainState]:
-    """(abstract TrainState, its shardings): optimizer state follows its parameter's sharding."""
+    """(abstract TrainState, its shardings): optimizer state follows its parameter's sharding.
+
+    Args:
+      cfg: the model config.
+      optimizer: the gradient transformation whose state is laid out.
+      mesh: the device mesh.
+      rules: logical-axis rules (logical axis name -> mesh axes).
+
+    Returns:
+      A `TrainState` of `jax.ShapeDtypeStruct`s (nothing allocated) and a `TrainState` of
+      `NamedSharding`s. The step and optimizer leaves that are no parameter's (e.g. counts)
+      are replicated.
+    """
     abstract, names = abstract_params(cfg)
     p_shard = sharding.tree_shardings(names, abstract, mesh, rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract)
@@ -122,16 +177,25 @@ def state_shardings(
 
 
 def owned_state(state: TrainState, shardings: TrainState) -> TrainState:
-    """A copy of `state` in buffers the runtime owns, so that the donated step updates every
-    leaf in place from its first run. Arrays restored from a checkpoint can be zero-copy views
-    of host memory on the CPU; the runtime cannot donate those, so the first step writes such
-    leaves to fresh buffers (3 of 36 for a tiny model, varying with the host buffers'
-    alignment). On XLA:CPU those land above that step's temporary block in the host heap, and
-    the block can then no longer merge back into the heap's top: the heap grew by a whole
-    temporary block (5.8 GB for SmolLM2-135M at 8 x 256) on the next step
-    (benchmarks/RESULTS.md). The copy costs one pass over the state, once. Other backends
+    """A copy of `state` in buffers the runtime owns, so the donated step updates it in place.
+
+    With the copy, every leaf is updated in place from the step's first run. Arrays restored
+    from a checkpoint can be zero-copy views of host memory on the CPU; the runtime cannot
+    donate those, so the first step writes such leaves to fresh buffers (some of them,
+    varying with the host buffers' alignment). On XLA:CPU those land above that step's
+    temporary block in the host heap, and the block can then no longer merge back into the
+    heap's top: the heap grows by a whole temporary block on the next step (measurements:
+    benchmarks/HISTORY.md). The copy costs one pass over the state, once. Other backends
     return `state` as it is: their restored arrays live in device memory the runtime owns,
-    and a copy would double the state's footprint there."""
+    and a copy would double the state's footprint there.
+
+    Args:
+      state: the train state, e.g. as restored from a checkpoint.
+      shardings: the state's shardings (`state_shardings`); the copy keeps them.
+
+    Returns:
+      On the CPU backend a copy of `state`; on other backends `state` itself.
+    """
     if jax.default_backend() != "cpu":
         return state
     return jax.jit(lambda st: jax.tree.map(jnp.copy, st), out_shardings=shardings)(state)
@@ -140,7 +204,17 @@ def owned_state(state: TrainState, shardings: TrainState) -> TrainState:
 def batch_sharding(
     mesh: Mesh, shape: tuple[int, ...], rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES
 ) -> NamedSharding:
-    """[micro, rows, length] arrays: rows over the batch axes."""
+    """[micro, rows, length] arrays: rows over the batch axes.
+
+    Args:
+      mesh: the device mesh.
+      shape: the batch arrays' shape (micro_batches, rows, length).
+      rules: logical-axis rules; rows follow the 'batch' rule, length the 'length' rule (an
+        axis whose size does not divide is replicated).
+
+    Returns:
+      The `NamedSharding` of every batch array.
+    """
     return sharding.logical_to_sharding((None, "batch", "length"), shape, mesh, rules)
 
 
@@ -151,7 +225,21 @@ def compile_train_step(
     batch_shape: tuple[int, int, int],
     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
 ):
-    """The jit'd step with explicit in/out shardings; the state argument is donated."""
+    """The jit'd step with explicit in/out shardings; the state argument is donated.
+
+    Args:
+      cfg: the model config.
+      optimizer: the gradient transformation.
+      mesh: the device mesh.
+      batch_shape: (micro_batches, rows, length) of every batch array.
+      rules: logical-axis rules for parameters, batch and activations.
+
+    Returns:
+      The jitted `make_train_step` step: `(state, batch) -> (state, metrics)`, taking a
+      `TrainState` laid out as `state_shardings` gives and a batch of int32
+      [micro_batches, rows, length] arrays laid out as `batch_sharding` gives; the metrics
+      come back replicated. The passed-in state is donated: use only the returned one.
+    """
     _, shard = state_shardings(cfg, optimizer, mesh, rules)
     b_shard = batch_sharding(mesh, batch_shape, rules)
     step = make_train_step(cfg, optimizer)

@@ -54,8 +54,34 @@ class TrainingError(RuntimeError):
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """What and how long to train. batch_size counts sequences per optimizer step (global);
-    it is split into `micro_batches` accumulated micro-batches."""
+    """What and how long to train.
+
+    batch_size counts sequences per optimizer step (global); it is split into
+    `micro_batches` accumulated micro-batches.
+
+    Attributes:
+      batch_size: sequences (rows) per optimizer step, over all devices and processes.
+      micro_batches: accumulated micro-batches per step; must divide batch_size.
+      max_prompt_len: token budget of a prompt; longer pairs are left out
+        (`sft_data.load_examples`).
+      max_response_len: token budget of a response including EOS; likewise.
+      pack: pack several pairs per row.
+      num_epochs: passes over the data (fractions allowed); <= 0 leaves the length to
+        `max_steps`.
+      max_steps: > 0 caps the number of steps.
+      compute_dtype: '' keeps the model config's dtype.
+      remat_policy: '' keeps the model config's; 'none' | 'dots' | 'full' (see `isheep plan`).
+      scan_layers: None keeps the model config's (see ModelConfig.scan_layers).
+      attention_impl: '' keeps the model config's; 'xla' | 'cudnn' (see
+        ModelConfig.attention_impl).
+      seed: seeds the data order (`batch_rows`).
+      save_every_steps: checkpoint interval in steps; 0: only at the end.
+      keep_checkpoints: how many checkpoints the checkpoint manager keeps.
+
+    Raises:
+      ValueError: micro_batches does not divide a positive batch_size, or neither
+        num_epochs nor max_steps is positive.
+    """
 
     batch_size: int = 8
     micro_batches: int = 1
@@ -73,6 +99,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
+        """Checks the batch split and that the run has a length."""
         if self.batch_size < 1 or self.micro_batches < 1 or self.batch_size % self.micro_batches:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a positive multiple of "
@@ -83,7 +110,14 @@ class TrainConfig:
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         """The checkpoint's model config with this run's compute dtype / remat / scan / attention
-        overrides."""
+        overrides.
+
+        Args:
+          base: the model config stored with the checkpoint.
+
+        Returns:
+          `base` with every override that is set ('' and None keep `base`'s value).
+        """
         changes = {
             "dtype": self.compute_dtype,
             "remat_policy": self.remat_policy,
@@ -95,6 +129,16 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
+    """What `train` produced.
+
+    Attributes:
+      model_dir: the params-only export, WORK/model.
+      steps: optimizer steps of the run.
+      final_loss: loss of the last step run (for a finished work directory: the last one
+        recorded); None when there is none.
+      metrics_path: WORK/metrics.jsonl.
+    """
+
     model_dir: str
     steps: int
     final_loss: float | None
@@ -102,6 +146,16 @@ class TrainResult:
 
 
 def total_steps(num_rows: int, tc: TrainConfig) -> int:
+    """Optimizer steps of a run over `num_rows` rows.
+
+    Args:
+      num_rows: rows of training data.
+      tc: the training settings.
+
+    Returns:
+      ceil(num_epochs * num_rows / batch_size), capped at max_steps when that is > 0;
+      max_steps itself when num_epochs <= 0.
+    """
     steps = math.ceil(tc.num_epochs * num_rows / tc.batch_size) if tc.num_epochs > 0 else tc.max_steps
     return min(steps, tc.max_steps) if tc.max_steps > 0 else steps
 
@@ -111,6 +165,17 @@ def batch_rows(num_rows: int, batch_size: int, step: int, seed: int, num_epochs:
 
     Sample k of the stream is row perm_e[k mod N] of epoch e = k // N, each epoch with its
     own permutation seeded by (seed, e).
+
+    Args:
+      num_rows: N, the rows of training data.
+      batch_size: rows per step.
+      step: the step (0-based).
+      seed: the data-order seed.
+      num_epochs: epochs in the stream (fractions allowed); slots at sample k >=
+        ceil(num_epochs * N) are -1. <= 0 marks no slot.
+
+    Returns:
+      Integer array [batch_size] of row indices or -1.
     """
     k = np.arange(step * batch_size, (step + 1) * batch_size)
     epoch, within = k // num_rows, k % num_rows
@@ -124,7 +189,16 @@ def batch_rows(num_rows: int, batch_size: int, step: int, seed: int, num_epochs:
 
 
 def make_batch(data: SFTArrays, rows: np.ndarray, micro_batches: int) -> dict[str, np.ndarray]:
-    """Arrays [micro, rows / micro, length]; -1 rows become all-padding (no loss, no attention)."""
+    """Arrays [micro, rows / micro, length]; -1 rows become all-padding (no loss, no attention).
+
+    Args:
+      data: the training arrays.
+      rows: row indices from `batch_rows`, [batch_size].
+      micro_batches: how many micro-batches the rows split into.
+
+    Returns:
+      `MODEL_KEYS` -> int32 [micro_batches, batch_size / micro_batches, length] arrays.
+    """
     safe = np.maximum(rows, 0)
     batch = {k: data.arrays[k][safe] for k in MODEL_KEYS}
     for k in MODEL_KEYS:
@@ -164,7 +238,29 @@ def train(
     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
     progress: bool = True,
 ) -> TrainResult:
-    """Fine-tunes the model in `init_model_dir` on `data`; resumes from WORK/checkpoints if present."""
+    """Fine-tunes the model in `init_model_dir` on `data`; resumes from WORK/checkpoints if present.
+
+    A work directory whose WORK/model export is complete is not trained again: its result
+    is read back from WORK/metrics.jsonl.
+
+    Args:
+      init_model_dir: the checkpoint to start from (its params, config and tokenizer).
+      data: the training arrays (`sft_data.load_examples`).
+      work_dir: WORK, the training directory (see the module docstring).
+      tc: what and how long to train.
+      oc: the optimizer settings.
+      mesh: the device mesh; None builds the default one (`sharding.make_mesh`).
+      rules: logical-axis rules for parameters, batches and activations.
+      progress: show a progress bar (on process 0).
+
+    Returns:
+      The `TrainResult`; the trained parameters are saved to WORK/model in the checkpoint's
+      parameter dtypes, with its model config.
+
+    Raises:
+      TrainingError: `data` has no rows, the latest checkpoint was written for other data or
+        settings, or a step's loss is not finite.
+    """
     work = io_utils.absolute(work_dir)
     out_dir = work / "model"
     metrics_path = work / "metrics.jsonl"

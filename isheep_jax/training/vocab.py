@@ -3,7 +3,7 @@
 SentencePiece models (`tokenizer.model`, Llama-2 style) use `seqio.SentencePieceVocabulary`
 as is. BPE models (Qwen, Llama-3, SmolLM2: `tokenizer.json`) get `HfTokenizersVocabulary`,
 a `seqio.Vocabulary` over Hugging Face `tokenizers` whose ids are exactly those of
-`isheep_jax.tokenizer.Tokenizer` (and therefore of transformers' tokenizer). Neither adds
+`isheep_jax.model.tokenizer.Tokenizer` (and therefore of transformers' tokenizer). Neither adds
 BOS/EOS on encode: SeqIO appends EOS to targets itself, and the SFT preprocessors add BOS
 where the model's own tokenizer would.
 """
@@ -24,7 +24,15 @@ def _as_bytes(b) -> bytes:
 
 
 class HfTokenizersVocabulary(seqio.Vocabulary):
-    """`seqio.Vocabulary` over a Hugging Face `tokenizer.json` folder; pickles as its path."""
+    """`seqio.Vocabulary` over a Hugging Face `tokenizer.json` folder; pickles as its path.
+
+    Ids are those of `isheep_jax.model.tokenizer.Tokenizer` over the same folder; encoding adds no
+    BOS/EOS (see the module docstring).
+
+    Args:
+      tokenizer_dir: folder holding `tokenizer.json`. The tokenizer itself is loaded on first
+        use (`tokenizer`), also after unpickling.
+    """
 
     def __init__(self, tokenizer_dir: str | os.PathLike):
         self._dir = os.fspath(tokenizer_dir)
@@ -33,23 +41,28 @@ class HfTokenizersVocabulary(seqio.Vocabulary):
 
     @property
     def tokenizer(self) -> Tokenizer:
+        """The wrapped `Tokenizer`, loaded on first access."""
         if self._tok is None:
             self._tok = Tokenizer(self._dir)
         return self._tok
 
     def __getstate__(self) -> dict:
+        """Pickled state: the folder path (and extra ids), not the loaded tokenizer."""
         return {"_dir": self._dir, "_tok": None, "_extra_ids": self._extra_ids}
 
     @property
     def eos_id(self) -> int | None:
+        """The tokenizer's EOS id, or None if it has none."""
         return self.tokenizer.eos_id
 
     @property
     def bos_id(self) -> int | None:
+        """The tokenizer's BOS id, or None if it has none."""
         return self.tokenizer.bos_id
 
     @property
     def unk_id(self) -> int | None:
+        """The id of the tokenizer's unknown token, or None if it has none."""
         return self.tokenizer.token_to_id(self.tokenizer.special("unk"))
 
     @property
@@ -86,19 +99,34 @@ class HfTokenizersVocabulary(seqio.Vocabulary):
         return text
 
     def __eq__(self, other) -> bool:
+        """Equal to another `HfTokenizersVocabulary` over the same folder (as an absolute path)."""
         return isinstance(other, HfTokenizersVocabulary) and os.path.abspath(other._dir) == os.path.abspath(
             self._dir
         )
 
     def __hash__(self) -> int:
+        """Hash of the folder's absolute path, consistent with `__eq__`."""
         return hash(os.path.abspath(self._dir))
 
     def __str__(self) -> str:
+        """The folder and the vocabulary size."""
         return f"HfTokenizersVocabulary(dir={self._dir}, size={self.vocab_size})"
 
 
 def vocabulary_for(tokenizer_dir: str | os.PathLike) -> seqio.Vocabulary:
-    """The SeqIO vocabulary of a tokenizer folder: tokenizer.json wins over tokenizer.model."""
+    """The SeqIO vocabulary of a tokenizer folder: tokenizer.json wins over tokenizer.model.
+
+    Args:
+      tokenizer_dir: folder holding `tokenizer.json` (BPE) and/or `tokenizer.model`
+        (SentencePiece).
+
+    Returns:
+      An `HfTokenizersVocabulary` when `tokenizer.json` exists, else a
+      `seqio.SentencePieceVocabulary` over `tokenizer.model`.
+
+    Raises:
+      FileNotFoundError: the folder holds neither file.
+    """
     d = os.fspath(tokenizer_dir)
     if os.path.exists(os.path.join(d, "tokenizer.json")):
         return HfTokenizersVocabulary(d)

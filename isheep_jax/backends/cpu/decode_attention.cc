@@ -1,5 +1,5 @@
 // Decode attention on the CPU: one new query token per row against a KV cache, reading only
-// the slots its mask lets it see. An XLA FFI custom call (built by isheep_jax/cpu_kernels.py).
+// the slots its mask lets it see. An XLA FFI custom call (built by isheep_jax/backends/cpu/kernels.py).
 //
 // Why a kernel: XLA:CPU reads every slot of the cache, empty ones included, and its fused
 // reductions stream the cache at a fraction of memory speed on one core. Here each

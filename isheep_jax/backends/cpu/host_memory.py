@@ -2,25 +2,25 @@
 
 XLA:CPU allocates each execution's temporary buffer (gigabytes for a train step) through
 `posix_memalign` on a worker thread. glibc serves a block that large from a fresh `mmap` and
-unmaps it when the step ends, so every step would first-touch all of it again (page faults
-cost seconds per step). The settings keep it: one malloc arena (worker threads would
-otherwise get arenas that cannot hold such blocks and fall back to `mmap`), no `mmap` for
-large blocks, no trimming of the heap's top. Freed blocks then stay in the process and the
-next step reuses them.
+unmaps it when the step ends, so every step would first-touch all of it again (a page
+fault for every page of the block, on every step). The settings keep it: one malloc arena
+(worker threads would otherwise get arenas that cannot hold such blocks and fall back to
+`mmap`), no `mmap` for large blocks, no trimming of the heap's top. Freed blocks then stay
+in the process and the next step reuses them.
 
 A retained heap can still grow when a step finds no free block that fits. Two causes are
 handled for training: restored arrays that the runtime cannot donate
 (`training.train_step.owned_state`), and a step that asks for its block before XLA has freed
-the last one, a few ms after the outputs are readable (`wait_until_freed`). Long loops also
+the last one, shortly after the outputs are readable (`wait_until_freed`). Long loops also
 hand the free pages back once the host runs short (`release_if_memory_low`), and between
 phases that allocate differently (`release_free_memory`). `HostMemoryHooks` attaches all of
 this to the trainer, the generator and the loop (`core.hooks`); the `isheep` command and the
 benchmarks install it. Measurements: benchmarks/HISTORY.md.
 
 The settings take effect only if set before JAX starts its thread pools (before the first
-computation), and only for glibc. We apply them for CPU runs only: on an accelerator host
-the big buffers live on the device, and a single arena would serialise the many threads
-of the input pipeline and checkpoint I/O.
+computation), and only for glibc. They are applied for CPU runs only (`wanted`): on an
+accelerator host the big buffers live on the device, and a single arena would serialise
+the many threads of the input pipeline and checkpoint I/O.
 """
 
 from __future__ import annotations
@@ -57,9 +57,20 @@ def _accelerator_present() -> bool:
 
 
 def wanted(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether this process should retain freed memory. ISHEEP_HOST_MALLOC=retain|system
-    decides; unset: yes when JAX_PLATFORMS is 'cpu', or, JAX_PLATFORMS unset, when the host
-    has no TPU or GPU device node (JAX will run on the CPU)."""
+    """Whether this process should retain freed memory.
+
+    ISHEEP_HOST_MALLOC=retain|system decides; unset: yes when JAX_PLATFORMS is 'cpu', or,
+    JAX_PLATFORMS unset, when the host has no TPU or GPU device node (JAX will run on the CPU).
+
+    Args:
+      environ: the environment to read (default: `os.environ`).
+
+    Returns:
+      True to retain freed memory.
+
+    Raises:
+      ValueError: ISHEEP_HOST_MALLOC is set to something other than 'retain' or 'system'.
+    """
     env = os.environ if environ is None else environ
     mode = env.get(ENV, "").strip().lower()
     if mode not in ("", "retain", "system"):
@@ -73,8 +84,13 @@ def wanted(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def retain_freed_memory() -> bool:
-    """Applies the settings above to this process (glibc only; idempotent). Returns whether
-    they are in effect. Call it before anything runs a JAX computation."""
+    """Applies the settings above to this process (glibc only; idempotent).
+
+    Call it before anything runs a JAX computation.
+
+    Returns:
+      Whether the settings are in effect (False off Linux/glibc or when mallopt refuses them).
+    """
     global _applied
     if _applied:
         return True
@@ -93,24 +109,41 @@ def retain_freed_memory() -> bool:
 
 
 def release_free_memory() -> None:
-    """Returns the heap's free pages to the OS (glibc `malloc_trim(0)`; interior free chunks
-    too). A no-op unless `retain_freed_memory` is in effect; call it between phases."""
+    """Hands the heap's free pages back to the OS (glibc `malloc_trim(0)`; interior free chunks too).
+
+    A no-op unless `retain_freed_memory` is in effect; call it between phases.
+    """
     if _applied:
         gc.collect()  # drop unreferenced arrays first, so their buffers are free to hand back
         _libc().malloc_trim(0)
 
 
 def memory_low(meminfo: Mapping[str, int], fraction: float = 0.25, floor: int = 2 << 30) -> bool:
-    """Whether available memory (bytes; /proc/meminfo's MemAvailable) is below `fraction`
-    of MemTotal or below `floor` bytes, whichever is larger. A meminfo without the two
-    fields (not Linux) is never low."""
+    """Whether the host is short of memory.
+
+    Args:
+      meminfo: /proc/meminfo fields in bytes (`read_meminfo`).
+      fraction: memory is low below this fraction of MemTotal.
+      floor: memory is low below this many bytes, whatever `fraction` gives.
+
+    Returns:
+      Whether available memory (MemAvailable) is below max(fraction * MemTotal, floor). A
+      meminfo without the two fields (not Linux) is never low.
+    """
     if "MemAvailable" not in meminfo or "MemTotal" not in meminfo:
         return False
     return meminfo["MemAvailable"] < max(fraction * meminfo["MemTotal"], floor)
 
 
 def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
-    """/proc/meminfo as bytes per field ({} where it cannot be read)."""
+    """Reads /proc/meminfo.
+
+    Args:
+      path: the file to read.
+
+    Returns:
+      Bytes per field name (kB values converted); {} where it cannot be read.
+    """
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -126,9 +159,14 @@ def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
 
 
 def release_if_memory_low() -> bool:
-    """`release_free_memory()` when `memory_low(read_meminfo())` (see the module docstring);
-    returns whether it released. A no-op (False) unless `retain_freed_memory` is in effect;
-    cheap enough to call after every step (one read of /proc/meminfo)."""
+    """`release_free_memory()` when `memory_low(read_meminfo())` (see the module docstring).
+
+    A no-op (False) unless `retain_freed_memory` is in effect; cheap enough to call after
+    every step (one read of /proc/meminfo).
+
+    Returns:
+      Whether it released.
+    """
     global _released
     if not _applied or not memory_low(read_meminfo()):
         return False
@@ -170,19 +208,24 @@ def _mallinfo2():
 
 
 def heap_in_use() -> int:
-    """Bytes the heap has handed out (glibc `mallinfo2().uordblks`); 0 unless the retained heap
-    is in effect. It walks the free chunks: about a millisecond."""
+    """Bytes the heap has handed out (glibc `mallinfo2().uordblks`).
+
+    Its cost grows with the heap: glibc walks the free chunks to compute it.
+
+    Returns:
+      The bytes in use; 0 unless the retained heap is in effect (or without `mallinfo2`).
+    """
     fn = _mallinfo2() if _applied else None
     return int(fn().uordblks) if fn is not None else 0
 
 
 def wait_until_freed(in_use_before: int, slack: int = 64 << 20, timeout: float = 0.25) -> bool:
-    """Waits until the heap's in-use bytes are back within `slack` of `in_use_before`, taken just
-    before a step was dispatched (`heap_in_use`); returns whether they were.
+    """Waits until the heap's in-use bytes are back within `slack` of `in_use_before`.
 
-    XLA:CPU frees an execution's temporary block on a worker thread a few ms after its
-    outputs are readable. A step dispatched in between asks for its own block while the last
-    one is still held, and the retained heap grows by a whole block. A no-op (True) unless the
+    `in_use_before` is taken just before a step was dispatched (`heap_in_use`). XLA:CPU
+    frees an execution's temporary block on a worker thread shortly after its outputs are
+    readable. A step dispatched in between asks for its own block while the last one is
+    still held, and the retained heap grows by a whole block. A no-op (True) unless the
     retained heap is in effect; gives up after `timeout` seconds (other threads, such as a
     checkpoint being written, may hold memory of their own).
 
@@ -205,7 +248,14 @@ def wait_until_freed(in_use_before: int, slack: int = 64 << 20, timeout: float =
 
 
 def configure_from_env() -> bool:
-    """`retain_freed_memory()` if `wanted()`: what the `isheep` command and the benchmarks call first."""
+    """`retain_freed_memory()` if `wanted()`: what the `isheep` command and the benchmarks call first.
+
+    Returns:
+      Whether the retained heap is in effect.
+
+    Raises:
+      ValueError: ISHEEP_HOST_MALLOC has an invalid value (`wanted`).
+    """
     return retain_freed_memory() if wanted() else False
 
 
@@ -218,22 +268,31 @@ class HostMemoryHooks(hooks.Hooks):
         self._in_use = 0
 
     def before_train_step(self) -> None:
+        """Records the heap's in-use bytes before the step is dispatched."""
         self._in_use = heap_in_use()
 
     def after_train_step(self) -> None:
+        """Waits for the step's temporary block to be freed; releases pages if memory is low."""
         wait_until_freed(self._in_use)
         release_if_memory_low()
 
     def after_sampling_batch(self) -> None:
+        """Releases free pages if memory is low."""
         release_if_memory_low()  # batches of other shapes fragment a retained heap
 
     def between_stages(self) -> None:
+        """Releases free pages: the next stage allocates differently."""
         release_free_memory()
 
 
 def install_hooks() -> HostMemoryHooks | None:
-    """`configure_from_env()`, and where the retained heap is in effect, `HostMemoryHooks`
-    installed (`core.hooks`); returns them, or None. Call it first thing in a process."""
+    """`configure_from_env()`, and where the retained heap is in effect, `HostMemoryHooks` installed.
+
+    The hooks go to `core.hooks`. Call it first thing in a process.
+
+    Returns:
+      The installed hooks, or None where the retained heap is not in effect.
+    """
     if not configure_from_env():
         return None
     h = HostMemoryHooks()

@@ -3,16 +3,15 @@
 One kernel so far: decode attention (`decode_attention`), the part of a sampling step that
 XLA:CPU runs worst. Its fused reductions read every cache slot, empty ones included, at a
 fraction of memory speed; the kernel reads only the slots a row can see, on every core of
-XLA's thread pool (SmolLM2-135M, batch 64: a decode step ~1.4x faster, see
-benchmarks/RESULTS.md).
+XLA's thread pool (measurements: benchmarks/HISTORY.md).
 
-The C++ source ships with the package (`kernels/*.cc`) and is built with the host's C++
-compiler against the installed jaxlib's FFI headers, with `-march=native`, into
-`$ISHEEP_CACHE/kernels/<hash>/`; the hash covers the source, the flags, the compiler, the
-jaxlib version and the CPU, so a cache shared between machines never loads a build for
-another one. Where there is no compiler, or the build fails, a warning says so once and the
-callers keep XLA's own formulation: the kernels are a speed-up, never a requirement.
-ISHEEP_CPU_KERNELS=0 turns them off.
+The C++ source ships with the package (`decode_attention.cc`, next to this module) and is
+built with the host's C++ compiler against the installed jaxlib's FFI headers, with
+`-march=native`, into `$ISHEEP_CACHE/kernels/<hash>/`; the hash covers the source, the
+flags, the compiler, the jaxlib version and the CPU, so a cache shared between machines
+never loads a build for another one. Where there is no compiler, or the build fails, a
+warning says so once and the callers keep XLA's own formulation: the kernels are a
+speed-up, never a requirement. ISHEEP_CPU_KERNELS=0 turns them off.
 """
 
 from __future__ import annotations
@@ -33,8 +32,10 @@ from isheep_jax.core.cache import cache_dir
 log = logging.getLogger(__name__)
 
 ENV = "ISHEEP_CPU_KERNELS"  # '0' turns the kernels off
+# The kernel's C++ source, installed with the package (package data).
 SOURCE = os.path.join(os.path.dirname(__file__), "decode_attention.cc")
-# Associative math lets the compiler vectorise the dot products' sums (4x on AVX2).
+# Associative math lets the compiler vectorise the dot products' sums: without it, the float
+# additions must run in source order, one at a time.
 FLAGS = (
     "-O3",
     "-march=native",
@@ -74,7 +75,19 @@ def _compiler() -> str:
 def build(source: str = SOURCE, out_dir: str | None = None) -> str:
     """Compiles `source` into a shared library (once per machine) and returns its path.
 
-    Raises RuntimeError naming the problem when there is no compiler or the build fails."""
+    The library lands in `<out_dir>/<hash>/`, the hash covering the source, the flags, the
+    compiler, the jaxlib version and the CPU; an existing build with the same hash is reused.
+
+    Args:
+      source: path of the C++ source file.
+      out_dir: folder for the builds (default: `$ISHEEP_CACHE/kernels`).
+
+    Returns:
+      The path of the shared library (`<source name>.so`).
+
+    Raises:
+      RuntimeError: naming the problem, when there is no compiler or the build fails.
+    """
     import jaxlib
 
     cxx = _compiler()
@@ -159,7 +172,17 @@ def available() -> bool:
 
 
 def decode_attention_supported(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
-    """Whether `decode_attention` takes these operands (f32, at most MAX_GROUP heads per kv head)."""
+    """Whether `decode_attention` takes these operands.
+
+    Args:
+      q: [B, T, H, D] queries.
+      k: [B, K, S, D] cached keys.
+      v: [B, K, S, D] cached values.
+
+    Returns:
+      True when all three are f32, T == 1 (one new token per row) and there are at most
+      MAX_GROUP query heads per kv head.
+    """
     return (
         all(a.dtype == jnp.float32 for a in (q, k, v))
         and q.shape[2] // k.shape[1] <= MAX_GROUP
@@ -168,12 +191,23 @@ def decode_attention_supported(q: jax.Array, k: jax.Array, v: jax.Array) -> bool
 
 
 def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """The kernel: q [B, 1, H, D]; k, v [B, K, S, D]; mask [B, 1, 1, S] -> [B, 1, H, D].
+    """Decode attention through the C++ kernel: one new query token per row against the cache.
 
     Equals `layers._decode_attention` on every row with a visible slot; a row with none gets
     zeros (XLA's softmax would average all of v; the sampler never has such a row).
 
-    Only for the CPU: callers choose it with `jax.lax.platform_dependent`, once `available()`."""
+    Only for the CPU: callers choose it with `jax.lax.platform_dependent`, once `available()`
+    (and `decode_attention_supported`).
+
+    Args:
+      q: [B, 1, H, D] f32 queries of the new token.
+      k: [B, K, S, D] f32 cached keys (K kv heads, S slots).
+      v: [B, K, S, D] f32 cached values.
+      mask: [B, 1, 1, S] bool, True on the slots each row may attend to.
+
+    Returns:
+      [B, 1, H, D] f32 attention output.
+    """
     b, _, h, d = q.shape
     kvh, s = k.shape[1], k.shape[2]
     out = jax.ffi.ffi_call(

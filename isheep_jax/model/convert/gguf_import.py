@@ -41,7 +41,17 @@ _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
 def gguf_name(hf_name: str) -> str:
-    """The GGUF tensor name for a Hugging Face tensor name."""
+    """The GGUF tensor name for a Hugging Face tensor name.
+
+    Args:
+      hf_name: e.g. 'model.layers.3.self_attn.q_proj.weight'.
+
+    Returns:
+      The GGUF name, e.g. 'blk.3.attn_q.weight'.
+
+    Raises:
+      KeyError: the name has no GGUF counterpart in the map.
+    """
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
     m = _LAYER_RE.match(hf_name)
@@ -51,7 +61,16 @@ def gguf_name(hf_name: str) -> str:
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Inverse of llama.cpp's Q/K row permutation (interleaved -> half-split RoPE layout)."""
+    """Inverse of llama.cpp's Q/K row permutation (interleaved -> half-split RoPE layout).
+
+    Args:
+      w: a Q or K weight [n_heads * head_dim, hidden] (or bias [n_heads * head_dim]) in
+        Hugging Face [out, in] layout, rows permuted by llama.cpp.
+      n_heads: the number of heads of `w` (query heads for Q, kv heads for K).
+
+    Returns:
+      `w` with its rows in the half-split order, same shape and dtype.
+    """
     half = w.shape[0] // n_heads // 2
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -62,6 +81,23 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 
 def config_from_gguf(reader: Any, path: str) -> ModelConfig:
+    """The `ModelConfig` that a GGUF file's metadata and tensor names describe.
+
+    Biases are read off the tensor names (q/k/v from blk.0.attn_q.bias; o from
+    blk.0.attn_output.bias, Llama only); the embeddings are tied where there is no
+    output.weight.
+
+    Args:
+      reader: a `gguf.GGUFReader` of the file.
+      path: the file's path, for error messages.
+
+    Returns:
+      The config (compute and parameter dtypes float32).
+
+    Raises:
+      ConfigError: an architecture other than llama and qwen2, missing required metadata,
+        RoPE scaling in the metadata, or values the model cannot run.
+    """
     arch = _field(reader, "general.architecture")
     if arch not in ("llama", "qwen2"):
         raise ConfigError(f"{path}: unsupported GGUF architecture {arch!r} (llama, qwen2)")
@@ -107,7 +143,26 @@ def import_gguf(
     param_dtype: str = "float32",
     mesh: Mesh | None = None,
 ) -> ModelConfig:
-    """Converts a GGUF file (weights + tokenizer) to our checkpoint directory."""
+    """Converts a GGUF file (weights + tokenizer) to our checkpoint directory.
+
+    Needs the `gguf` package and transformers (the [hf] extra). Weights are dequantised to
+    f32, then cast to `param_dtype`.
+
+    Args:
+      gguf_path: the .gguf file.
+      out_dir: the model directory to create.
+      param_dtype: the dtype of the saved parameters.
+      mesh: the mesh to build the parameters on (default: `sharding.make_mesh()`).
+
+    Returns:
+      The config of the saved checkpoint.
+
+    Raises:
+      FileNotFoundError: there is no such file.
+      ConfigError: the file is not readable GGUF, describes an unsupported model, or lacks
+        a tensor.
+      CheckpointError: `out_dir` already holds a complete checkpoint.
+    """
     import gguf  # optional dependency: the [hf] extra
 
     path = str(gguf_path)
@@ -152,6 +207,10 @@ def save_gguf_tokenizer(gguf_path: str, out_dir: str) -> None:
 
     Uses transformers' GGUF tokenizer converter (the [hf] extra), which rebuilds the
     BPE/SentencePiece model, special tokens and chat template from the metadata.
+
+    Args:
+      gguf_path: the .gguf file.
+      out_dir: the folder to write the tokenizer files into.
     """
     from transformers import AutoTokenizer
 

@@ -35,8 +35,12 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 class TensorRule:
     """One HF tensor <-> one leaf of our tree (a slice of it for per-layer tensors).
 
-    kind: 'copy' (same values, reshaped to our shape) or 'linear' (HF `[out, in]` weight ->
-    our kernel `[*in_dims, *out_dims]`: transpose, then reshape; `n_in` = number of in dims).
+    Attributes:
+      hf: the Hugging Face tensor name; may contain '{i}' for the layer index.
+      ours: the path of the leaf in our parameter tree.
+      kind: 'copy' (same values, reshaped to our shape) or 'linear' (HF `[out, in]` weight
+        -> our kernel `[*in_dims, *out_dims]`: transpose, then reshape).
+      n_in: the number of in dims of our kernel ('linear').
     """
 
     hf: str  # may contain '{i}' for the layer index
@@ -46,14 +50,32 @@ class TensorRule:
 
     @property
     def per_layer(self) -> bool:
+        """Whether the HF name has a layer index (one HF tensor per layer of our leaf)."""
         return "{i}" in self.hf
 
     def to_ours(self, x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """An HF tensor in our layout.
+
+        Args:
+          x: the HF tensor ([out, in] for 'linear').
+          shape: our shape for it (one layer's slice for a per-layer leaf).
+
+        Returns:
+          `x` transposed ('linear') and reshaped to `shape`, in `x`'s dtype.
+        """
         if self.kind == "linear":
             x = x.T
         return x.reshape(shape)
 
     def to_hf(self, x: np.ndarray) -> np.ndarray:
+        """Our array (one layer's slice for a per-layer leaf) in the HF layout.
+
+        Args:
+          x: our array ([*in_dims, *out_dims] for 'linear').
+
+        Returns:
+          The HF tensor: [out, in] for 'linear', a flat vector for a bias, else `x` as it is.
+        """
         if self.kind == "linear":
             n_in = math.prod(x.shape[: self.n_in])
             return x.reshape(n_in, -1).T
@@ -61,7 +83,14 @@ class TensorRule:
 
 
 def hf_rules(cfg: ModelConfig) -> list[TensorRule]:
-    """The name map for Llama / Qwen2 checkpoints."""
+    """The name map for Llama / Qwen2 checkpoints.
+
+    Args:
+      cfg: the model configuration (tied embeddings and biases decide which tensors exist).
+
+    Returns:
+      One `TensorRule` per HF tensor name pattern.
+    """
     pre = "model.layers.{i}."
     attn = ("layers", "attn")
     rules = [
@@ -107,7 +136,21 @@ def params_from_tensors(
     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
     desc: str = "import",
 ) -> Params:
-    """Builds our sharded params from `get(hf_name) -> array in HF layout`, one tensor at a time."""
+    """Builds our sharded params from `get(hf_name) -> array in HF layout`, one tensor at a time.
+
+    Args:
+      cfg: the model configuration (parameter dtype, layer count, name map).
+      get: returns the HF tensor of a name, in HF layout (any dtype castable to ours).
+      mesh: the mesh to shard over.
+      rules: (logical name, mesh axes) pairs (`sharding.logical_to_pspec`).
+      desc: the progress bar's label.
+
+    Returns:
+      The parameter tree in `cfg.param_dtype`, each leaf on its shards.
+
+    Raises:
+      ConfigError: a tensor's size does not match the config (and whatever `get` raises).
+    """
     abstract, names = abstract_params(cfg)
     params: dict = {}
     table = hf_rules(cfg)
@@ -142,7 +185,16 @@ def _checked(
 def hf_tensors_from_params(
     cfg: ModelConfig, params: Params, dtype: Any = np.float32
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (HF name, array) in HF layout, one tensor at a time."""
+    """Yields (HF name, array) in HF layout, one tensor at a time.
+
+    Args:
+      cfg: the model configuration.
+      params: our (stacked) parameter tree.
+      dtype: the numpy dtype of the arrays yielded.
+
+    Yields:
+      (HF tensor name, C-contiguous numpy array in `dtype`), in `hf_rules` order.
+    """
     for rule in hf_rules(cfg):
         full = np.asarray(jax.device_get(_get_path(params, rule.ours))).astype(dtype)
         if rule.per_layer:
@@ -158,7 +210,25 @@ def import_hf(
     param_dtype: str = "float32",
     mesh: Mesh | None = None,
 ) -> ModelConfig:
-    """Converts a Hugging Face folder (safetensors + config.json + tokenizer) to our checkpoint."""
+    """Converts a Hugging Face folder (safetensors + config.json + tokenizer) to our checkpoint.
+
+    Args:
+      hf_dir: the Hugging Face model folder.
+      out_dir: the model directory to create.
+      param_dtype: the dtype of the saved parameters.
+      mesh: the mesh to build the parameters on (default: `sharding.make_mesh()`).
+
+    Returns:
+      The config of the saved checkpoint.
+
+    Raises:
+      FileNotFoundError: `hf_dir` has no config.json.
+      ConfigError: config.json is unsupported, or the tensors do not match its name map
+        (unknown or missing tensors, wrong sizes).
+      safetensors_io.SafetensorsError: the folder has no readable safetensors files.
+      CheckpointError: `out_dir` already holds a complete checkpoint, or `hf_dir` has no
+        tokenizer.json or tokenizer.model.
+    """
     hf_dir = str(hf_dir)
     cfg = ModelConfig.from_hf_file(os.path.join(hf_dir, "config.json")).replace(param_dtype=param_dtype)
     folder = SafetensorsFolder(hf_dir)
@@ -200,7 +270,19 @@ def export_hf(
     dtype: str = "float32",
     max_shard_bytes: int = 4 << 30,
 ) -> None:
-    """Writes a Hugging Face folder (sharded safetensors + config.json + tokenizer files)."""
+    """Writes a Hugging Face folder (sharded safetensors + config.json + tokenizer files).
+
+    Args:
+      model_dir: our model directory.
+      out_dir: the folder to write (created; existing files of the same names are replaced).
+      dtype: 'float32', 'bfloat16' or 'float16', the dtype of the written tensors.
+      max_shard_bytes: the size above which a new safetensors shard starts (a single
+        larger tensor gets a shard of its own).
+
+    Raises:
+      CheckpointError: `model_dir` is missing or incomplete, or its tokenizer/ folder has
+        no tokenizer.json or tokenizer.model.
+    """
     import ml_dtypes
 
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]

@@ -37,9 +37,23 @@ class SafetensorsError(ValueError):
 
 
 class SafetensorsFile:
-    """Lazily reads tensors from one .safetensors file."""
+    """Lazily reads tensors from one .safetensors file.
+
+    Attributes:
+      path: the file's path.
+      metadata: the header's `__metadata__` dict ({} without one).
+    """
 
     def __init__(self, path: str | os.PathLike):
+        """Reads and checks the header, and memory-maps the data section.
+
+        Args:
+          path: the .safetensors file.
+
+        Raises:
+          SafetensorsError: the file is truncated, its header is corrupt, or a tensor has an
+            unsupported dtype or a byte size that does not match its shape.
+        """
         self.path = str(path)
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
@@ -82,13 +96,25 @@ class SafetensorsFile:
         )
 
     def keys(self) -> list[str]:
+        """The tensor names, in header order."""
         return list(self._entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor `name` (KeyError for an unknown name)."""
         return tuple(self._entries[name]["shape"])
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as a read-only view of the memory map (copy it to keep it)."""
+        """The tensor as a read-only view of the memory map (copy it to keep it).
+
+        Args:
+          name: the tensor's name.
+
+        Returns:
+          The array in its stored dtype and shape.
+
+        Raises:
+          KeyError: the file has no tensor `name`.
+        """
         e = self._entries[name]
         begin, end = e["data_offsets"]
         return self._mmap[begin:end].view(DTYPES[e["dtype"]]).reshape(e["shape"])
@@ -97,7 +123,19 @@ class SafetensorsFile:
 def write_safetensors(
     path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]], metadata: dict[str, str] | None = None
 ) -> None:
-    """Writes (name, array) pairs; arrays are consumed one at a time."""
+    """Writes (name, array) pairs through a temporary file and a rename.
+
+    The header needs every tensor's size, so all arrays are collected (as C-contiguous
+    arrays) before the first byte is written; their data is then written one at a time.
+
+    Args:
+      path: the .safetensors file to write.
+      tensors: (name, array) pairs, in the order their data is laid out.
+      metadata: the header's `__metadata__` (default: {"format": "pt"}).
+
+    Raises:
+      SafetensorsError: an array's dtype has no safetensors name (`DTYPES`).
+    """
     items = [(name, np.ascontiguousarray(arr)) for name, arr in tensors]
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
@@ -125,6 +163,15 @@ class SafetensorsFolder:
     """All tensors of a Hugging Face folder: one file, or shards with an index."""
 
     def __init__(self, folder: str | os.PathLike):
+        """Opens the folder's safetensors files (those of model.safetensors.index.json if present).
+
+        Args:
+          folder: the Hugging Face model folder.
+
+        Raises:
+          SafetensorsError: the folder has no .safetensors file (pickle checkpoints are
+            named, not read), or a file cannot be read.
+        """
         folder = str(folder)
         index = os.path.join(folder, "model.safetensors.index.json")
         files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
@@ -148,19 +195,34 @@ class SafetensorsFolder:
                 self._where[k] = st
 
     def keys(self) -> list[str]:
+        """The tensor names of all files."""
         return list(self._where)
 
     def __contains__(self, name: str) -> bool:
+        """Whether some file has tensor `name`."""
         return name in self._where
 
     def get(self, name: str) -> np.ndarray:
+        """The tensor `name` as a read-only view of its file's memory map.
+
+        Args:
+          name: the tensor's name.
+
+        Returns:
+          The array in its stored dtype and shape.
+
+        Raises:
+          SafetensorsError: no file has tensor `name`.
+        """
         if name not in self._where:
             raise SafetensorsError(f"tensor {name!r} not found in {sorted(self._files)}")
         return self._where[name].get(name)
 
     def source(self, name: str) -> str:
+        """The path of the file that holds tensor `name` (KeyError for an unknown name)."""
         return self._where[name].path
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yields (name, read-only array) for every tensor, file by file."""
         for k in self._where:
             yield k, self.get(k)
