@@ -170,3 +170,96 @@ def read_jsonl(path: str | os.PathLike, missing_ok: bool = False) -> list[Any]:
     if missing_ok and not as_path(path).exists():
         return []
     return [obj for _, obj in iter_jsonl(path)]
+
+
+# ---------------------------------------------------------------------------- output folders
+# A folder we are writing whole (a checkpoint, an HF export) holds this marker from its
+# creation until the save is complete: only such a folder may be cleared, so a rerun after
+# a kill starts the save afresh, and nothing we did not write is ever deleted.
+IN_PROGRESS = ".isheep_in_progress"
+
+
+class OutputDirError(ValueError):
+    """An output folder that we may not write into (it holds someone else's files or the input)."""
+
+
+def _inside(child: epath.Path, parent: epath.Path) -> bool:
+    c, p = str(child).rstrip("/") + "/", str(parent).rstrip("/") + "/"
+    return c.startswith(p)
+
+
+def output_dir_problem(path: str | os.PathLike, sources: Iterable[str | os.PathLike] = ()) -> str | None:
+    """Why `path` cannot be claimed as an output folder, or None if it can (see `claim_output_dir`).
+
+    Args:
+      path: the output folder.
+      sources: the inputs of the save: the output may be neither one of them nor a folder
+        that holds one.
+
+    Returns:
+      A message naming the path and what is in it, or None.
+    """
+    out = absolute(path)
+    for src in sources:
+        s = absolute(src)
+        if str(s).rstrip("/") == str(out).rstrip("/"):
+            return f"{out}: the output folder is the input; choose another output folder"
+        if _inside(s, out):
+            return f"{out}: the output folder holds the input {s}; choose a new, empty folder"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out}: exists and is not a folder"
+    names = sorted(p.name for p in out.iterdir())
+    if not names or IN_PROGRESS in names:
+        return None
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"{out}: not empty ({shown}) and not an interrupted save of ours; refusing to write into it "
+        "(nothing was changed): choose a new folder, or empty this one"
+    )
+
+
+def claim_output_dir(path: str | os.PathLike, sources: Iterable[str | os.PathLike] = ()) -> epath.Path:
+    """Makes `path` an empty folder marked as being written by us.
+
+    Allowed: a missing or empty folder, or one holding our in-progress marker (a save of
+    ours that was killed: it is cleared). Anything else is refused before anything is
+    written. Every process must call it (the check is agreed on, then process 0 writes).
+
+    Args:
+      path: the output folder (local or a URL).
+      sources: the save's inputs (see `output_dir_problem`).
+
+    Returns:
+      The folder's absolute path.
+
+    Raises:
+      OutputDirError: the folder holds files we did not write, or is (or holds) the input.
+    """
+    out = absolute(path)
+    problem = output_dir_problem(out, sources)
+    if not distributed.agree(problem is None):
+        raise OutputDirError(problem or f"{out}: refused by process 0 (it sees files there)")
+    if distributed.is_writer():
+        try:
+            if out.exists() and (out / IN_PROGRESS).exists():
+                out.rmtree()
+            out.mkdir(parents=True, exist_ok=True)
+            # Written in place, not atomically: a temporary sibling left by a kill would make
+            # the folder look foreign.
+            (out / IN_PROGRESS).write_text("isheep_jax: a save in progress; safe to delete\n")
+        except OSError as e:
+            raise OSError(f"cannot create {out}: {e.strerror or e}") from e
+    distributed.barrier(f"claim {out}")
+    return out
+
+
+def release_output_dir(path: str | os.PathLike) -> None:
+    """Removes the in-progress marker of a finished save (every process must call it)."""
+    out = absolute(path)
+    if distributed.is_writer():
+        marker = out / IN_PROGRESS
+        if marker.exists():
+            marker.unlink()
+    distributed.barrier(f"release {out}")

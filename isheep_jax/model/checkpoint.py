@@ -11,7 +11,6 @@ Layout of a model directory:
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -60,11 +59,15 @@ def save_model(
     cfg: ModelConfig,
     tokenizer_dir: str | os.PathLike | None = None,
     extra: dict[str, Any] | None = None,
+    sources: Sequence[str | os.PathLike] = (),
 ) -> None:
     """Saves params + config (+ tokenizer files). An existing complete checkpoint is refused.
 
-    An incomplete leftover of a killed save is removed first; model.json is written last.
-    In a multi-process run every process must call it (each saves its own shards).
+    The folder is claimed first (`io_utils.claim_output_dir`): a missing or empty folder,
+    or a leftover of a killed save of ours, which is cleared; a folder holding anything
+    else, or the input itself, is refused before anything is written. model.json is
+    written last. In a multi-process run every process must call it (each saves its own
+    shards).
 
     Args:
       model_dir: the model directory to create (local or a URL).
@@ -73,22 +76,25 @@ def save_model(
       tokenizer_dir: a folder whose tokenizer files (`TOKENIZER_FILES`) are copied into
         tokenizer/ (None: no tokenizer).
       extra: more entries for model.json (e.g. the source of an import).
+      sources: the inputs of the save (the output may neither be nor hold one of them);
+        `tokenizer_dir` counts as one.
 
     Raises:
       CheckpointError: `model_dir` already holds a complete checkpoint, or `tokenizer_dir`
         has neither tokenizer.json nor tokenizer.model.
+      io_utils.OutputDirError: `model_dir` holds files we did not write, or the input.
     """
 
     path = io_utils.absolute(model_dir)
-    if is_complete(path):
-        raise CheckpointError(f"{path}: a complete checkpoint already exists; refusing to overwrite")
+    check_can_save(path, sources)
+    if tokenizer_dir is not None and not any(
+        (io_utils.as_path(tokenizer_dir) / n).exists() for n in ("tokenizer.json", "tokenizer.model")
+    ):
+        raise CheckpointError(f"{tokenizer_dir}: no tokenizer.json or tokenizer.model")  # before any write
+    srcs = [*sources, *([tokenizer_dir] if tokenizer_dir is not None else [])]
+    io_utils.claim_output_dir(path, srcs)
     # Every process saves its own params shards; io_utils writes (and waits for) the small files
     # once; the rest is process 0's.
-    if distributed.is_writer():
-        if path.exists():  # an incomplete leftover from a killed save
-            shutil.rmtree(str(path))
-        path.mkdir(parents=True)
-    distributed.barrier(f"save_model {path}")
     cfg.save(str(path / "config.json"))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
@@ -96,6 +102,27 @@ def save_model(
     if tokenizer_dir is not None and distributed.is_writer():
         copy_tokenizer_files(tokenizer_dir, path / "tokenizer")
     io_utils.write_json(path / "model.json", {"format": FORMAT, "created": time.time(), **(extra or {})})
+    io_utils.release_output_dir(path)
+
+
+def check_can_save(model_dir: str | os.PathLike, sources: Sequence[str | os.PathLike] = ()) -> None:
+    """Raises now what `save_model(model_dir, ...)` would refuse later, before expensive work.
+
+    Args:
+      model_dir: the model directory a save will write.
+      sources: the save's inputs (see `io_utils.output_dir_problem`).
+
+    Raises:
+      CheckpointError: `model_dir` already holds a complete checkpoint.
+      io_utils.OutputDirError: `model_dir` holds files we did not write, or the input.
+    """
+    if is_complete(model_dir):
+        raise CheckpointError(
+            f"{io_utils.absolute(model_dir)}: a complete checkpoint already exists; refusing to overwrite"
+        )
+    problem = io_utils.output_dir_problem(model_dir, sources)
+    if problem:
+        raise io_utils.OutputDirError(problem)
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:

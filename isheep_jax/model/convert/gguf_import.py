@@ -162,12 +162,14 @@ def import_gguf(
       ConfigError: the file is not readable GGUF, describes an unsupported model, or lacks
         a tensor.
       CheckpointError: `out_dir` already holds a complete checkpoint.
+      io_utils.OutputDirError: `out_dir` holds other files, or the GGUF file itself.
     """
     import gguf  # optional dependency: the [hf] extra
 
     path = str(gguf_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such GGUF file")
+    checkpoint.check_can_save(out_dir, [path])  # before the minutes of dequantising
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # the reader raises ValueError/struct.error on bad files
@@ -198,6 +200,7 @@ def import_gguf(
             cfg,
             tokenizer_dir=tok_dir,
             extra={"source": os.path.abspath(path), "source_format": "gguf"},
+            sources=[path],
         )
     return cfg
 

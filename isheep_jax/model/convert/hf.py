@@ -228,9 +228,13 @@ def import_hf(
       safetensors_io.SafetensorsError: the folder has no readable safetensors files.
       CheckpointError: `out_dir` already holds a complete checkpoint, or `hf_dir` has no
         tokenizer.json or tokenizer.model.
+      io_utils.OutputDirError: `out_dir` holds other files, or is (or holds) `hf_dir`.
     """
     hf_dir = str(hf_dir)
-    cfg = ModelConfig.from_hf_file(os.path.join(hf_dir, "config.json")).replace(param_dtype=param_dtype)
+    checkpoint.check_can_save(out_dir, [hf_dir])  # before reading any tensor
+    cfg = ModelConfig.from_hf_file(str(io_utils.as_path(hf_dir) / "config.json")).replace(
+        param_dtype=param_dtype
+    )
     folder = SafetensorsFolder(hf_dir)
     known = {r.hf.format(i=i) for r in hf_rules(cfg) for i in range(cfg.num_layers)}
     extra = [
@@ -259,7 +263,8 @@ def import_hf(
         params,
         cfg,
         tokenizer_dir=hf_dir,
-        extra={"source": os.path.abspath(hf_dir), "source_format": "hf"},
+        extra={"source": str(io_utils.absolute(hf_dir)), "source_format": "hf"},
+        sources=[hf_dir],
     )
     return cfg
 
@@ -274,7 +279,8 @@ def export_hf(
 
     Args:
       model_dir: our model directory.
-      out_dir: the folder to write (created; existing files of the same names are replaced).
+      out_dir: the folder to write: a new or empty folder, or an interrupted export of
+        ours (cleared); anything else is refused (`io_utils.claim_output_dir`).
       dtype: 'float32', 'bfloat16' or 'float16', the dtype of the written tensors.
       max_shard_bytes: the size above which a new safetensors shard starts (a single
         larger tensor gets a shard of its own).
@@ -282,16 +288,20 @@ def export_hf(
     Raises:
       CheckpointError: `model_dir` is missing or incomplete, or its tokenizer/ folder has
         no tokenizer.json or tokenizer.model.
+      io_utils.OutputDirError: `out_dir` holds files we did not write, or is (or holds)
+        `model_dir`.
     """
     import ml_dtypes
 
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+    problem = io_utils.output_dir_problem(out_dir, [model_dir])
+    if problem:  # before loading the model
+        raise io_utils.OutputDirError(problem)
     cfg, params = checkpoint.load_model(model_dir)
-    out = str(out_dir)
-    os.makedirs(out, exist_ok=True)
+    out = io_utils.claim_output_dir(out_dir, [model_dir])
     hf_cfg = cfg.to_hf_dict()
     hf_cfg["torch_dtype"] = dtype
-    io_utils.write_json(os.path.join(out, "config.json"), hf_cfg)
+    io_utils.write_json(out / "config.json", hf_cfg)
 
     # Shards are written as they fill (never the whole model in RAM), then renamed once
     # their total count is known.
@@ -300,7 +310,7 @@ def export_hf(
     size = 0
 
     def flush() -> None:
-        part = os.path.join(out, f".part-{len(parts):05d}.safetensors")
+        part = str(out / f".part-{len(parts):05d}.safetensors")
         write_safetensors(part, pending)
         parts.append((part, [name for name, _ in pending]))
         pending.clear()
@@ -319,12 +329,11 @@ def export_hf(
         fname = (
             "model.safetensors" if len(parts) == 1 else f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
         )
-        os.replace(part, os.path.join(out, fname))
+        io_utils.as_path(part).replace(out / fname)
         weight_map.update({name: fname for name in names})
     if len(parts) > 1:
-        io_utils.write_json(
-            os.path.join(out, "model.safetensors.index.json"), {"metadata": {}, "weight_map": weight_map}
-        )
+        io_utils.write_json(out / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
     tok = checkpoint.tokenizer_dir(model_dir)
-    if os.path.isdir(tok):
+    if io_utils.as_path(tok).is_dir():
         checkpoint.copy_tokenizer_files(tok, out)
+    io_utils.release_output_dir(out)

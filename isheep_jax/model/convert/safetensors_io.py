@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
+
+from isheep_jax.core import io_utils
 
 DTYPES = {
     "F64": np.dtype(np.float64),
@@ -36,6 +39,17 @@ class SafetensorsError(ValueError):
     """A safetensors file that cannot be read; the message names the file."""
 
 
+def _local_copy(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
+    """`path` itself if local; else a copy in a private temporary folder (memory maps need a
+    local file), with the folder to keep alive as long as the map."""
+    if "://" not in path:
+        return path, None
+    tmp = tempfile.TemporaryDirectory(prefix="isheep-safetensors-")
+    local = os.path.join(tmp.name, os.path.basename(path))
+    io_utils.as_path(path).copy(io_utils.as_path(local))
+    return local, tmp
+
+
 class SafetensorsFile:
     """Lazily reads tensors from one .safetensors file.
 
@@ -55,8 +69,9 @@ class SafetensorsFile:
             unsupported dtype or a byte size that does not match its shape.
         """
         self.path = str(path)
-        size = os.path.getsize(self.path)
-        with open(self.path, "rb") as f:
+        self._local, self._tmp = _local_copy(self.path)
+        size = os.path.getsize(self._local)
+        with open(self._local, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise SafetensorsError(f"{self.path}: truncated (file is {size} bytes, no header)")
@@ -90,7 +105,7 @@ class SafetensorsFile:
                     f"of the data section, which has only {data_len} bytes"
                 )
         self._mmap = (
-            np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start, shape=(data_len,))
+            np.memmap(self._local, dtype=np.uint8, mode="r", offset=self._data_start, shape=(data_len,))
             if data_len
             else np.zeros((0,), np.uint8)
         )
@@ -150,13 +165,13 @@ def write_safetensors(
         offset += arr.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # 8-byte alignment of the data section
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    tmp = io_utils.as_path(f"{path}.tmp")
+    with tmp.open("wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for _, arr in items:
             f.write(arr.tobytes())
-    os.replace(tmp, path)
+    tmp.replace(io_utils.as_path(path))
 
 
 class SafetensorsFolder:
@@ -173,10 +188,12 @@ class SafetensorsFolder:
             named, not read), or a file cannot be read.
         """
         folder = str(folder)
-        index = os.path.join(folder, "model.safetensors.index.json")
-        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+        root = io_utils.as_path(folder)
+        index = root / "model.safetensors.index.json"
+        names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        files = [f for f in names if f.endswith(".safetensors")]
         if not files:
-            pickles = [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            pickles = [f for f in names if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
             if pickles:
                 raise SafetensorsError(
                     f"{folder}: only pickle checkpoints found ({', '.join(pickles)}); they are not "
@@ -184,11 +201,10 @@ class SafetensorsFolder:
                     "transformers: model.save_pretrained(dir, safe_serialization=True)"
                 )
             raise SafetensorsError(f"{folder}: no .safetensors files")
-        if os.path.exists(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
+        if index.exists():
+            weight_map = io_utils.read_json(index)["weight_map"]
             files = sorted(set(weight_map.values()))
-        self._files = {name: SafetensorsFile(os.path.join(folder, name)) for name in files}
+        self._files = {name: SafetensorsFile(str(root / name)) for name in files}
         self._where: dict[str, SafetensorsFile] = {}
         for st in self._files.values():
             for k in st.keys():
