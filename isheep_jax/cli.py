@@ -315,10 +315,11 @@ def _enable_compilation_cache() -> None:
     recompiling the sampler and train step. ISHEEP_XLA_CACHE='' turns it off."""
     import jax
 
-    from isheep_jax.core.cache import xla_cache_dir
+    from isheep_jax.core.cache import private_dir, xla_cache_dir
 
     path = xla_cache_dir()
     if path and not jax.config.jax_compilation_cache_dir:
+        private_dir(path)  # compiled programs are loaded from it: this user's only
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 

@@ -27,7 +27,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from isheep_jax.core.cache import cache_dir
+from isheep_jax.core.cache import cache_dir, check_owned_file, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def build(source: str = SOURCE, out_dir: str | None = None) -> str:
 
     Raises:
       RuntimeError: naming the problem, when there is no compiler or the build fails.
+      CacheError: the cache folder or a cached build belongs to another user, or others
+        can write the cached build (it is never loaded then).
     """
     import jaxlib
 
@@ -108,15 +110,17 @@ def build(source: str = SOURCE, out_dir: str | None = None) -> str:
             ]
         )
     ).hexdigest()
-    folder = os.path.join(out_dir or cache_dir("kernels"), key[:16])
+    root = private_dir(out_dir or cache_dir("kernels"))
+    folder = private_dir(os.path.join(root, key[:16]))
     lib = os.path.join(folder, os.path.splitext(os.path.basename(source))[0] + ".so")
     if os.path.exists(lib):
+        check_owned_file(lib)
         return lib
-    os.makedirs(folder, exist_ok=True)
-    # Build to a private name, then rename: a process that loads the library never sees a
-    # half-written file, and two processes building at once both end with a whole one.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(fd)
+    # Build in a private temporary folder, then rename: a process that loads the library
+    # never sees a half-written file, and two processes building at once both end with a
+    # whole one.
+    build_dir = tempfile.mkdtemp(prefix=".build-", dir=folder)
+    tmp = os.path.join(build_dir, os.path.basename(lib))
     try:
         res = subprocess.run(
             [cxx, *FLAGS, "-I", include, source, "-o", tmp],
@@ -127,10 +131,10 @@ def build(source: str = SOURCE, out_dir: str | None = None) -> str:
         )
         if res.returncode:
             raise RuntimeError(f"{cxx} failed on {source}:\n{res.stderr[-2000:]}")
+        os.chmod(tmp, 0o700)
         os.replace(tmp, lib)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(build_dir, ignore_errors=True)
     return lib
 
 

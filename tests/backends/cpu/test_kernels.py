@@ -1,11 +1,15 @@
 """The CPU decode-attention kernel against XLA's formulation, and where it is (not) used."""
 
+import os
+import stat
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from isheep_jax.backends.cpu import kernels
+from isheep_jax.core.cache import CacheError
 from isheep_jax.model import layers
 from isheep_jax.parallel import sharding
 
@@ -115,3 +119,13 @@ def test_tracing_never_builds_the_kernel(monkeypatch):
     jax.clear_caches()  # a fresh trace: the choice of attention is made while tracing
     assert kernels.DECODE_ATTENTION not in _lowered(layers.attention, q, k, v, m)
     assert builds == []
+
+
+def test_kernel_cache_is_private_and_a_tampered_build_is_never_loaded(tmp_path):
+    lib = kernels.build(out_dir=str(tmp_path / "k"))
+    folder = os.path.dirname(lib)
+    assert [stat.S_IMODE(os.stat(p).st_mode) & 0o077 for p in (tmp_path / "k", folder)] == [0, 0]
+    assert os.listdir(folder) == [os.path.basename(lib)]  # the private build folder is gone
+    os.chmod(lib, 0o777)  # as if someone else could have replaced it
+    with pytest.raises(CacheError, match="writable by group or others"):
+        kernels.build(out_dir=str(tmp_path / "k"))
