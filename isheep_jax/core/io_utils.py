@@ -2,11 +2,18 @@
 
 All paths go through `etils.epath`, so a run directory may be local or `gs://...`.
 Atomicity: write to a temporary sibling, then rename; a reader never sees half a file.
+
+The rule of a multi-process run: every write here (`write_text_atomic`, `write_json`,
+`write_jsonl`, `claim_output_dir`, `release_output_dir`) and `exists` is a collective that
+every process calls with the same arguments, never one process alone: process 0 does the
+I/O, and each ends in a barrier (or an agreement) that every process enters. A caller never
+guards them with `distributed.is_writer()`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -15,6 +22,8 @@ from typing import Any
 from etils import epath
 
 from isheep_jax.parallel import distributed
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -131,11 +140,14 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | os.PathLike, torn_tail_ok: bool = False) -> Iterator[tuple[int, Any]]:
     """Yields (line_number, object) for each non-blank line of a JSONL file.
 
     Args:
       path: a local path or a URL.
+      torn_tail_ok: skip (with a warning) a last line that is not valid JSON and has no
+        newline: what a process killed while appending leaves. Any other bad line is an
+        error.
 
     Yields:
       (line number counted from 1, parsed JSON value) for each non-blank line.
@@ -151,15 +163,20 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                if torn_tail_ok and not line.endswith("\n"):  # only a last line lacks it
+                    log.warning("%s:%d: skipping a torn last line (an interrupted append)", path, lineno)
+                    return
+                torn = "" if line.endswith("\n") else " (a torn last line: the write was interrupted?)"
+                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}{torn}") from None
 
 
-def read_jsonl(path: str | os.PathLike, missing_ok: bool = False) -> list[Any]:
+def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, torn_tail_ok: bool = False) -> list[Any]:
     """All objects of a JSONL file.
 
     Args:
       path: a local path or a URL.
       missing_ok: return [] for a missing file instead of raising.
+      torn_tail_ok: skip a torn last line (see `iter_jsonl`).
 
     Returns:
       The parsed values of the non-blank lines, in file order.
@@ -169,7 +186,7 @@ def read_jsonl(path: str | os.PathLike, missing_ok: bool = False) -> list[Any]:
     """
     if missing_ok and not as_path(path).exists():
         return []
-    return [obj for _, obj in iter_jsonl(path)]
+    return [obj for _, obj in iter_jsonl(path, torn_tail_ok)]
 
 
 # ---------------------------------------------------------------------------- output folders

@@ -40,14 +40,17 @@ class MetricsWriter:
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        """Drops the rows of steps after `step` from the JSONL file (if this process writes it).
+        """Drops the rows of steps after `step` from the JSONL file, and a torn last line.
+
+        A collective, like every io_utils write: every process must call it (process 0
+        rewrites the file, the others wait for it).
 
         Args:
           step: the last step to keep, e.g. the step a resumed run restarts from.
         """
-        if not self.enabled or not self.path.exists():
+        if not io_utils.exists(self.path):
             return
-        rows = [r for r in io_utils.read_jsonl(self.path) if r.get("step", 0) <= step]
+        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         io_utils.write_jsonl(self.path, rows)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
@@ -88,6 +91,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
       path: the file `MetricsWriter` wrote.
 
     Returns:
-      The rows in file order; [] when the file does not exist.
+      The rows in file order; [] when the file does not exist. A torn last line (a run
+      killed while appending) is skipped.
     """
-    return io_utils.read_jsonl(path, missing_ok=True)
+    return io_utils.read_jsonl(path, missing_ok=True, torn_tail_ok=True)

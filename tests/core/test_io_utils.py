@@ -39,3 +39,30 @@ def test_file_helpers_never_start_a_jax_backend(tmp_path):
         "assert not xla_bridge._backends, xla_bridge._backends\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_torn_last_line_is_skipped_only_where_allowed(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')  # killed while appending step 3
+    assert io_utils.read_jsonl(path, torn_tail_ok=True) == [{"step": 1}, {"step": 2}]
+    with pytest.raises(io_utils.DataError, match=r"m.jsonl:3: invalid JSON.*a torn last line"):
+        io_utils.read_jsonl(path)
+    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')  # a bad line inside is never skipped
+    with pytest.raises(io_utils.DataError, match=r"m.jsonl:2: invalid JSON"):
+        io_utils.read_jsonl(path, torn_tail_ok=True)
+
+
+def test_metrics_resume_drops_redone_steps_and_a_torn_line(tmp_path):
+    from isheep_jax.training.metrics import MetricsWriter, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in (1, 2, 3)) + '{"step": 4, "lo')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    w = MetricsWriter(path)
+    w.truncate_after(2)  # resuming at the checkpoint of step 2
+    w.write(3, {"loss": 0.5})
+    assert read_metrics(path) == [
+        {"step": 1, "loss": 1.0},
+        {"step": 2, "loss": 1.0},
+        {"step": 3, "loss": 0.5},
+    ]
