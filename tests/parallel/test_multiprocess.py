@@ -4,15 +4,19 @@ devices, and write each artifact once."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
 import pytest
 from helpers import make_hf_model
 
 from isheep_jax.core import io_utils
+from isheep_jax.model import checkpoint
 from isheep_jax.model.convert import hf
 
 WORKER = os.path.join(os.path.dirname(__file__), "mp_worker.py")
@@ -88,3 +92,111 @@ def test_two_processes_equal_one(tmp_path):
         else:
             assert a.read_text() == b.read_text(), name
     assert not list((tmp_path / "two" / "work" / "run").rglob(".*.tmp-*"))
+
+
+# ------------------------------------------------------------------ kill and resume, 2 processes
+RESUME_WORKER = os.path.join(os.path.dirname(__file__), "mp_resume_worker.py")
+
+
+@pytest.fixture(scope="module")
+def mp_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mp_resume")
+    hf_dir = make_hf_model(str(root / "hf"), "llama", max_position_embeddings=4096)
+    model = str(root / "model")
+    hf.import_hf(hf_dir, model)
+    pairs = str(root / "pairs.jsonl")
+    io_utils.write_jsonl(pairs, PAIRS)
+    return model, pairs
+
+
+def _start(mode: str, model: str, pairs: str, work) -> list[subprocess.Popen]:
+    """Both processes of a 2-process run (2 CPU devices each), each in a session of its own."""
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    os.makedirs(work, exist_ok=True)
+    procs = []
+    for i in range(2):
+        log = open(os.path.join(work, f".worker{i}.log"), "a")
+        cmd = [sys.executable, RESUME_WORKER, mode, str(i), "2", str(port), model, pairs, str(work)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+    return procs
+
+
+def _finish(procs, work, timeout: int = 900) -> None:
+    for p in procs:
+        p.wait(timeout=timeout)
+    logs = [open(os.path.join(work, f".worker{i}.log")).read()[-3000:] for i in range(2)]
+    assert all(p.returncode == 0 for p in procs), "\n".join(
+        f"--- worker {i} (rc {p.returncode}) ---\n{log}" for i, (p, log) in enumerate(zip(procs, logs))
+    )
+
+
+def _kill_when(procs, ready, timeout: int = 900) -> bool:
+    """SIGKILLs both processes as soon as `ready()`; False if they finished before that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            for p in procs:
+                p.wait()
+            return True
+        if all(p.poll() is not None for p in procs):
+            return False
+        time.sleep(0.05)
+    raise TimeoutError("the run neither reached the kill point nor ended")
+
+
+def _last_checkpoint(work) -> int:
+    d = work / "checkpoints"
+    return max((int(p.name) for p in d.iterdir() if p.name.isdigit()), default=0) if d.exists() else 0
+
+
+def _assert_same_params(a: str, b: str) -> None:
+    _, pa = checkpoint.load_model(a)
+    _, pb = checkpoint.load_model(b)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
+
+
+@pytest.mark.slow
+def test_two_process_training_killed_then_resumed_equals_uninterrupted(mp_model, tmp_path):
+    model, pairs = mp_model
+    ref, work = tmp_path / "ref", tmp_path / "killed"
+    _finish(_start("train", model, pairs, ref), ref)
+    procs = _start("train", model, pairs, work)
+    assert _kill_when(procs, lambda: _last_checkpoint(work) >= 3), "training ended before the kill"
+    assert not (work / "model").exists()
+    _finish(_start("train", model, pairs, work), work)  # resumes at the last checkpoint
+    _assert_same_params(str(ref / "model"), str(work / "model"))
+    rows, ref_rows = (io_utils.read_jsonl(d / "metrics.jsonl") for d in (work, ref))
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == list(range(1, len(ref_rows) + 1))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
+@pytest.mark.slow
+def test_two_process_loop_killed_while_sampling_then_resumed_equals_uninterrupted(mp_model, tmp_path):
+    model, pairs = mp_model
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _finish(_start("loop", model, pairs, ref), ref)
+    synth = run / "iter_0" / "chunks" / "synthesize"
+    procs = _start("loop", model, pairs, run)
+    assert _kill_when(procs, lambda: synth.exists() and len(list(synth.glob("*.jsonl"))) >= 2), "ended first"
+    _finish(_start("loop", model, pairs, run), run)
+    files = sorted(
+        p.relative_to(ref)
+        for p in (ref / "iter_0").rglob("*")
+        if p.is_file()
+        and p.suffix in (".jsonl", ".json")
+        and "train" not in p.relative_to(ref).parts
+        and p.name != "stage_seconds.json"  # wall times
+    )
+    assert len(files) > 8, files  # the stage artifacts and every chunk
+    for rel in files:
+        a, b = (ref / rel).read_text(), (run / rel).read_text()
+        if rel.name == "summary.json":
+            a, b = ({k: v for k, v in json.loads(t).items() if k != "stage_seconds"} for t in (a, b))
+        assert a == b, rel
+    if checkpoint.is_complete(ref / "iter_0" / "train" / "model"):
+        _assert_same_params(str(ref / "iter_0" / "train" / "model"), str(run / "iter_0" / "train" / "model"))
