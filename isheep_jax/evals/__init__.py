@@ -3,6 +3,7 @@ and the runner that evaluates one checkpoint on them (`evaluate`)."""
 
 from isheep_jax.evals.runner import (
     EvalConfig,
+    EvalDirError,
     ModelSpec,
     evaluate,
     format_headline,
@@ -11,4 +12,13 @@ from isheep_jax.evals.runner import (
     percent,
 )
 
-__all__ = ["EvalConfig", "ModelSpec", "evaluate", "format_headline", "format_win_rate", "headline", "percent"]
+__all__ = [
+    "EvalConfig",
+    "EvalDirError",
+    "ModelSpec",
+    "evaluate",
+    "format_headline",
+    "format_win_rate",
+    "headline",
+    "percent",
+]

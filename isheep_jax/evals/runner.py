@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -372,6 +374,62 @@ def judge_pairs(
 
 
 # ---------------------------------------------------------------------------- driver
+class EvalDirError(ValueError):
+    """An eval folder that holds the results of another checkpoint or configuration."""
+
+
+def eval_key(spec: ModelSpec, ec: EvalConfig, reference: ModelSpec | None, judge: ModelSpec | None) -> dict:
+    """What an eval folder's results belong to: the checkpoint (its directory and the hash of
+    its model.json), the prompt style, the config's hash, the reference and the judge.
+
+    Args:
+      spec: the evaluated model.
+      ec: the eval config.
+      reference: the win-rate reference model, or None.
+      judge: the judge model, or None.
+
+    Returns:
+      A JSON-able dict; two evaluations may share a folder only if their keys are equal.
+    """
+    model_json = io_utils.as_path(spec.model_dir) / "model.json"
+    config = json.dumps(dataclasses.asdict(ec), sort_keys=True, default=str)
+    return {
+        "model": str(spec.model_dir),
+        "checkpoint_sha256": hashlib.sha256(model_json.read_bytes()).hexdigest()[:16],
+        "prompt_style": spec.prompt_style,
+        "config_sha256": hashlib.sha256(config.encode()).hexdigest()[:16],
+        "reference": reference.model_dir if reference else None,
+        "judge": (judge or reference).model_dir if (judge or reference) else None,
+    }
+
+
+def _claim_eval_dir(out, key: dict) -> None:
+    """Writes `key` into a new eval folder, or checks it against the folder's own key.
+
+    Raises:
+      EvalDirError: the folder holds another evaluation's results (or files that are not an
+        evaluation of ours); nothing in it is changed.
+    """
+    key_path = out / "eval_key.json"
+    if io_utils.exists(key_path):
+        old = io_utils.read_json(key_path)
+        if old != key:
+            diff = ", ".join(
+                f"{k}: {old.get(k)!r} there, {key[k]!r} here" for k in key if old.get(k) != key[k]
+            )
+            raise EvalDirError(
+                f"{out}: holds the evaluation of another checkpoint or configuration ({diff}); "
+                "its results are kept: choose another --out folder"
+            )
+        return
+    done = out / "eval.json"
+    legacy = io_utils.exists(done) and io_utils.read_json(done).get("model") == key["model"]
+    problem = None if legacy else io_utils.output_dir_problem(out)  # legacy: results from before keys
+    if problem:
+        raise EvalDirError(f"{problem} (no eval_key.json: not an eval folder of ours)")
+    io_utils.write_json(key_path, key)
+
+
 def evaluate(
     spec: ModelSpec,
     out_dir,
@@ -400,12 +458,16 @@ def evaluate(
     Returns:
       `model`, `prompt_style` and `sampling`, plus one entry per suite run: `heldout_loss`,
       `ifeval` and `winrate` (`judge_pairs`' result and `reference`, or why it was skipped).
+
+    Raises:
+      EvalDirError: `out_dir` holds the results of another checkpoint or configuration
+        (`eval_key`), or files that are not an evaluation; they are left as they are.
     """
     out = io_utils.absolute(out_dir)
     done = out / "eval.json"
+    _claim_eval_dir(out, eval_key(spec, ec, reference[0] if reference else None, judge))
     if io_utils.exists(done):
         return io_utils.read_json(done)
-    out.mkdir(parents=True, exist_ok=True)
     cache = cache or GeneratorCache(mesh)
     results: dict[str, Any] = {
         "model": spec.model_dir,
@@ -424,6 +486,12 @@ def evaluate(
         else:
             ref_spec, ref_dir = reference
             ref_out = io_utils.absolute(ref_dir)
+            ref_key = ref_out / "eval_key.json"
+            if io_utils.exists(ref_key) and io_utils.read_json(ref_key)["model"] != ref_spec.model_dir:
+                raise EvalDirError(
+                    f"{ref_out}: holds the evaluation of {io_utils.read_json(ref_key)['model']}, "
+                    f"not of the reference {ref_spec.model_dir}"
+                )
             ref_answers = winrate_answers(cache, ref_spec, ref_out, ec)
             results["winrate"] = {
                 **judge_pairs(cache, judge or ref_spec, out, ec, answers, ref_answers),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import make_hf_model
 
+from isheep_jax import cli
 from isheep_jax.core import io_utils
 from isheep_jax.evals import runner
 from isheep_jax.evals.runner import EvalConfig, ModelSpec
@@ -170,3 +171,36 @@ def test_headline_and_cli(models, heldout_file, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", models["model"], "--out", str(out), "--suite", "bleu"]) == 2
     assert "unknown ['bleu']" in capsys.readouterr().err
     assert os.path.exists(out / "eval.json")  # the earlier results are untouched
+
+
+def test_an_eval_folder_never_serves_another_checkpoints_results(models, heldout_file, tmp_path, capsys):
+    ec = _config(heldout_file, suites=("heldout_loss",))
+    a, b = ModelSpec(models["model"], "chat"), ModelSpec(models["reference"], "chat")
+    runner.evaluate(a, tmp_path / "out", ec)
+    kept = (tmp_path / "out" / "eval.json").read_text()
+    with pytest.raises(
+        runner.EvalDirError, match=r"holds the evaluation of another checkpoint.*model: '.*model'"
+    ):
+        runner.evaluate(b, tmp_path / "out", ec)
+    with pytest.raises(runner.EvalDirError, match="config_sha256"):
+        runner.evaluate(
+            a, tmp_path / "out", _config(heldout_file, suites=("heldout_loss",), max_prompt_len=64)
+        )
+    assert (tmp_path / "out" / "eval.json").read_text() == kept
+    assert runner.evaluate(a, tmp_path / "out", ec) == json.loads(kept)  # its own results are still served
+    # The CLI says so in one line, and a folder of someone else's files is refused too.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    for out in ("out", "mine"):
+        argv = [
+            "eval",
+            "--checkpoint",
+            models["reference"],
+            "--out",
+            str(tmp_path / out),
+            "--suite",
+            "heldout_loss",
+        ]
+        assert cli.main(argv) == 2
+        assert "isheep eval: error:" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
