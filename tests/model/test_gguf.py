@@ -70,3 +70,45 @@ def test_smollm2_config_and_tokenizer(smollm2_dir):
         messages, tokenize=False, add_generation_prompt=True
     )
     assert ours.eos_id == theirs.eos_token_id
+
+
+def _tiny_gguf(path, extra_tensors=()):
+    """A minimal llama GGUF (metadata and a few tensors; never dequantised by the test)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_block_count(1)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_vocab_size(16)
+    for name, shape in [("token_embd.weight", (16, 8)), ("blk.0.attn_q.weight", (8, 8)), *extra_tensors]:
+        w.add_tensor(name, np.zeros(shape, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ([("rope_freqs.weight", (2,))], "holds rope_freqs.weight, RoPE scaling stored as per-dimension"),
+        (
+            [("blk.0.attn_sinks.weight", (2,))],
+            r"tensors not covered by the llama name map: \['blk.0.attn_sinks",
+        ),
+    ],
+)
+def test_gguf_tensors_the_importer_does_not_map_are_refused_by_name(tmp_path, extra, message):
+    from isheep_jax.model.config import ConfigError
+    from isheep_jax.model.convert import gguf_import
+
+    path = _tiny_gguf(tmp_path / "m.gguf", extra)
+    with pytest.raises(ConfigError, match=message):
+        gguf_import.import_gguf(path, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

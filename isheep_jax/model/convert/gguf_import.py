@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,35 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     """
     half = w.shape[0] // n_heads // 2
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def check_tensor_names(cfg: ModelConfig, names: Iterable[str], path: str) -> None:
+    """Refuses a GGUF file holding tensors the name map does not cover: each would be lost.
+
+    Args:
+      cfg: the config read from the file's metadata.
+      names: the file's tensor names.
+      path: the file's path, for the message.
+
+    Raises:
+      ConfigError: naming the tensors; `rope_freqs.weight` (Llama-3.1-style RoPE scaling
+        stored as per-dimension frequency factors) gets its own message.
+    """
+    known = set()
+    for hf_name in {r.hf.format(i=i) for r in hf.hf_rules(cfg) for i in range(cfg.num_layers)}:
+        try:
+            known.add(gguf_name(hf_name))
+        except KeyError:
+            pass
+    extra = sorted(set(names) - known)
+    if "rope_freqs.weight" in extra:
+        raise ConfigError(
+            f"{path}: holds rope_freqs.weight, RoPE scaling stored as per-dimension frequency factors "
+            "(Llama-3.1 and later), which this importer does not read; import the model's Hugging Face "
+            "safetensors instead (isheep import-hf), whose config.json states the scaling"
+        )
+    if extra:
+        raise ConfigError(f"{path}: tensors not covered by the {cfg.model_type} name map: {extra[:8]}")
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -176,6 +206,7 @@ def import_gguf(
         raise ConfigError(f"{path}: not a readable GGUF file: {e}") from e
     cfg = config_from_gguf(reader, path).replace(param_dtype=param_dtype)
     tensors = {t.name: t for t in reader.tensors}
+    check_tensor_names(cfg, tensors, path)
 
     def get(hf_name: str) -> np.ndarray:
         name = gguf_name(hf_name)
