@@ -27,7 +27,7 @@ from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
 from isheep_jax.loop.seed_pool import SeedTask, load_seed_pool
 from isheep_jax.model import checkpoint
 from isheep_jax.model.embedded import resolve_model
-from isheep_jax.model.tokenizer import PromptStyle
+from isheep_jax.model.tokenizer import PromptStyle, Tokenizer, TokenizerError
 from isheep_jax.parallel import sharding
 from isheep_jax.sampling.chunked import sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
@@ -143,7 +143,8 @@ class Loop:
 
     Raises:
       ValueError: the seed pool holds fewer than `k_demos` tasks, the base model is not a
-        complete checkpoint, or the training overrides do not suit it.
+        complete checkpoint, the training overrides do not suit it, or its tokenizer cannot
+        render a configured prompt style (e.g. 'chat' without a chat template).
     """
 
     def __init__(self, lc: LoopConfig, run_dir: str, mesh=None, train_config=None, optimizer_config=None):
@@ -159,6 +160,14 @@ class Loop:
         self.base_dir = resolve_model(lc.base_model)
         # The training overrides must suit the base model now, not after an iteration's sampling.
         self.tc.model_config(checkpoint.load_config(self.base_dir))
+        # So must the prompt styles: the base tokenizer renders the tuned style too (training
+        # and the trained models' prompts), so a missing chat template fails here, not at train.
+        tok = Tokenizer(checkpoint.tokenizer_dir(self.base_dir))
+        for name in ("base_prompt_style", "tuned_prompt_style"):
+            try:
+                tok.render_prompt("x", getattr(lc, name))
+            except TokenizerError as e:
+                raise ValueError(f"LoopConfig.{name} = {getattr(lc, name)!r}: {e}") from None
         self.models = GeneratorCache(self.mesh)
 
     # ------------------------------------------------------------------ helpers

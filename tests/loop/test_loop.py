@@ -263,3 +263,25 @@ def test_empty_iteration_is_reported_and_never_trained(tmp_path):
     with pytest.raises(ConfigError, match="cudnn"):
         Loop(lc, str(tmp_path / "run3"), train_config=TrainConfig(attention_impl="cudnn"))
     assert not (tmp_path / "run3").exists()
+
+
+def test_a_prompt_style_the_base_tokenizer_cannot_render_fails_before_any_sampling(tmp_path):
+    import json
+
+    from helpers import make_hf_model
+
+    from isheep_jax.loop.runner import Loop
+    from isheep_jax.model.convert import hf
+
+    hf_dir = make_hf_model(str(tmp_path / "hf"), "llama")
+    cfg_path = tmp_path / "hf" / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    del tok_cfg["chat_template"]  # a base model: no chat template
+    cfg_path.write_text(json.dumps(tok_cfg))
+    hf.import_hf(hf_dir, str(tmp_path / "base"))
+    RunDir(tmp_path / "run").open("test")
+    lc = LoopConfig(base_model=str(tmp_path / "base"), base_prompt_style="raw", tuned_prompt_style="chat")
+    with pytest.raises(ValueError, match="LoopConfig.tuned_prompt_style = 'chat': .*has no chat template"):
+        Loop(lc, str(tmp_path / "run"))
+    assert not list((tmp_path / "run").glob("iter_*"))  # nothing sampled
+    Loop(LoopConfig(base_model=str(tmp_path / "base"), tuned_prompt_style="chatml"), str(tmp_path / "run"))
