@@ -88,4 +88,8 @@ def test_run_presets_parse(name):
         assert (
             lc.score_threshold == 8 and lc.respond_sampling.max_new_tokens == 1000 and lc.assessor == "base"
         )
+        # Answers end at the chat-turn markers of every supported template.
+        assert {"<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>"} <= set(
+            lc.respond_sampling.stop_strings
+        )
     gin.clear_config()

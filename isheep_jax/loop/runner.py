@@ -287,8 +287,10 @@ class Loop:
         pairs, dropped = [], []
         for c, a in zip(candidates, outs):
             row = {**c, "response": a["text"], "finish_reason": a["finish_reason"]}
+            # The filter reads the special tokens too: a chat-turn marker the model wrote
+            # mid-answer is leakage, though the stored text drops it.
             reason = response_filter.filter_response(
-                a["text"], c["instruction"], c["input"], a["finish_reason"]
+                a.get("raw_text", a["text"]), c["instruction"], c["input"], a["finish_reason"]
             )
             (dropped if reason else pairs).append(
                 {**row, "stage": "respond", "reason": reason} if reason else row

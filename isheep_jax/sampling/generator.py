@@ -116,6 +116,8 @@ class Completion:
       finish_reason: 'length', 'eos' or 'stop'.
       logprobs: log p of each token of `token_ids` under the raw model distribution.
       prompt_tokens: tokens of the prompt, special tokens and any shared prefix included.
+      raw_text: like `text` but with the special tokens kept (a chat-turn marker the model
+        wrote mid-answer shows there, while `text` drops it): what filters should read.
     """
 
     token_ids: list[int]  # generated tokens, EOS excluded (a stop string's tokens may end it)
@@ -123,6 +125,7 @@ class Completion:
     finish_reason: FinishReason
     logprobs: list[float]  # per generated token, raw model distribution
     prompt_tokens: int
+    raw_text: str = ""  # the same with special tokens kept
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:
@@ -439,10 +442,16 @@ class Generator:
         if reason == "eos":
             toks, lps = toks[:-1], lps[:-1]
         text, stopped = _cut_at_stop(self.tokenizer.decode(toks), stop_strings)
-        if stopped:
+        raw, raw_stopped = _cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=False), stop_strings)
+        if stopped or raw_stopped:
             reason = "stop"
         return Completion(
-            token_ids=toks, text=text, finish_reason=reason, logprobs=lps, prompt_tokens=prompt_tokens
+            token_ids=toks,
+            text=text,
+            finish_reason=reason,
+            logprobs=lps,
+            prompt_tokens=prompt_tokens,
+            raw_text=raw,
         )
 
 
@@ -503,7 +512,14 @@ def completion_rows(
 
     Returns:
       One dict per prompt, in input order: "text", "finish_reason" and "num_tokens"
-      (generated tokens, EOS excluded).
+      (generated tokens, EOS excluded), and "raw_text" (special tokens kept) where it
+      differs from "text".
     """
     outs = gen.generate(prompts, settings, row_ids=row_ids, add_special_tokens=not chat, progress=desc)
-    return [{"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)} for o in outs]
+    rows = []
+    for o in outs:
+        row = {"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)}
+        if o.raw_text != o.text:
+            row["raw_text"] = o.raw_text
+        rows.append(row)
+    return rows

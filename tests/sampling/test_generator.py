@@ -438,3 +438,19 @@ def test_generator_runs_installed_hooks_after_every_batch(tiny):
             progress=False,
         )
     assert counted.batches == 3  # 5 prompts in batches of 2
+
+
+def test_raw_text_keeps_the_special_tokens_that_text_drops(tiny):
+    """A chat-turn marker the model writes mid-answer is invisible in `text`; the response
+    filter reads `raw_text`, where it shows, and drops the pair as leakage."""
+    from isheep_jax.loop.response_filter import ROLE_PLAY_LEAKAGE, filter_response
+
+    _, cfg, params, tok = tiny
+    gen = Generator(cfg, params, tok)
+    marker = tok.encode("<|im_start|>", add_special_tokens=False)
+    assert len(marker) == 1  # a special token of the tiny tokenizer
+    toks = np.asarray(tok.encode("paris is", add_special_tokens=False) + marker + tok.encode("user", False))
+    out = gen._completion(toks, np.zeros(len(toks), np.float32), decode_loop.RUNNING, 3, ())
+    assert "<|im_start|>" in out.raw_text and "<|im_start|>" not in out.text
+    assert filter_response(out.text, "capital of france?") is None  # stripped: looks like an answer
+    assert filter_response(out.raw_text, "capital of france?") == ROLE_PLAY_LEAKAGE
