@@ -15,6 +15,8 @@ import importlib.resources
 import os
 from string import Template
 
+from isheep_jax.core import io_utils
+
 # Placeholders each shipped prompt needs; a user's replacement file is checked against
 # the same set so a typo fails at load time, not as a silently broken prompt.
 REQUIRED_PLACEHOLDERS: dict[str, frozenset[str]] = {
@@ -62,8 +64,10 @@ def load_template(name: str, path: str | os.PathLike[str] | None = None) -> Temp
             raise PromptTemplateError(f"unknown template {name!r}; shipped templates: {shipped}")
         text, where = resource.read_text(encoding="utf-8"), f"<shipped {name}.txt>"
     else:
-        with open(path, encoding="utf-8") as f:
-            text, where = f.read(), os.fspath(path)
+        p = io_utils.as_path(path)
+        if not p.exists():
+            raise PromptTemplateError(f"{os.fspath(path)}: no such template file")
+        text, where = p.read_text(encoding="utf-8"), os.fspath(path)
     if text.endswith("\n"):
         text = text[:-1]
     template = Template(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import io
 import os
 from typing import Any
 
@@ -10,6 +11,17 @@ from isheep_jax.core import io_utils
 from isheep_jax.evals.runner import format_headline, format_win_rate, headline, percent
 from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
 from isheep_jax.training.metrics import read_metrics
+
+
+def _save_figure(fig, path) -> None:
+    """Writes a matplotlib figure as PNG through epath (local or gs://) and closes it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    io_utils.as_path(path).write_bytes(buf.getvalue())
 
 
 def _chunk_tokens(it: IterationPaths, stage: str) -> int:
@@ -188,7 +200,7 @@ def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[st
     ax2.set_title("held-out loss"), ax2.set_xlabel("model (0 = base, i = after iteration i-1)")
     for ax in (ax1, ax2):
         ax.set_xticks(xs)
-    fig.tight_layout(), fig.savefig(str(out / "eval.png")), plt.close(fig)
+    _save_figure(fig, out / "eval.png")
     return md + ["![evaluation](eval.png)", ""]
 
 
@@ -248,7 +260,7 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
             [s["iteration"] for s in summaries], [100 * s["kept_fraction"] for s in summaries], marker="o"
         )
         ax.set_xlabel("iteration"), ax.set_ylabel("kept % of candidates"), ax.set_title("Kept fraction")
-        fig.tight_layout(), fig.savefig(str(out / "kept_fraction.png")), plt.close(fig)
+        _save_figure(fig, out / "kept_fraction.png")
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
         width = 0.8 / len(summaries)
@@ -264,7 +276,7 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
             ax.set_xticks(range(1, 11)), ax.set_xlim(0.5, 10.5)
             ax.set_title(f"{kind} scores"), ax.set_xlabel("score")
         axes[0].set_ylabel("pairs"), axes[-1].legend()
-        fig.tight_layout(), fig.savefig(str(out / "scores.png")), plt.close(fig)
+        _save_figure(fig, out / "scores.png")
 
         fig, ax = plt.subplots(figsize=(5, 3))
         for s in summaries:
@@ -272,7 +284,7 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
             if rows:
                 ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=f"iter {s['iteration']}")
         ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("Train loss"), ax.legend()
-        fig.tight_layout(), fig.savefig(str(out / "train_loss.png")), plt.close(fig)
+        _save_figure(fig, out / "train_loss.png")
         md += ["![kept fraction](kept_fraction.png) ![scores](scores.png) ![train loss](train_loss.png)", ""]
         md += _evaluation_section(run, summaries, out, plt)
 

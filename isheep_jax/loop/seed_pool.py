@@ -25,6 +25,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from isheep_jax.core import io_utils
+
 SELF_INSTRUCT = "self_instruct"
 ALPACA = "alpaca"
 
@@ -80,8 +82,10 @@ def load_seed_pool(path: str | os.PathLike[str] | None = None) -> list[SeedTask]
         name, raw = "<shipped seed_tasks.jsonl>", resource.read_bytes()
     else:
         name = os.fspath(path)
-        with open(path, "rb") as f:
-            raw = f.read()
+        p = io_utils.as_path(path)
+        if not p.exists():
+            raise SeedPoolError(f"{name}: no such seed file")
+        raw = p.read_bytes()
     return parse_seed_pool(raw, name)
 
 

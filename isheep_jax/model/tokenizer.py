@@ -85,32 +85,34 @@ class Tokenizer:
           TokenizerError: the folder has neither file, or tokenizer.json cannot be loaded.
         """
         self.folder = str(folder)
-        cfg_path = os.path.join(self.folder, "tokenizer_config.json")
-        self.config: dict[str, Any] = io_utils.read_json(cfg_path) if os.path.exists(cfg_path) else {}
-        json_path = os.path.join(self.folder, "tokenizer.json")
-        sp_path = os.path.join(self.folder, "tokenizer.model")
-        if os.path.exists(json_path):
+        root = io_utils.as_path(self.folder)  # local or gs://: read through epath, parsed in memory
+        cfg_path = root / "tokenizer_config.json"
+        self.config: dict[str, Any] = io_utils.read_json(cfg_path) if cfg_path.exists() else {}
+        json_path, sp_path = root / "tokenizer.json", root / "tokenizer.model"
+        if json_path.exists():
             import tokenizers
 
             try:
-                self._hf = tokenizers.Tokenizer.from_file(json_path)
+                self._hf = tokenizers.Tokenizer.from_str(json_path.read_text())
             except Exception as e:  # tokenizers raises a bare Exception on bad files
                 raise TokenizerError(f"{json_path}: cannot load: {e}") from e
             self._sp = None
-        elif os.path.exists(sp_path):
+        elif sp_path.exists():
             import sentencepiece as spm
 
             self._hf = None
-            self._sp = spm.SentencePieceProcessor(model_file=sp_path)
+            try:
+                self._sp = spm.SentencePieceProcessor(model_proto=sp_path.read_bytes())
+            except Exception as e:  # sentencepiece raises RuntimeError on bad files
+                raise TokenizerError(f"{sp_path}: cannot load: {e}") from e
         else:
             raise TokenizerError(f"{self.folder}: no tokenizer.json or tokenizer.model")
         self.chat_template = self._load_chat_template()
 
     def _load_chat_template(self) -> str | None:
-        path = os.path.join(self.folder, "chat_template.jinja")
-        if os.path.exists(path):
-            with open(path) as f:
-                return f.read()
+        path = io_utils.as_path(self.folder) / "chat_template.jinja"
+        if path.exists():
+            return path.read_text()
         t = self.config.get("chat_template")
         if isinstance(t, list):  # named templates: take the default one
             t = next((x["template"] for x in t if x.get("name") == "default"), None)

@@ -16,6 +16,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from isheep_jax.core import io_utils
 from isheep_jax.model.tokenizer import Tokenizer
 
 
@@ -100,13 +101,13 @@ class HfTokenizersVocabulary(seqio.Vocabulary):
 
     def __eq__(self, other) -> bool:
         """Equal to another `HfTokenizersVocabulary` over the same folder (as an absolute path)."""
-        return isinstance(other, HfTokenizersVocabulary) and os.path.abspath(other._dir) == os.path.abspath(
-            self._dir
+        return isinstance(other, HfTokenizersVocabulary) and str(io_utils.absolute(other._dir)) == str(
+            io_utils.absolute(self._dir)
         )
 
     def __hash__(self) -> int:
         """Hash of the folder's absolute path, consistent with `__eq__`."""
-        return hash(os.path.abspath(self._dir))
+        return hash(str(io_utils.absolute(self._dir)))
 
     def __str__(self) -> str:
         """The folder and the vocabulary size."""
@@ -128,8 +129,9 @@ def vocabulary_for(tokenizer_dir: str | os.PathLike) -> seqio.Vocabulary:
       FileNotFoundError: the folder holds neither file.
     """
     d = os.fspath(tokenizer_dir)
-    if os.path.exists(os.path.join(d, "tokenizer.json")):
+    root = io_utils.as_path(d)
+    if (root / "tokenizer.json").exists():
         return HfTokenizersVocabulary(d)
-    if os.path.exists(os.path.join(d, "tokenizer.model")):
-        return seqio.SentencePieceVocabulary(os.path.join(d, "tokenizer.model"))
+    if (root / "tokenizer.model").exists():
+        return seqio.SentencePieceVocabulary(str(root / "tokenizer.model"))  # tf.io.gfile: gs:// too
     raise FileNotFoundError(f"{d}: neither tokenizer.json nor tokenizer.model found")
