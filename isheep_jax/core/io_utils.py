@@ -72,12 +72,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """
     path = as_path(path)
     if distributed.is_writer():
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
             tmp.write_text(text)
             tmp.replace(path)  # overwrites, like os.replace (rename refuses an existing target)
         except OSError as e:
+            try:  # a full disk leaves a partial temporary file: remove it, keep the old file
+                if tmp.exists():
+                    tmp.unlink()
+            except OSError:
+                pass
             raise OSError(f"cannot write {path}: {e.strerror or e}") from e
     distributed.barrier(f"write {path}")
 

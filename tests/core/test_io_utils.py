@@ -66,3 +66,28 @@ def test_metrics_resume_drops_redone_steps_and_a_torn_line(tmp_path):
         {"step": 2, "loss": 1.0},
         {"step": 3, "loss": 0.5},
     ]
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tmp_path):
+    """Writes beyond RLIMIT_FSIZE fail as on a full disk (EFBIG instead of ENOSPC)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "rows.jsonl"
+    io_utils.write_jsonl(path, [{"a": 1}])
+    script = (
+        "import resource, signal, sys\n"
+        "from isheep_jax.core import io_utils\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        "    io_utils.write_jsonl(sys.argv[1], [{'x': 'y' * 1000}] * 100)\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert f"cannot write {path}: File too large" in out.stdout, out.stdout + out.stderr
+    assert io_utils.read_jsonl(path) == [{"a": 1}]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
