@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 
 from isheep_jax.core import io_utils
@@ -30,12 +32,17 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb_dir, self._tb_local = tb_dir, None
         if tb_dir is not None and self.enabled:
             try:  # tf.summary needs both packages; TensorBoard files are a convenience, JSONL is the record
                 import tensorboard  # noqa: F401
                 import tensorflow as tf
 
-                self._tb = tf.summary.create_file_writer(os.fspath(tb_dir))
+                # A remote folder (gs://) is written locally and copied at close: all our
+                # remote I/O goes through epath, none through TensorFlow's own GCS client.
+                if "://" in os.fspath(tb_dir):
+                    self._tb_local = tempfile.mkdtemp(prefix="isheep-tensorboard-")
+                self._tb = tf.summary.create_file_writer(self._tb_local or os.fspath(tb_dir))
             except ImportError:
                 self._tb = None
 
@@ -67,8 +74,17 @@ class MetricsWriter:
             "step": int(step),
             **{k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()},
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if "://" in str(self.path):
+            # Object stores have no append: the file is rewritten whole (a few hundred rows
+            # per training run), through a temporary object and a rename.
+            old = self.path.read_text() if self.path.exists() else ""
+            tmp = self.path.parent / f".{self.path.name}.tmp"
+            tmp.write_text(old + line)
+            tmp.replace(self.path)
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
         if self._tb is not None:
             import tensorflow as tf
 
@@ -82,6 +98,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+            self._tb = None
+        if self._tb_local is not None:
+            dst = io_utils.as_path(self._tb_dir)
+            dst.mkdir(parents=True, exist_ok=True)
+            for name in sorted(os.listdir(self._tb_local)):
+                io_utils.as_path(os.path.join(self._tb_local, name)).copy(dst / name, overwrite=True)
+            shutil.rmtree(self._tb_local, ignore_errors=True)
+            self._tb_local = None
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
