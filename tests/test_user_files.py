@@ -94,3 +94,16 @@ def test_output_dir_rules():
     assert "is the input" in io_utils.output_dir_problem("/data/x/", ["/data/x"])
     assert "holds the input" in io_utils.output_dir_problem("/data", ["/data/x/y.gguf"])
     assert io_utils.output_dir_problem("/data/xy", ["/data/x"]) is None  # a sibling, not a parent
+
+
+def test_the_trainers_export_refuses_a_folder_of_other_files(models, tmp_path):
+    """The trainer exports through save_model: a work/model folder holding files we did not
+    write is refused before anything is written, and kept."""
+    out = tmp_path / "work" / "model"
+    out.mkdir(parents=True)
+    (out / "weights_i_care_about.bin").write_bytes(b"\1\2\3")
+    cfg, params = checkpoint.load_model(str(models / "ckpt"))
+    with pytest.raises(io_utils.OutputDirError, match=r"not empty \(weights_i_care_about.bin\)"):
+        checkpoint.save_model(out, params, cfg, tokenizer_dir=checkpoint.tokenizer_dir(str(models / "ckpt")))
+    assert [p.name for p in out.iterdir()] == ["weights_i_care_about.bin"]
+    assert (out / "weights_i_care_about.bin").read_bytes() == b"\1\2\3"
