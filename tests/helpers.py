@@ -84,3 +84,56 @@ def make_hf_model(folder: str, arch: str = "llama", seed: int = 0, **overrides) 
     model.save_pretrained(folder)
     make_tokenizer_folder(folder, vocab_size=kw["vocab_size"])
     return folder
+
+
+# Four instruction/response pairs for tiny training runs.
+TINY_PAIRS = [
+    {"instruction": "write a short poem about the sea", "input": "", "response": "the sea is blue and wide"},
+    {"instruction": "sort these numbers", "input": "3, 1, 2", "response": "1, 2, 3"},
+    {"instruction": "what is the capital of france?", "input": "", "response": "paris is the capital."},
+    {"instruction": "classify the sentiment", "input": "i love this movie", "response": "positive"},
+]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_when(procs, ready, timeout: float = 900) -> bool:
+    """SIGKILLs the processes (each started in a session of its own) as soon as `ready()`.
+
+    Returns:
+      True once killed; False if they all ended before `ready()` held.
+    """
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            for p in procs:
+                p.wait()
+            return True
+        if all(p.poll() is not None for p in procs):
+            return False
+        time.sleep(0.05)
+    raise TimeoutError("the run neither reached the kill point nor ended")
+
+
+def assert_same_params(a: str, b: str) -> None:
+    """The parameters of two checkpoints are bit-identical."""
+    import jax
+    import numpy as np
+
+    from isheep_jax.model import checkpoint
+
+    _, pa = checkpoint.load_model(a)
+    _, pb = checkpoint.load_model(b)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)

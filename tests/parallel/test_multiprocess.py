@@ -4,38 +4,23 @@ devices, and write each artifact once."""
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
-from helpers import make_hf_model
+from helpers import TINY_PAIRS, assert_same_params, free_port, kill_when, make_hf_model
 
 from isheep_jax.core import io_utils
 from isheep_jax.model import checkpoint
 from isheep_jax.model.convert import hf
 
 WORKER = os.path.join(os.path.dirname(__file__), "mp_worker.py")
-PAIRS = [
-    {"instruction": "write a short poem about the sea", "input": "", "response": "the sea is blue and wide"},
-    {"instruction": "sort these numbers", "input": "3, 1, 2", "response": "1, 2, 3"},
-    {"instruction": "what is the capital of france?", "input": "", "response": "paris is the capital."},
-    {"instruction": "classify the sentiment", "input": "i love this movie", "response": "positive"},
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PAIRS = TINY_PAIRS
 
 
 def _launch(nproc: int, model: str, pairs: str, root, timeout: int = 600) -> dict:
-    port, out = _free_port(), str(root / "out.json")
+    port, out = free_port(), str(root / "out.json")
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // nproc}"}
     procs = [
         subprocess.Popen(
@@ -111,7 +96,7 @@ def mp_model(tmp_path_factory):
 
 def _start(mode: str, model: str, pairs: str, work) -> list[subprocess.Popen]:
     """Both processes of a 2-process run (2 CPU devices each), each in a session of its own."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     os.makedirs(work, exist_ok=True)
     procs = []
@@ -133,31 +118,9 @@ def _finish(procs, work, timeout: int = 900) -> None:
     )
 
 
-def _kill_when(procs, ready, timeout: int = 900) -> bool:
-    """SIGKILLs both processes as soon as `ready()`; False if they finished before that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            for p in procs:
-                os.killpg(p.pid, signal.SIGKILL)
-            for p in procs:
-                p.wait()
-            return True
-        if all(p.poll() is not None for p in procs):
-            return False
-        time.sleep(0.05)
-    raise TimeoutError("the run neither reached the kill point nor ended")
-
-
 def _last_checkpoint(work) -> int:
     d = work / "checkpoints"
     return max((int(p.name) for p in d.iterdir() if p.name.isdigit()), default=0) if d.exists() else 0
-
-
-def _assert_same_params(a: str, b: str) -> None:
-    _, pa = checkpoint.load_model(a)
-    _, pb = checkpoint.load_model(b)
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
 
 
 @pytest.mark.slow
@@ -166,10 +129,10 @@ def test_two_process_training_killed_then_resumed_equals_uninterrupted(mp_model,
     ref, work = tmp_path / "ref", tmp_path / "killed"
     _finish(_start("train", model, pairs, ref), ref)
     procs = _start("train", model, pairs, work)
-    assert _kill_when(procs, lambda: _last_checkpoint(work) >= 3), "training ended before the kill"
+    assert kill_when(procs, lambda: _last_checkpoint(work) >= 3), "training ended before the kill"
     assert not (work / "model").exists()
     _finish(_start("train", model, pairs, work), work)  # resumes at the last checkpoint
-    _assert_same_params(str(ref / "model"), str(work / "model"))
+    assert_same_params(str(ref / "model"), str(work / "model"))
     rows, ref_rows = (io_utils.read_jsonl(d / "metrics.jsonl") for d in (work, ref))
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == list(range(1, len(ref_rows) + 1))
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
@@ -182,7 +145,7 @@ def test_two_process_loop_killed_while_sampling_then_resumed_equals_uninterrupte
     _finish(_start("loop", model, pairs, ref), ref)
     synth = run / "iter_0" / "chunks" / "synthesize"
     procs = _start("loop", model, pairs, run)
-    assert _kill_when(procs, lambda: synth.exists() and len(list(synth.glob("*.jsonl"))) >= 2), "ended first"
+    assert kill_when(procs, lambda: synth.exists() and len(list(synth.glob("*.jsonl"))) >= 2), "ended first"
     _finish(_start("loop", model, pairs, run), run)
     files = sorted(
         p.relative_to(ref)
@@ -199,4 +162,4 @@ def test_two_process_loop_killed_while_sampling_then_resumed_equals_uninterrupte
             a, b = ({k: v for k, v in json.loads(t).items() if k != "stage_seconds"} for t in (a, b))
         assert a == b, rel
     if checkpoint.is_complete(ref / "iter_0" / "train" / "model"):
-        _assert_same_params(str(ref / "iter_0" / "train" / "model"), str(run / "iter_0" / "train" / "model"))
+        assert_same_params(str(ref / "iter_0" / "train" / "model"), str(run / "iter_0" / "train" / "model"))
