@@ -482,6 +482,7 @@ def compiled_memory(
     Returns:
       `compiler_memory` results under 'training step' and 'sampling'.
     """
+    # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
     from isheep_jax.training.sft_data import MODEL_KEYS
 
     opt = make_optimizer(OptimizerConfig(), 1000)

@@ -207,6 +207,7 @@ def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
     Raises:
       DataError: the pair file is malformed, or no pair fits the budgets.
     """
+    # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
     from isheep_jax.training import sft_data
 
     path = ec.heldout_file or shipped_heldout_path()
@@ -289,6 +290,7 @@ def winrate_answers(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig)
     Raises:
       DataError: the answers on disk are for other instructions.
     """
+    # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
     from isheep_jax.training.sft_data import user_text
 
     path = out / "winrate_answers.jsonl"
@@ -338,6 +340,7 @@ def judge_pairs(
     Returns:
       The `WinRate` fields (rates None when no pair is valid), `n` and `judge`.
     """
+    # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
     from isheep_jax.training.sft_data import user_text
 
     triples = [

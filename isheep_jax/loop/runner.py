@@ -148,6 +148,7 @@ class Loop:
     """
 
     def __init__(self, lc: LoopConfig, run_dir: str, mesh=None, train_config=None, optimizer_config=None):
+        # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
         from isheep_jax.training.trainer import TrainConfig
 
         self.lc, self.run = lc, RunDir(run_dir)
@@ -262,6 +263,7 @@ class Loop:
           it: its paths.
           model_dir: M_i, the model that responds.
         """
+        # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
         from isheep_jax.training.sft_data import user_text
 
         lc = self.lc
@@ -383,6 +385,7 @@ class Loop:
           it: its paths.
           model_dir: M_i, the starting point when `LoopConfig.train_from` is 'previous'.
         """
+        # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
         from isheep_jax.training import sft_data, trainer
 
         lc = self.lc
