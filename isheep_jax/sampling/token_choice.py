@@ -54,7 +54,9 @@ def top_k_mask(logits: jax.Array, k: jax.Array) -> jax.Array:
     """
 
     def cut(logits):
-        lo, hi = jnp.min(logits, -1), jnp.max(logits, -1)
+        hi = jnp.max(logits, -1)
+        # Bisect over the finite logits: a -inf bound (a masked token) never halves.
+        lo = jnp.min(jnp.where(jnp.isfinite(logits), logits, hi[:, None]), -1)
         t = _bisect(lo, hi, lambda t: jnp.sum(logits >= t[:, None], -1) >= k)
         return logits >= t[:, None]
 

@@ -454,3 +454,17 @@ def test_raw_text_keeps_the_special_tokens_that_text_drops(tiny):
     assert "<|im_start|>" in out.raw_text and "<|im_start|>" not in out.text
     assert filter_response(out.text, "capital of france?") is None  # stripped: looks like an answer
     assert filter_response(out.raw_text, "capital of france?") == ROLE_PLAY_LEAKAGE
+
+
+def test_top_k_ignores_masked_minus_inf_logits():
+    """A -inf logit (a masked or padded vocabulary entry) used to stop the bisection from
+    narrowing, and top-k then kept every token."""
+    logits = jnp.asarray([[1.0, 2.0, 3.0, 4.0, -jnp.inf], [-jnp.inf, 0.5, -jnp.inf, 0.1, 0.3]])
+    np.testing.assert_array_equal(
+        token_choice.top_k_mask(logits, jnp.int32(2)), [[False, False, True, True, False],
+                                                        [False, True, False, False, True]]
+    )  # fmt: skip
+    # More tokens asked than are finite: every finite one is kept, the -inf ones (p = 0) not.
+    np.testing.assert_array_equal(
+        token_choice.top_k_mask(logits, jnp.int32(4))[1], [False, True, False, True, True]
+    )
