@@ -86,13 +86,13 @@ def save_model(
     """
 
     path = io_utils.absolute(model_dir)
-    check_can_save(path, sources)
+    _refuse_complete(path)
     if tokenizer_dir is not None and not any(
         (io_utils.as_path(tokenizer_dir) / n).exists() for n in ("tokenizer.json", "tokenizer.model")
     ):
         raise CheckpointError(f"{tokenizer_dir}: no tokenizer.json or tokenizer.model")  # before any write
     srcs = [*sources, *([tokenizer_dir] if tokenizer_dir is not None else [])]
-    io_utils.claim_output_dir(path, srcs)
+    io_utils.claim_output_dir(path, srcs)  # refuses a folder of other files, or the input
     # Every process saves its own params shards; io_utils writes (and waits for) the small files
     # once; the rest is process 0's.
     cfg.save(str(path / "config.json"))
@@ -103,6 +103,13 @@ def save_model(
         copy_tokenizer_files(tokenizer_dir, path / "tokenizer")
     io_utils.write_json(path / "model.json", {"format": FORMAT, "created": time.time(), **(extra or {})})
     io_utils.release_output_dir(path)
+
+
+def _refuse_complete(model_dir: str | os.PathLike) -> None:
+    if is_complete(model_dir):
+        raise CheckpointError(
+            f"{io_utils.absolute(model_dir)}: a complete checkpoint already exists; refusing to overwrite"
+        )
 
 
 def check_can_save(model_dir: str | os.PathLike, sources: Sequence[str | os.PathLike] = ()) -> None:
@@ -116,10 +123,7 @@ def check_can_save(model_dir: str | os.PathLike, sources: Sequence[str | os.Path
       CheckpointError: `model_dir` already holds a complete checkpoint.
       io_utils.OutputDirError: `model_dir` holds files we did not write, or the input.
     """
-    if is_complete(model_dir):
-        raise CheckpointError(
-            f"{io_utils.absolute(model_dir)}: a complete checkpoint already exists; refusing to overwrite"
-        )
+    _refuse_complete(model_dir)
     problem = io_utils.output_dir_problem(model_dir, sources)
     if problem:
         raise io_utils.OutputDirError(problem)

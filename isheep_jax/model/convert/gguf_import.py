@@ -89,7 +89,7 @@ def check_tensor_names(cfg: ModelConfig, names: Iterable[str], path: str) -> Non
         stored as per-dimension frequency factors) gets its own message.
     """
     known = set()
-    for hf_name in {r.hf.format(i=i) for r in hf.hf_rules(cfg) for i in range(cfg.num_layers)}:
+    for hf_name in hf.hf_tensor_names(cfg):
         try:
             known.add(gguf_name(hf_name))
         except KeyError:

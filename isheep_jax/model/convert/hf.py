@@ -129,6 +129,18 @@ def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
+def hf_tensor_names(cfg: ModelConfig) -> set[str]:
+    """Every Hugging Face tensor name the name map reads for `cfg` (all layers expanded).
+
+    Args:
+      cfg: the model configuration.
+
+    Returns:
+      The names, e.g. "model.layers.0.self_attn.q_proj.weight".
+    """
+    return {r.hf.format(i=i) for r in hf_rules(cfg) for i in range(cfg.num_layers)}
+
+
 def params_from_tensors(
     cfg: ModelConfig,
     get: Callable[[str], np.ndarray],
@@ -236,7 +248,7 @@ def import_hf(
         param_dtype=param_dtype
     )
     folder = SafetensorsFolder(hf_dir)
-    known = {r.hf.format(i=i) for r in hf_rules(cfg) for i in range(cfg.num_layers)}
+    known = hf_tensor_names(cfg)
     extra = [
         k
         for k in folder.keys()
