@@ -33,6 +33,7 @@ class MetricsWriter:
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb_dir, self._tb_local = tb_dir, None
+        self._remote_text: str | None = None  # an object store's copy of the file (no append there)
         if tb_dir is not None and self.enabled:
             try:  # tf.summary needs both packages; TensorBoard files are a convenience, JSONL is the record
                 import tensorboard  # noqa: F401
@@ -59,6 +60,7 @@ class MetricsWriter:
             return
         rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         io_utils.write_jsonl(self.path, rows)
+        self._remote_text = None
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         """Appends one row `{"step": step, **values}` and logs the numeric values to TensorBoard.
@@ -78,9 +80,11 @@ class MetricsWriter:
         if "://" in str(self.path):
             # Object stores have no append: the file is rewritten whole (a few hundred rows
             # per training run), through a temporary object and a rename.
-            old = self.path.read_text() if self.path.exists() else ""
+            if self._remote_text is None:  # read once; this writer is the file's only writer
+                self._remote_text = self.path.read_text() if self.path.exists() else ""
+            self._remote_text += line
             tmp = self.path.parent / f".{self.path.name}.tmp"
-            tmp.write_text(old + line)
+            tmp.write_text(self._remote_text)
             tmp.replace(self.path)
         else:
             with self.path.open("a") as f:
