@@ -476,13 +476,14 @@ def tied_logits(cfg: ModelConfig, x: jax.Array, embedding: jax.Array) -> jax.Arr
 def _gather_positions(
     x: jax.Array, logits_index: jax.Array | None, packing: Packing | None = None
 ) -> jax.Array:
-    """x at each row's logits_index ([B, 1, E]); x [1, Tp, E] packed tokens when packing is given."""
+    """x at each row's logits_index: [B] -> [B, 1, E], [B, K] -> [B, K, E] (x [1, Tp, E] when packed)."""
     if logits_index is None:
         return x
     index = logits_index.astype(jnp.int32)
+    index = index[:, None] if index.ndim == 1 else index
     if packing is not None:
-        return x[0, packing.unpack[jnp.arange(index.shape[0]), index]][:, None]
-    return jnp.take_along_axis(x, index[:, None, None], axis=1)
+        return x[0, packing.unpack[jnp.arange(index.shape[0])[:, None], index]]
+    return jnp.take_along_axis(x, index[:, :, None], axis=1)
 
 
 def _finish_logits(logits: jax.Array) -> jax.Array:
@@ -595,7 +596,8 @@ def decode_forward(
       segment_ids: [B, T] int32, 0 marking padding (those slots stay invalid in the cache).
       cache: the `KVCache` of S slots; the tokens are written from `cache.index` on (from
         slot C, after the prefix, with `fresh_cache`).
-      logits_index: [B] int: logits only at that position of each row (None: every position).
+      logits_index: [B] int: logits only at that position of each row; [B, K] int: at those
+        K positions of each row (None: every position).
       fresh_cache: the cache is empty (only its shapes are used): the tokens attend to the
         prefix and among themselves only, and the cache is rebuilt as [prefix | tokens |
         empty slots], its index after the tokens.
@@ -605,7 +607,7 @@ def decode_forward(
         positions count it).
 
     Returns:
-      (logits [B, T, V] float32, or [B, 1, V] float32 with `logits_index`; the updated
+      (logits [B, T, V] float32, or [B, 1, V] / [B, K, V] float32 with `logits_index`; the updated
       `KVCache`, its index advanced past the tokens).
 
     Raises:

@@ -12,6 +12,9 @@ tokens and writes it into the first slots of every row's cache. Static: the mode
 batch, P and the new-token capacity N; traced: max_new_tokens <= N, temperature, top-k,
 top-p, seeds, EOS ids and stop sequences, so a long job compiles once per shape bucket.
 The loop exits as soon as every row is done.
+
+`prompt_logprobs` is the same prefill without the decode loop: the log-probabilities of
+chosen tokens at a prompt's last positions, what a judge's score is read from.
 """
 
 from __future__ import annotations
@@ -65,6 +68,107 @@ def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
     return jnp.any(jnp.all(match, axis=-1) & nonempty[None], axis=-1)
 
 
+def _prefill(
+    cfg: ModelConfig,
+    params: Any,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    capacity: int,
+    cache_dtype: str | None,
+    packed_len: int | None,
+    prefix: jax.Array | None,
+    logits_index: jax.Array,
+) -> tuple[jax.Array, KVCache, jax.Array]:
+    """Prefills left-padded prompts (after a shared prefix, prefilled once) into a fresh cache.
+
+    Args:
+      cfg: the model config.
+      params: unstacked parameters.
+      prompt: [B, P] int32, left-padded.
+      prompt_mask: [B, P] bool, False on padding.
+      capacity: cache slots left empty after the prompts (the new tokens').
+      cache_dtype: the cache's dtype (None: the compute dtype).
+      packed_len: see `decode`.
+      prefix: [C] int32 shared prefix, or None.
+      logits_index: [B] or [B, K] positions of `prompt` whose logits are returned.
+
+    Returns:
+      (logits [B, 1 or K, V] f32, the cache holding prefix and prompts, prompt lengths [B]
+      with the prefix).
+    """
+    b, p = prompt.shape
+    c = 0 if prefix is None else prefix.shape[0]
+    cache = init_cache(cfg, b, c + p + capacity, cache_dtype)
+    shared = None
+    if c:  # in the compute dtype, as the rows' own keys: rounded to cache_dtype only when written
+        _, one = decode_forward(
+            cfg,
+            params,
+            prefix[None],
+            jnp.arange(c)[None],
+            jnp.ones((1, c), jnp.int32),
+            init_cache(cfg, 1, c),
+            logits_index=jnp.zeros((1,), jnp.int32),
+            fresh_cache=True,
+        )
+        shared = PrefixCache(one.k, one.v).constrained()
+    cache = cache.constrained()
+    seg = prompt_mask.astype(jnp.int32)
+    positions = positions_from_segments(seg) + c
+    packing = None if packed_len is None else make_packing(prompt_mask, packed_len)
+    logits, cache = decode_forward(
+        cfg,
+        params,
+        prompt,
+        positions,
+        seg,
+        cache,
+        logits_index=logits_index,
+        fresh_cache=True,
+        packing=packing,
+        prefix=shared,
+    )
+    return logits, cache.constrained(), jnp.sum(seg, axis=1) + c
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_positions", "packed_len"))
+def prompt_logprobs(
+    cfg: ModelConfig,
+    params: Any,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    select: jax.Array,
+    num_positions: int,
+    packed_len: int | None = None,
+    prefix: jax.Array | None = None,
+) -> jax.Array:
+    """Next-token log-probabilities of chosen tokens at the last prompt positions: a prefill, no decoding.
+
+    What a judge's score is read from: the distribution at the answer position (and, for
+    scores that take several tokens, after each forced token), without sampling a reply.
+    Only the last `num_positions` positions reach the vocabulary projection, and only the
+    `select` columns leave the device.
+
+    Args:
+      cfg: the model config (static).
+      params: unstacked parameters (`model.unstack_layers`).
+      prompt: [B, P] int32 token ids, left-padded (so every row ends at P - 1).
+      prompt_mask: [B, P] bool, False on padding.
+      select: [K] int32 token ids whose log-probabilities are returned.
+      num_positions: M, how many of the last positions (static).
+      packed_len: see `decode` (static).
+      prefix: [C] int32 tokens every row's prompt starts with, prefilled once; None: none.
+
+    Returns:
+      [B, M, K] f32: entry [b, j, k] is log p(select[k] | row b's tokens up to position
+      P - M + j), under the raw model distribution.
+    """
+    b, p = prompt.shape
+    index = jnp.broadcast_to(jnp.arange(p - num_positions, p), (b, num_positions))
+    logits, _, _ = _prefill(cfg, params, prompt, prompt_mask, 0, None, packed_len, prefix, index)
+    return jnp.take(jax.nn.log_softmax(logits, axis=-1), select, axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity", "cache_dtype", "packed_len"))
 def decode(
     cfg: ModelConfig,
@@ -116,39 +220,17 @@ def decode(
       A `DecodeOutput`: tokens and logprobs [B, N], lengths and finish codes [B].
     """
     b, p = prompt.shape
-    c = 0 if prefix is None else prefix.shape[0]
-    cache = init_cache(cfg, b, c + p + capacity, cache_dtype)
-    shared = None
-    if c:  # in the compute dtype, as the rows' own keys: rounded to cache_dtype only when written
-        _, one = decode_forward(
-            cfg,
-            params,
-            prefix[None],
-            jnp.arange(c)[None],
-            jnp.ones((1, c), jnp.int32),
-            init_cache(cfg, 1, c),
-            logits_index=jnp.zeros((1,), jnp.int32),
-            fresh_cache=True,
-        )
-        shared = PrefixCache(one.k, one.v).constrained()
-    cache = cache.constrained()
-    seg = prompt_mask.astype(jnp.int32)
-    prompt_len = jnp.sum(seg, axis=1) + c
-    positions = positions_from_segments(seg) + c
-    packing = None if packed_len is None else make_packing(prompt_mask, packed_len)
-    logits, cache = decode_forward(
+    logits, cache, prompt_len = _prefill(
         cfg,
         params,
         prompt,
-        positions,
-        seg,
-        cache,
-        logits_index=jnp.full((b,), p - 1),
-        fresh_cache=True,
-        packing=packing,
-        prefix=shared,
+        prompt_mask,
+        capacity,
+        cache_dtype,
+        packed_len,
+        prefix,
+        jnp.full((b,), p - 1),
     )
-    cache = cache.constrained()
 
     def emit(state: _State, logits: jax.Array) -> _State:
         """Samples token `step` for every row and records it (pads rows already done)."""

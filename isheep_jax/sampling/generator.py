@@ -184,6 +184,18 @@ def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
     n = 0
     while n < limit and all(x[n] == first[n] for x in prompts):
         n += 1
+    return round_down_prefix(n)
+
+
+def round_down_prefix(n: int) -> int:
+    """`n` rounded down to a PREFIX_BUCKETS length (0 below the smallest).
+
+    Args:
+      n: a prefix length.
+
+    Returns:
+      The largest bucket <= n, or 0.
+    """
     i = bisect.bisect_right(PREFIX_BUCKETS, n)
     return PREFIX_BUCKETS[i - 1] if i else 0
 
@@ -387,27 +399,16 @@ class Generator:
         """
         n = len(batch_ids)
         b = min(_pow2_at_least(n), _pow2_at_least(settings.batch_size))
-        # The rows' own tokens fill the whole prompt bucket less the prefix: the cache has the
-        # shape it would have without a shared prefix, and decoding costs the same.
-        p = bucket(len(prefix) + max(len(x) for x in batch_ids), PROMPT_BUCKETS) - len(prefix)
-        tokens = np.full((b, p), self.pad_id, np.int32)
-        mask = np.zeros((b, p), bool)
-        for r, x in enumerate(batch_ids):
-            tokens[r, p - len(x) :] = x
-            mask[r, p - len(x) :] = True
-        mask[n:, -1] = True  # filler rows: one token so they are well defined
+        tokens, mask, packed_len = self._pad_batch(batch_ids, b, prefix)
         row_keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(
             jnp.asarray(rows + [0] * (b - n), jnp.uint32)
         )
-        batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
-        # Packing gathers tokens across rows, so only where rows are not split over devices.
-        packed_len = packed_prefill_len(mask) if batch_sharding.shard_shape((b, p))[0] == b else None
         with sharding.activation_sharding(self.mesh):
             out = decode_loop.decode(
                 self.cfg,
                 self.params,
-                distributed.put_global(tokens, batch_sharding),
-                distributed.put_global(mask, batch_sharding),
+                tokens,
+                mask,
                 row_keys,
                 jnp.asarray(self.eos_ids),
                 jnp.asarray(stop_arr),
@@ -432,6 +433,125 @@ class Generator:
             )
             for r in range(n)
         ]
+
+    def _pad_batch(
+        self, batch_ids: list[list[int]], b: int, prefix: list[int]
+    ) -> tuple[jax.Array, jax.Array, int | None]:
+        """Left-pads a batch's own tokens (after `prefix`) into b rows on the mesh.
+
+        Args:
+          batch_ids: each row's tokens after the shared prefix (at most b rows).
+          b: the padded batch size.
+          prefix: the shared prefix.
+
+        Returns:
+          (tokens [b, P] int32, mask [b, P] bool, both sharded over the batch; the packed
+          prefill length or None), P rounded so that prefix + P is a PROMPT_BUCKETS length.
+        """
+        n = len(batch_ids)
+        # The rows' own tokens fill the whole prompt bucket less the prefix: the cache has the
+        # shape it would have without a shared prefix, and decoding costs the same.
+        p = bucket(len(prefix) + max(len(x) for x in batch_ids), PROMPT_BUCKETS) - len(prefix)
+        tokens = np.full((b, p), self.pad_id, np.int32)
+        mask = np.zeros((b, p), bool)
+        for r, x in enumerate(batch_ids):
+            tokens[r, p - len(x) :] = x
+            mask[r, p - len(x) :] = True
+        mask[n:, -1] = True  # filler rows: one token so they are well defined
+        batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
+        # Packing gathers tokens across rows, so only where rows are not split over devices.
+        packed_len = packed_prefill_len(mask) if batch_sharding.shard_shape((b, p))[0] == b else None
+        return (
+            distributed.put_global(tokens, batch_sharding),
+            distributed.put_global(mask, batch_sharding),
+            packed_len,
+        )
+
+    def score(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        select: Sequence[int],
+        forced: Sequence[int] = (),
+        batch_size: int = 32,
+        add_special_tokens: bool = True,
+        progress: bool | str = True,
+    ) -> np.ndarray:
+        """Log-probabilities of chosen next tokens after every prompt: prefill only, no decoding.
+
+        Each prompt is followed by the `forced` tokens (teacher forcing), so a score that
+        takes several tokens ("1", "0" for "10") is read from one prefill. Prompts are sorted
+        by length and batched like `generate`'s, and their shared prefix is prefilled once
+        per batch.
+
+        Args:
+          prompts: each a string or a sequence of token ids.
+          select: [K] token ids whose log-probabilities are returned.
+          forced: [F] token ids appended to every prompt.
+          batch_size: prompts per prefill (rows are padded up to a power of two).
+          add_special_tokens: whether to add the tokenizer's special tokens to string prompts.
+          progress: show a progress bar (a string: with that description; False: none).
+
+        Returns:
+          [N, F + 1, K] f32 array: entry [i, j, k] is log p(select[k]) after prompt i
+          followed by forced[:j], under the raw model distribution.
+
+        Raises:
+          ValueError: a prompt is empty, `select` is empty or holds an id outside the
+            vocabulary, or a prompt plus the forced tokens exceeds max_position_embeddings.
+        """
+        select = [int(t) for t in select]
+        vocab = self.cfg.vocab_size
+        if not select or any(not 0 <= t < vocab for t in select):
+            raise ValueError(f"select must be non-empty token ids in [0, {vocab}), got {select[:8]}")
+        ids = [x + [int(t) for t in forced] for x in self.encode_prompts(prompts, add_special_tokens)]
+        too_long = [i for i, x in enumerate(ids) if len(x) > self.cfg.max_position_embeddings]
+        if too_long:
+            raise ValueError(
+                f"prompts {too_long[:5]} plus {len(forced)} forced tokens exceed "
+                f"max_position_embeddings={self.cfg.max_position_embeddings}"
+            )
+        out = np.zeros((len(ids), len(forced) + 1, len(select)), np.float32)
+        if not ids:
+            return out
+        prefix = ids[0][: shared_prefix_len(ids)] if self.share_prefix else []
+        # The forced tokens are part of every row's own tokens: the prefix must leave them out.
+        prefix = prefix[: max(min(len(x) for x in ids) - len(forced) - 1, 0)]
+        prefix = prefix[: round_down_prefix(len(prefix))]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        bar = tqdm(
+            total=len(ids),
+            desc=progress if isinstance(progress, str) else "scoring",
+            unit="prompt",
+            disable=not progress,
+            leave=False,
+        )
+        select_arr = jnp.asarray(select, jnp.int32)
+        prefix_arr = jnp.asarray(prefix, jnp.int32) if prefix else None
+        scored, t0 = 0, time.perf_counter()
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            b = min(_pow2_at_least(len(chunk)), _pow2_at_least(batch_size))
+            tokens, mask, packed_len = self._pad_batch([ids[i][len(prefix) :] for i in chunk], b, prefix)
+            with sharding.activation_sharding(self.mesh):
+                lp = decode_loop.prompt_logprobs(
+                    self.cfg,
+                    self.params,
+                    tokens,
+                    mask,
+                    select_arr,
+                    len(forced) + 1,
+                    packed_len=packed_len,
+                    prefix=prefix_arr,
+                )
+            lp = np.asarray(distributed.to_host(lp))
+            for r, i in enumerate(chunk):
+                out[i] = lp[r]
+                scored += len(ids[i])
+            hooks.after_sampling_batch()
+            bar.update(len(chunk))
+            bar.set_postfix(prompt_tok_s=f"{scored / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        return out
 
     def _completion(
         self, toks: np.ndarray, lps: np.ndarray, finish: int, prompt_tokens: int, stop_strings: Sequence[str]
