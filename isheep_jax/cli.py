@@ -142,6 +142,7 @@ def _cmd_status(a: argparse.Namespace) -> None:
 
 def _cmd_eval(a: argparse.Namespace) -> None:
     from isheep_jax import evals
+    from isheep_jax.evals import compare, judge_eval
     from isheep_jax.model.embedded import resolve_model
 
     parse_gin(a.gin_file, a.gin_bindings)
@@ -159,7 +160,71 @@ def _cmd_eval(a: argparse.Namespace) -> None:
         judge = evals.ModelSpec(resolve_model(a.judge), a.judge_style)
     results = evals.evaluate(spec, a.out, ec, reference=reference, judge=judge)
     print(evals.format_headline(a.checkpoint, evals.headline(results)))
+    if results.get("judge_calibration"):
+        print("  " + judge_eval.summary_line(results["judge_calibration"]))
+    if a.compare_to:
+        comparisons = compare.compare_evals(a.compare_to, a.out, seed=ec.seed)
+        print(f"  against {a.compare_to} (paired, 95 % bootstrap interval):")
+        for line in compare.format_comparisons(comparisons) or ["    nothing measured on the same items"]:
+            print("  " + line)
     print(f"results in {os.path.join(a.out, 'eval.json')}")
+
+
+def _cmd_ifeval_score(a: argparse.Namespace) -> None:
+    # Scoring loads no model and touches no device: the ifeval module and file helpers only.
+    from isheep_jax.core import io_utils
+    from isheep_jax.evals import ifeval
+
+    sources = [a.input_data, a.responses]
+    for path in sources:
+        if not io_utils.as_path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+    out = io_utils.absolute(a.output_dir) if a.output_dir else ifeval.default_score_dir(a.responses)
+    problem = ifeval.score_dir_problem(out, sources)
+    if problem:  # before any reading: a refused folder costs nothing
+        raise io_utils.OutputDirError(problem)
+    # Unknown ids are reported and skipped, as `isheep eval` does (the reference would stop).
+    loaded = ifeval.load_prompts(a.input_data, strict=False)
+    for u in loaded.unknown[:10]:
+        print(f"isheep ifeval-score: warning: {u} (instruction skipped)", file=sys.stderr)
+    if len(loaded.unknown) > 10:
+        print(
+            f"isheep ifeval-score: warning: and {len(loaded.unknown) - 10} more (scores.json)",
+            file=sys.stderr,
+        )
+    if not loaded.prompts:
+        raise io_utils.DataError(
+            f"{a.input_data}: no prompt with a known instruction id to score "
+            f"({len(loaded.unknown)} unknown instruction(s) skipped)"
+        )
+    responses = ifeval.load_responses(a.responses)
+    result, outcomes = ifeval.score_responses(loaded.prompts, responses, source=a.responses)
+    scored = {p.prompt for p in loaded.prompts}
+    unmatched = sum(prompt not in scored for prompt in responses)
+    info = {
+        "input_data": str(io_utils.absolute(a.input_data)),
+        "responses": str(io_utils.absolute(a.responses)),
+        "unknown_instructions": [str(u) for u in loaded.unknown],
+        "unmatched_responses": unmatched,
+    }
+    out = ifeval.write_scores(out, result, outcomes, info, sources)
+    for mode, name in zip(ifeval.MODES, ifeval.SCORE_FILES):
+        print(ifeval.reference_report(result, mode, out / name))
+    print("=" * 64)
+    print(
+        f"scored {result.prompts.total} prompt(s), {result.instructions.total} instruction(s) "
+        f"of {a.input_data} against {a.responses}"
+    )
+    for line in ifeval.summary_lines(result):
+        print(line)
+    if loaded.unknown:
+        print(
+            f"note: {len(loaded.unknown)} instruction(s) with an unknown id were skipped: "
+            "not comparable with the reference scorer"
+        )
+    if unmatched:
+        print(f"note: {unmatched} response(s) to prompts not scored here were ignored")
+    print(f"results in {out}")
 
 
 def _cmd_plan(a: argparse.Namespace) -> None:
@@ -279,7 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--suite",
         default="",
-        help="comma-separated subset of ifeval,heldout_loss,winrate (default: EvalConfig.suites)",
+        help="comma-separated subset of ifeval,heldout_loss,winrate,judge_calibration "
+        "(default: EvalConfig.suites)",
+    )
+    s.add_argument(
+        "--compare_to",
+        default="",
+        help="another eval directory of the same prompts (e.g. the base model's): "
+        "paired differences and verdicts",
     )
     s.add_argument("--prompt_style", default="chat", help="'raw' (base model), 'chat', 'chatml' or 'llama3'")
     s.add_argument("--reference", default="", help="checkpoint the win-rate compares against")
@@ -288,6 +360,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--judge_style", default="chat")
     s.add_argument("--gin_file", action="append", default=[], help="may repeat; binds EvalConfig")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser(
+        "ifeval-score",
+        help="score an IFEval responses file (prompt, response per line) like the reference scorer",
+    )
+    s.add_argument(
+        "--input_data", required=True, help="IFEval-format prompts (key, prompt, instruction_id_list, kwargs)"
+    )
+    s.add_argument(
+        "--responses",
+        "--input_response_data",
+        dest="responses",
+        required=True,
+        help="JSONL with prompt and response per line, matched to the prompts by exact text",
+    )
+    s.add_argument(
+        "--output_dir",
+        default="",
+        help="eval_results_strict.jsonl, eval_results_loose.jsonl and scores.json go here "
+        "(default: <responses stem>_ifeval beside the responses file); a new or empty folder, "
+        "or an earlier ifeval-score folder (replaced)",
+    )
+    s.set_defaults(fn=_cmd_ifeval_score)
 
     s = sub.add_parser("plan", help="per-device memory of training and sampling for a model preset and mesh")
     s.add_argument(

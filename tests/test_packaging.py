@@ -56,7 +56,7 @@ def test_wheel_carries_every_module_preset_template_seed_pool_and_kernel_source(
         "isheep_jax/gin_configs/runs/demo_cpu.gin",
         "isheep_jax/gin_configs/models/qwen15_7b.gin",
         "isheep_jax/gin_configs/meshes/v5p_128.gin",
-        "isheep_jax/loop/prompts/rate_quality.txt",
+        "isheep_jax/prompts/rate_quality.txt",
         "isheep_jax/loop/data/seed_tasks.jsonl",
         "isheep_jax/backends/cpu/decode_attention.cc",
         "isheep_jax/evals/data/judge_pairwise.txt",

@@ -32,7 +32,8 @@ import jax
 import numpy as np
 
 from isheep_jax.core import choices, io_utils
-from isheep_jax.evals import ifeval, winrate
+from isheep_jax.evals import calibration, ifeval, judge_eval, rating, winrate
+from isheep_jax.evals.rating import AssessMode
 from isheep_jax.model import checkpoint
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer
 from isheep_jax.parallel import distributed
@@ -42,7 +43,7 @@ from isheep_jax.training.train_step import per_segment_loss
 
 log = logging.getLogger(__name__)
 
-Suite = Literal["ifeval", "heldout_loss", "winrate"]
+Suite = Literal["ifeval", "heldout_loss", "winrate", "judge_calibration"]
 SUITES: tuple[Suite, ...] = choices.values(Suite)
 
 
@@ -63,8 +64,19 @@ class EvalConfig:
       winrate_limit: the first N win-rate instructions only (0 = all).
       sampling: how the evaluated and reference models answer (greedy by default).
       judge_sampling: how the judge model replies.
-      judge_prefill: text that opens the judge's reply and is parsed with it, e.g. '[[' so
-        that a small judge answers with a verdict label; '' = none.
+      judge_prefill: text that opens the judge's reply, e.g. '[[' so that the verdict label
+        comes next (logits mode reads it right there); in text mode parsed with the reply.
+      verdict_mode: how the win-rate judge's verdict is read: 'logits' (the most likely of
+        the labels 'A', 'B', 'tie' right after `judge_prefill`, one prefill per judgment) or
+        'text' (generate a reply and parse it).
+      calibration_file: the judge calibration items (`evals.calibration`); '' = the shipped
+        set.
+      calibration_limit: the first N calibration items only (0 = all).
+      rating_modes: the modes the evaluated model is measured in as a rating judge on the
+        calibration pairs ('logits', 'text').
+      rating_prefill: text that opens the rating judge's answer (the loop passes its own
+        `LoopConfig.rating_prefill`).
+      rating_sampling: how the rating judge replies in text mode.
       max_prompt_len: held-out loss: pairs whose prompt is longer than this are left out and
         counted.
       max_response_len: held-out loss: the same for the response (EOS included).
@@ -84,9 +96,13 @@ class EvalConfig:
     winrate_limit: int = 0
     sampling: SamplingSettings = SamplingSettings(max_new_tokens=512, temperature=0.0, batch_size=16)
     judge_sampling: SamplingSettings = SamplingSettings(max_new_tokens=64, temperature=0.0, batch_size=16)
-    # Text that opens the judge's reply and is parsed with it, e.g. '[[' so that a small judge
-    # answers with a verdict label; '' = none.
-    judge_prefill: str = ""
+    judge_prefill: str = "[["
+    verdict_mode: AssessMode = "logits"
+    calibration_file: str = ""
+    calibration_limit: int = 0
+    rating_modes: tuple[AssessMode, ...] = ("logits",)
+    rating_prefill: str = "Rating: "
+    rating_sampling: SamplingSettings = SamplingSettings(max_new_tokens=32, temperature=0.0, batch_size=16)
     max_prompt_len: int = 256  # held-out loss: pairs longer than this are left out and counted
     max_response_len: int = 512
     loss_batch_size: int = 8
@@ -98,7 +114,10 @@ class EvalConfig:
         unknown = [s for s in self.suites if s not in SUITES]
         if unknown or not self.suites:
             raise ValueError(f"EvalConfig.suites: unknown {unknown} or empty; choose from {SUITES}")
-        for name in ("ifeval_limit", "winrate_limit"):
+        choices.check("EvalConfig", "verdict_mode", self.verdict_mode, AssessMode)
+        for mode in self.rating_modes:
+            choices.check("EvalConfig", "rating_modes", mode, AssessMode)
+        for name in ("ifeval_limit", "winrate_limit", "calibration_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_prompt_len", "max_response_len", "loss_batch_size", "chunk_size"):
@@ -118,6 +137,10 @@ class ModelSpec:
 
     model_dir: str
     prompt_style: PromptStyle = "chat"
+
+
+IFEVAL_RESULTS = "ifeval_results.jsonl"
+VERDICT_LABELS = ("A", "B", "tie")  # what follows judge_prefill '[[' in the judge template
 
 
 def shipped_heldout_path() -> os.PathLike:
@@ -159,7 +182,8 @@ def run_ifeval(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> d
     """Prompt- and instruction-level strict/loose accuracy on an IFEval-format prompt file.
 
     Unknown instruction ids are logged and skipped. The responses are also written to
-    EVAL/ifeval_responses.jsonl.
+    EVAL/ifeval_responses.jsonl, and each prompt's per-instruction results to
+    EVAL/ifeval_results.jsonl.
 
     Args:
       cache: loads the model to sample with.
@@ -183,7 +207,10 @@ def run_ifeval(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> d
         out / "ifeval_responses.jsonl",
         [{"key": p.key, "prompt": p.prompt, "response": r["text"]} for p, r in zip(prompts, rows)],
     )
-    result = ifeval.evaluate(prompts, [r["text"] for r in rows]).to_dict()
+    outcomes = [ifeval.score_response(p, r["text"]) for p, r in zip(prompts, rows)]
+    # Per prompt, so two models can be compared on the same prompts (`evals.compare`).
+    io_utils.write_jsonl(out / IFEVAL_RESULTS, ifeval.outcome_rows(outcomes))
+    result = ifeval.aggregate(outcomes).to_dict()
     result.update(
         prompt_file=os.fspath(path),
         unknown_instructions=[str(u) for u in loaded.unknown],
@@ -202,7 +229,8 @@ def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
 
     Returns:
       `loss` (over all response tokens), `mean_example_loss` (mean of the per-pair losses),
-      `pairs`, `pairs_too_long` (left out), `target_tokens` and `pair_file`.
+      `pairs`, `pairs_too_long` (left out), `target_tokens`, `pair_file` and `per_pair`
+      ({loss_sum, tokens} per pair, in the data's order).
 
     Raises:
       DataError: the pair file is malformed, or no pair fits the budgets.
@@ -235,6 +263,8 @@ def heldout_loss(spec: ModelSpec, ec: EvalConfig, mesh=None) -> dict[str, Any]:
     sums, counts = sums[counts > 0], counts[counts > 0]  # one entry per example
     n = len(counts)
     return {
+        # Per pair, in the data's order (the same for every model of a run): paired comparisons.
+        "per_pair": [{"loss_sum": float(a), "tokens": int(c)} for a, c in zip(sums, counts)],
         "loss": float(sums.sum() / counts.sum()),
         "mean_example_loss": float(np.mean(sums / counts)),
         "pairs": n,
@@ -348,13 +378,54 @@ def judge_pairs(
         for a, r in zip(answers, reference)
     ]
 
-    def generate(prompts: Sequence[str]) -> list[str]:
-        outs = _sample(
-            cache, judge, out / "chunks" / "judge", prompts, ec.judge_sampling, ec, "judge", ec.judge_prefill
+    if ec.verdict_mode == "logits":
+        tok = Tokenizer(checkpoint.tokenizer_dir(judge.model_dir))
+        prompts = [
+            tok.render_prompt(p, judge.prompt_style) + ec.judge_prefill
+            for t in triples
+            for p in winrate.judge_prompts(*t)
+        ]
+        rows = sample_in_chunks(
+            out / "chunks" / "judge_logits",
+            prompts,
+            ec.chunk_size,
+            lambda p, ids: [
+                {"label_probs": [float(f"{x:.6g}") for x in row]}
+                for row in rating.label_probabilities(
+                    cache.get(judge.model_dir),
+                    p,
+                    VERDICT_LABELS,
+                    ec.judge_sampling.batch_size,
+                    judge.prompt_style != "raw",
+                    "judge",
+                    continues="",
+                )
+            ],
+            "judge",
         )
-        return [ec.judge_prefill + o["text"] for o in outs]
+        probs = [r["label_probs"] for r in rows]
+        judgments = [
+            winrate.PairJudgment(
+                _verdict(first), _verdict(second), (_label_text(first), _label_text(second)), (first, second)
+            )
+            for first, second in zip(probs[0::2], probs[1::2])
+        ]
+    else:
 
-    judgments = winrate.judge_all(triples, generate)
+        def generate(prompts: Sequence[str]) -> list[str]:
+            outs = _sample(
+                cache,
+                judge,
+                out / "chunks" / "judge",
+                prompts,
+                ec.judge_sampling,
+                ec,
+                "judge",
+                ec.judge_prefill,
+            )
+            return [ec.judge_prefill + o["text"] for o in outs]
+
+        judgments = winrate.judge_all(triples, generate)
     io_utils.write_jsonl(
         out / "winrate_judgments.jsonl",
         [
@@ -364,6 +435,7 @@ def judge_pairs(
                 "model_second": j.model_second,
                 "outcome": j.outcome(),
                 "replies": list(j.replies),
+                **({"label_probs": [list(p) for p in j.probs]} if j.probs else {}),
             }
             for a, j in zip(answers, judgments)
         ],
@@ -373,7 +445,60 @@ def judge_pairs(
     rates = {
         k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(wr).items()
     }
-    return {**rates, "n": wr.n, "judge": judge.model_dir}
+    bias = judge_eval.position_bias([v for j in judgments for v in (j.model_first, j.model_second)])
+    return {
+        **rates,
+        "n": wr.n,
+        "judge": judge.model_dir,
+        "verdict_mode": ec.verdict_mode,
+        "position_bias": bias,
+    }
+
+
+def _verdict(probs: Sequence[float]) -> winrate.Verdict:
+    """The most likely verdict label (the first on a tie of probabilities)."""
+    return VERDICT_LABELS[int(np.argmax(probs))]  # type: ignore[return-value]
+
+
+def _label_text(probs: Sequence[float]) -> str:
+    """The judgment as it would read: the most likely label in the template's brackets."""
+    return f"[[{_verdict(probs)}]]"
+
+
+def run_judge_calibration(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig) -> dict[str, Any]:
+    """The evaluated model as a rating judge on the calibration pairs (`evals.judge_eval`).
+
+    Args:
+      cache: loads the model.
+      spec: the model, judging in its prompt style.
+      out: EVAL, the eval directory (chunks under chunks/calibration_<mode>/).
+      ec: the eval settings (calibration file and limit, rating modes, prefill, sampling).
+
+    Returns:
+      `pairs`, `calibration_file`, and `modes`: mode -> `judge_eval.rate_calibration`.
+    """
+    pairs = calibration.load_pairs(ec.calibration_file or None, ec.calibration_limit)
+    tok = Tokenizer(checkpoint.tokenizer_dir(spec.model_dir))
+    settings = dataclasses.replace(ec.rating_sampling, seed=ec.seed)
+    modes = {
+        mode: judge_eval.rate_calibration(
+            lambda: cache.get(spec.model_dir),
+            tok,
+            spec.prompt_style,
+            out / "chunks" / f"calibration_{mode}",
+            pairs,
+            mode,
+            ec.rating_prefill,
+            settings,
+            ec.chunk_size,
+        )
+        for mode in ec.rating_modes
+    }
+    return {
+        "pairs": len(pairs),
+        "calibration_file": os.fspath(ec.calibration_file or calibration.shipped_calibration_path()),
+        "modes": modes,
+    }
 
 
 # ---------------------------------------------------------------------------- driver
@@ -482,6 +607,8 @@ def evaluate(
         results["heldout_loss"] = heldout_loss(spec, ec, mesh or cache.mesh)
     if "ifeval" in ec.suites:
         results["ifeval"] = run_ifeval(cache, spec, out, ec)
+    if "judge_calibration" in ec.suites:
+        results["judge_calibration"] = run_judge_calibration(cache, spec, out, ec)
     if "winrate" in ec.suites:
         answers = winrate_answers(cache, spec, out, ec)
         if reference is None or reference[0].model_dir == spec.model_dir:

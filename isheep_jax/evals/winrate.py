@@ -7,7 +7,9 @@ swapped, and the two verdicts are combined from the evaluated model's point of v
 - it wins both orders → win; it loses both → loss;
 - anything else (split verdicts, a tie in either order) → tie.
 
-An unparseable verdict (`parse_verdict` → None) makes the pair *invalid* by default: it is
+The verdict is read either from the judge's distribution over the labels right after
+`[[` (`evals.runner`, verdict_mode 'logits': never unreadable) or from its reply
+(`parse_verdict`). An unparseable verdict (→ None) makes the pair *invalid* by default: it is
 left out of the rates and counted in `WinRate.invalid`, so a judge that fails to answer shows
 up instead of being silently scored. `on_unparseable="tie"` scores such pairs as ties.
 
@@ -223,11 +225,14 @@ class PairJudgment:
       model_first: the verdict with the model's answer as A; None if unparseable.
       model_second: the verdict with the model's answer as B; None if unparseable.
       replies: the judge's two raw replies, in the same order.
+      probs: where the verdicts were read from the judge's distribution, its probabilities
+        of the labels (A, B, tie) in each order; None for parsed replies.
     """
 
     model_first: Verdict | None
     model_second: Verdict | None
     replies: tuple[str, str] = ("", "")
+    probs: tuple[Sequence[float], Sequence[float]] | None = None
 
     def outcome(self, on_unparseable: OnUnparseable = "drop") -> Outcome | None:
         """The pair's outcome (`combine`).

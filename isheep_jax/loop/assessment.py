@@ -1,172 +1,41 @@
-"""Self-assessment, text side: rating prompts, score parsing, the score filter.
+"""Selection of rated pairs: the paper's absolute threshold, and top fraction / top-k by expected score.
 
-The model rates each (instruction, input, response) twice, for *quality* and for
-*following*, answering `<score>||<explanation>` with a score from 1 to 10 (DESIGN §1
-steps 4-5). Models miss that format in many small ways; `parse_score` accepts the near
-misses and says why when it cannot.
+The ratings come from the judge (`evals.rating`): an integer score parsed from its text, or
+in logits mode the expected score over its distribution. An uncalibrated judge may give
+every pair a high score (or every pair a middling one), so an absolute threshold either
+keeps everything or nothing; ranking by the expected score and keeping the best fraction
+(or the best k) selects whatever the judge's scale. Both apply when both are configured,
+and every dropped pair says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from string import Template
+import math
+from collections.abc import Sequence
 from typing import Literal
 
-from isheep_jax.loop.prompt_templates import load_template, render
+from isheep_jax.core import choices
+from isheep_jax.evals.rating import UNPARSEABLE, ScoreResult
 
-Kind = Literal["quality", "following"]
-KINDS: tuple[Kind, ...] = ("quality", "following")
-MIN_SCORE, MAX_SCORE = 1, 10
-
-# Parse failures (ScoreResult.reason).
-UNPARSEABLE = "unparseable"
-OUT_OF_RANGE = "out_of_range"
-# Score-filter drop reasons: "<failure>_<kind>" and "low_<kind>".
+# Score-filter drop reasons: "<failure>_<kind>", "low_<kind>", and the ranking's.
 LOW_QUALITY = "low_quality"
 LOW_FOLLOWING = "low_following"
 UNPARSEABLE_QUALITY = "unparseable_quality"
 UNPARSEABLE_FOLLOWING = "unparseable_following"
 OUT_OF_RANGE_QUALITY = "out_of_range_quality"
 OUT_OF_RANGE_FOLLOWING = "out_of_range_following"
+BELOW_TOP_FRACTION = "below_top_fraction"
+BELOW_TOP_K = "below_top_k"
 
-
-@dataclasses.dataclass(frozen=True)
-class ScoreResult:
-    """A parsed rating.
-
-    `score` is None exactly when `reason` is set; `raw` is the number as the model wrote it
-    ("" when none was found), kept for drop statistics.
-
-    Attributes:
-      score: the score, an integer from 1 to 10, or None.
-      explanation: the text after the score (or the whole cleaned reply).
-      reason: None, UNPARSEABLE or OUT_OF_RANGE.
-      raw: the number as written.
-    """
-
-    score: int | None
-    explanation: str = ""
-    reason: str | None = None
-    raw: str = ""
-
-
-def build_rating_prompt(
-    kind: Kind, instruction: str, input: str, response: str, template: Template | str | None = None
-) -> str:
-    """Renders the `kind` rating prompt; `template=None` uses the shipped `rate_<kind>`.
-
-    Placeholders: `$task` (the instruction, then the input on the next line when there is
-    one, as the model saw it), `$instruction`, `$input`, `$response`.
-
-    Args:
-      kind: "quality" or "following".
-      instruction: the synthesized instruction.
-      input: its input ('' for none).
-      response: the response to rate.
-      template: the template (or its text); None loads `rate_<kind>`.
-
-    Returns:
-      The rating prompt.
-
-    Raises:
-      ValueError: `kind` is not one of `KINDS`.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"rating kind must be one of {KINDS}, got {kind!r}")
-    if template is None:
-        template = load_template(f"rate_{kind}")
-    task = f"{instruction}\n{input}" if input.strip() else instruction
-    return render(template, task=task, instruction=instruction, input=input, response=response)
-
-
-_NUMBER = r"[-+]?\d+(?:\.\d+)?(?!\w|\.\d)"  # not "1st", not the "1.2" of "1.2.3"
-# "/10", "out of 10" after the number; "(1-10)", "1 to 10", "on a scale of 1-10" spans
-# that are not the score.
-_SCALE_SUFFIX = r"(?:\s*(?:/|out\s+of)\s*10(?:\.0+)?\b)?"
-_SCALE_RANGE_RE = re.compile(r"\(?\b(?:on\s+a\s+scale\s+(?:of|from)\s+)?1\s*(?:-|–|to)\s*10\b\)?", re.I)
-_MARKUP_RE = re.compile(r"\*\*|__|`|\[\[|\]\]")
-# A line opening with the score, after bullets/quotes/labels: "8", "- 8/10", "Score: 8".
-_LEADING_RE = re.compile(
-    r"^[\s>*#•-]*?(?:(?:final\s+|overall\s+)?(?:score|rating|grade)\s*(?:is)?\s*[:=]?\s*)?"
-    rf"(?P<num>{_NUMBER}){_SCALE_SUFFIX}(?P<rest>.*)$",
-    re.I | re.S,
-)
-# A score named anywhere in a line: "I would rate it 7 out of 10", "... Score: 9",
-# "I'd give it an 8".
-_LABELLED_RE = re.compile(
-    r"\b(?:(?:score|rating|rate|grade)\b[^\d\n]{0,30}?|give\s+(?:it|this(?:\s+response)?|the\s+response)\s+(?:an?\s+)?)"
-    rf"(?P<num>{_NUMBER}){_SCALE_SUFFIX}",
-    re.I,
-)
-# An explicit fraction of the scale anywhere in the line: "The response is 10 out of 10."
-_OUT_OF_TEN_RE = re.compile(rf"(?<![\d.])(?P<num>{_NUMBER})\s*(?:/|out\s+of)\s*10(?:\.0+)?\b", re.I)
-_EXPLANATION_LEAD_RE = re.compile(r"^[\s\-–—:.,;)|]*")
-
-
-def parse_score(text: object) -> ScoreResult:
-    """Reads a `<score>||<explanation>` rating; never raises.
-
-    With "||": the score is the last number on the last line before it ("Score: 8/10",
-    "**9**", "7.0"; scale spans like "(1-10)" are ignored). Without: lines holding no digit
-    are skipped as preamble, and the first line with one must open with the score ("9 -
-    good", "8/10", "Score: 8") or name it ("I rate it 7 out of 10"). Decimals are rounded
-    (Python `round`, as the reference pipeline does) once inside 1-10; a number outside 1-10
-    -> OUT_OF_RANGE; no score -> UNPARSEABLE.
-
-    Args:
-      text: the model's rating reply; anything that is not a str is UNPARSEABLE.
-
-    Returns:
-      The score with its explanation, or the reason there is none.
-    """
-    if not isinstance(text, str):
-        return ScoreResult(None, "", UNPARSEABLE)
-    clean = _MARKUP_RE.sub("", text).strip()
-    if "||" in clean:
-        head, _, explanation = clean.partition("||")
-        lines = [line for line in head.splitlines() if line.strip()]
-        if lines:
-            numbers = re.findall(_NUMBER, _SCALE_RANGE_RE.sub(" ", _strip_scale_suffix(lines[-1])))
-            if numbers:
-                return _result(numbers[-1], explanation.strip())
-    lines = clean.splitlines()
-    for i, line in enumerate(lines):
-        if not any(c.isdigit() for c in line):
-            continue
-        body = _SCALE_RANGE_RE.sub(" ", line).strip()
-        rest = "\n".join(lines[i + 1 :])
-        leading = _LEADING_RE.match(body)
-        if leading:
-            explanation = _EXPLANATION_LEAD_RE.sub("", leading.group("rest"))
-            return _result(
-                leading.group("num"), "\n".join(p for p in (explanation.strip(), rest.strip()) if p)
-            )
-        labelled = _LABELLED_RE.search(body)
-        if labelled:
-            return _result(labelled.group("num"), clean)
-        fraction = _OUT_OF_TEN_RE.search(body)
-        if fraction:
-            return _result(fraction.group("num"), clean)
-        break  # a number deep in prose is not a score
-    return ScoreResult(None, clean, UNPARSEABLE)
-
-
-def _strip_scale_suffix(line: str) -> str:
-    return re.sub(r"(?:/|out\s+of)\s*10(?:\.0+)?\b", " ", line, flags=re.I)
-
-
-def _result(number: str, explanation: str) -> ScoreResult:
-    value = float(number)  # the pattern guarantees a decimal literal; huge ones give inf
-    if not MIN_SCORE <= value <= MAX_SCORE:
-        return ScoreResult(None, explanation, OUT_OF_RANGE, raw=number)
-    return ScoreResult(round(value), explanation, None, raw=number)
+# How the two criteria combine into one ranking score.
+RankBy = Literal["mean", "min", "quality", "following"]
 
 
 def score_filter(
-    quality: ScoreResult | int | None,
-    following: ScoreResult | int | None,
-    threshold: int = 8,
+    quality: ScoreResult | float | None,
+    following: ScoreResult | float | None,
+    threshold: float = 8,
     require_both: bool = True,
 ) -> str | None:
     """Returns why a rated pair should be dropped, or None to keep it.
@@ -174,7 +43,8 @@ def score_filter(
     A score passes when it is strictly greater than `threshold` (8 keeps 9 and 10). With
     `require_both` both must pass and the first failure is reported (quality checked
     first); otherwise one passing score is enough, and the quality failure is reported
-    when neither passes. A plain int is taken as a parsed score, None as unparseable.
+    when neither passes. A plain number is taken as a score (an expected score in logits
+    mode), None as unparseable.
 
     Args:
       quality: the quality rating.
@@ -192,7 +62,7 @@ def score_filter(
     return None if None in failures else failures[0]
 
 
-def _failure(result: ScoreResult | int | None, kind: str, threshold: int) -> str | None:
+def _failure(result: ScoreResult | float | None, kind: str, threshold: float) -> str | None:
     if result is None:
         return f"{UNPARSEABLE}_{kind}"
     if isinstance(result, ScoreResult):
@@ -200,3 +70,111 @@ def _failure(result: ScoreResult | int | None, kind: str, threshold: int) -> str
             return f"{result.reason or UNPARSEABLE}_{kind}"
         result = result.score
     return None if result > threshold else f"low_{kind}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which rated pairs are kept.
+
+    Attributes:
+      threshold: keep pairs whose scores are strictly above this (the paper: 8, on the
+        parsed score; in logits mode on the expected score); 0 disables it.
+      require_both: the threshold applies to both criteria (else one passing is enough).
+      top_fraction: then keep the best ceil(top_fraction * n) of the n rated pairs (1 = all).
+      top_k: and at most the best k (0 = no limit).
+      rank_by: the ranking score: the 'mean' or 'min' of the two criteria, or one of them.
+
+    Raises:
+      ValueError: top_fraction outside (0, 1], top_k < 0, or an unknown rank_by.
+    """
+
+    threshold: float = 8
+    require_both: bool = True
+    top_fraction: float = 1.0
+    top_k: int = 0
+    rank_by: RankBy = "mean"
+
+    def __post_init__(self):
+        """Checks the fraction, k and the ranking choice."""
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        choices.check("Selection", "rank_by", self.rank_by, RankBy)
+
+
+def rank_score(quality: float, following: float, rank_by: RankBy) -> float:
+    """The one number pairs are ranked by.
+
+    Args:
+      quality: the quality score.
+      following: the following score.
+      rank_by: how they combine.
+
+    Returns:
+      Their mean, their minimum, or one of them.
+    """
+    return {
+        "mean": (quality + following) / 2,
+        "min": min(quality, following),
+        "quality": quality,
+        "following": following,
+    }[rank_by]
+
+
+def select(
+    quality: Sequence[ScoreResult | float | None],
+    following: Sequence[ScoreResult | float | None],
+    ids: Sequence[str],
+    sel: Selection,
+) -> list[str | None]:
+    """Drop reasons (None = keep) of n rated pairs, in order.
+
+    First the threshold (`score_filter`); then the ranking by `rank_score` of the pairs with
+    valid scores: a pair outside the best ceil(top_fraction * n) of them (n = all rated
+    pairs) is dropped as 'below_top_fraction'; of the pairs still kept, those after the
+    best top_k as 'below_top_k'. A pair keeps the first reason it got. Ties are broken by
+    id, so the cut never depends on the pairs' order.
+
+    Args:
+      quality: per pair, the quality rating (ScoreResult, number or None).
+      following: per pair, the following rating.
+      ids: per pair, its unique id (the tie-break).
+      sel: the selection settings.
+
+    Returns:
+      One reason or None per pair.
+
+    Raises:
+      ValueError: the three sequences differ in length.
+    """
+    if not len(quality) == len(following) == len(ids):
+        raise ValueError(f"{len(quality)} quality, {len(following)} following scores for {len(ids)} ids")
+    reasons = [
+        score_filter(q, f, sel.threshold, sel.require_both) if sel.threshold > 0 else _invalid(q, f)
+        for q, f in zip(quality, following)
+    ]
+    valid = [n for n, (q, f) in enumerate(zip(quality, following)) if _invalid(q, f) is None]
+    ranked = sorted(
+        valid, key=lambda n: (-rank_score(_value(quality[n]), _value(following[n]), sel.rank_by), ids[n])
+    )
+    cut = math.ceil(sel.top_fraction * len(quality) - 1e-9)
+    for place, n in enumerate(ranked):
+        if reasons[n] is None and place >= cut:
+            reasons[n] = BELOW_TOP_FRACTION
+    if sel.top_k:
+        for n in [n for n in ranked if reasons[n] is None][sel.top_k :]:
+            reasons[n] = BELOW_TOP_K
+    return reasons
+
+
+def _value(result: ScoreResult | float) -> float:
+    return float(result.score if isinstance(result, ScoreResult) else result)
+
+
+def _invalid(quality, following) -> str | None:
+    """The parse failure of either rating (quality first), or None when both have a score."""
+    for result, kind in ((quality, "quality"), (following, "following")):
+        if result is None or (isinstance(result, ScoreResult) and result.score is None):
+            return _failure(result, kind, 0)
+    return None

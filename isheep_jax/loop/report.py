@@ -8,6 +8,10 @@ import os
 from typing import Any
 
 from isheep_jax.core import io_utils
+from isheep_jax.evals.compare import METRICS as COMPARED
+from isheep_jax.evals.compare import compare_evals, format_comparisons
+from isheep_jax.evals.judge_eval import COMBINED
+from isheep_jax.evals.rating import KINDS
 from isheep_jax.evals.runner import format_headline, format_win_rate, headline, percent
 from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
 from isheep_jax.training.metrics import read_metrics
@@ -58,11 +62,12 @@ def iteration_summary(
         for p in (it.instructions, it.responses, it.assessments, it.kept, it.dropped)
     )
     by_stage = collections.Counter(d["stage"] for d in dropped)
+    # Expected scores (logits mode) are counted at their nearest integer.
     hist = {
         kind: dict(
             sorted(
                 collections.Counter(
-                    str(r[f"{kind}_score"]) for r in assessments if r.get(f"{kind}_score") is not None
+                    str(round(r[f"{kind}_score"])) for r in assessments if r.get(f"{kind}_score") is not None
                 ).items(),
                 key=lambda kv: int(kv[0]),
             )
@@ -92,7 +97,47 @@ def iteration_summary(
         "stage_seconds": stage_seconds,
         "eval": _eval_headline(it.eval_dir),
         "eval_base": _eval_headline(it.root.parent / "eval_base"),
+        "eval_vs_base": _compare(it.root.parent / "eval_base", it.eval_dir),
+        "eval_vs_previous": _compare(_previous_eval(it, i), it.eval_dir) if i else None,
+        "judge": _judge(it.root.parent / "eval_base", it.eval_dir),
     }
+
+
+def _previous_eval(it: IterationPaths, i: int):
+    """The eval folder of the last earlier iteration that was evaluated, else the base model's."""
+    runs = it.root.parent
+    for j in range(i - 1, -1, -1):
+        d = runs / f"iter_{j}" / it.eval_dir.name
+        if (d / "eval.json").exists():
+            return d
+    return runs / "eval_base"
+
+
+def _compare(base_dir, new_dir) -> dict[str, Any] | None:
+    if not (base_dir / "eval.json").exists() or not (new_dir / "eval.json").exists():
+        return None
+    return compare_evals(base_dir, new_dir)
+
+
+def _judge(base_dir, new_dir) -> dict[str, Any] | None:
+    """How well the judges judge: the rating AUC etc. of the base model and of this
+    iteration's model on the calibration pairs, and the win-rate judge's position bias."""
+    out: dict[str, Any] = {}
+    for name, d in (("base", base_dir), ("model", new_dir)):
+        path = d / "eval.json"
+        results = io_utils.read_json(path) if path.exists() else {}
+        calib = results.get("judge_calibration")
+        if calib:
+            out[name] = {
+                mode: {
+                    k: {m: r[k][m] for m in ("auc", "pairwise_accuracy", "histogram")}
+                    for k in (*KINDS, COMBINED)
+                }
+                for mode, r in calib["modes"].items()
+            }
+        if name == "model" and (results.get("winrate") or {}).get("position_bias"):
+            out["winrate_position_bias"] = results["winrate"]["position_bias"]
+    return out or None
 
 
 def _eval_headline(eval_dir) -> dict[str, Any] | None:
@@ -132,6 +177,11 @@ def format_summary(s: dict[str, Any]) -> str:
         if s.get("eval_base"):
             lines.append(format_headline("eval base model", s["eval_base"]))
         lines.append(format_headline(f"eval after iteration {s['iteration']}", s["eval"]))
+    for name, key in (("base model", "eval_vs_base"), ("previous model", "eval_vs_previous")):
+        if s.get(key):
+            lines.append(f"  against the {name} (paired, 95 % bootstrap interval):")
+            lines += ["  " + line for line in format_comparisons(s[key])]
+    lines += judge_lines(s.get("judge"))
     secs = s.get("stage_seconds", {})
     toks = s.get("generated_tokens", {})
     lines.append(
@@ -143,6 +193,83 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def judge_lines(judge: dict[str, Any] | None) -> list[str]:
+    """Lines on how well the judges judge (the summary's `judge` entry).
+
+    Args:
+      judge: `iteration_summary`'s `judge`, or None.
+
+    Returns:
+      Per judge and mode, the calibration AUC per criterion; the win-rate judge's position
+      bias; nothing when no calibration ran.
+    """
+    if not judge:
+        return []
+    lines = []
+
+    def fig(x) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    for name, label in (("base", "base model"), ("model", "this iteration's model")):
+        for mode, r in (judge.get(name) or {}).items():
+            figs = ", ".join(
+                f"{k} {fig(r[k]['auc'])} (pairwise {fig(r[k]['pairwise_accuracy'])})"
+                for k in (*KINDS, COMBINED)
+            )
+            lines.append(f"  judge AUC on the calibration pairs, {label} ({mode}): {figs}")
+            for k in KINDS:
+                hist = " ".join(f"{s}:{n}" for s, n in r[k]["histogram"].items()) or "-"
+                lines.append(f"    {k} scores of the calibration answers: {hist}")
+    bias = judge.get("winrate_position_bias")
+    if bias and bias.get("first_preferred") is not None:
+        lines.append(
+            f"  win-rate judge prefers the first answer in {100 * bias['first_preferred']:.0f} % of its "
+            f"A/B verdicts (A {bias['A']}, B {bias['B']}, tie {bias['tie']})"
+        )
+    return lines
+
+
+def verdict_lines(summaries: list[dict]) -> list[str]:
+    """The report's opening: per iteration and metric, better / no detectable change / worse.
+
+    Args:
+      summaries: the iteration summaries.
+
+    Returns:
+      Markdown lines (empty when no iteration was compared with the base model).
+    """
+    rows = [s for s in summaries if s.get("eval_vs_base")]
+    if not rows:
+        return []
+    metrics = [m for m, _ in COMPARED if any(m in s["eval_vs_base"] for s in rows)]
+    md = [
+        "**Verdicts against the base model** (paired on the same prompts / pairs; 95 % bootstrap interval "
+        "and exact test; 'better' or 'worse' only when both exclude no change):",
+        "",
+        "| iteration | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    percent = dict(COMPARED)
+    for s in rows:
+        cells = []
+        for m in metrics:
+            c = s["eval_vs_base"].get(m)
+            if c is None:
+                cells.append("-")
+                continue
+            scale, digits = (100, 1) if percent[m] else (1, 4)
+
+            def num(x, scale=scale, digits=digits) -> str:
+                return "-" if x is None else f"{x * scale:+.{digits}f}"
+
+            p = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"
+            cells.append(
+                f"**{c['verdict']}** {num(c['diff'])} [{num(c['ci_low'])}, {num(c['ci_high'])}], p={p}"
+            )
+        md.append(f"| {s['iteration']} | " + " | ".join(cells) + " |")
+    return md + [""]
 
 
 def _evaluation_section(run: RunDir, summaries: list[dict], out, plt) -> list[str]:
@@ -239,6 +366,16 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
         f"{len(summaries)} finished iteration(s).",
         "",
     ]
+    md += verdict_lines(summaries)
+    judge = [(s["iteration"], judge_lines(s.get("judge"))) for s in summaries if s.get("judge")]
+    if judge:
+        md += [
+            "How well the judges judge (AUC: a good answer scored above a degraded one; 0.5 = chance):",
+            "",
+        ]
+        for i, lines in judge:
+            md += [f"- iteration {i}:"] + [f"  - {line.strip()}" for line in lines]
+        md.append("")
     if summaries:
         md += [
             "| iteration | candidates | instructions | responses | kept | kept % "
@@ -299,7 +436,8 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
                     f"> **Instruction:** {row['instruction']}"
                     + (f"  \n> **Input:** {row['input']}" if row["input"] else ""),
                     f"> **Response:** {row['response'][:500]}",
-                    f"> *scores: quality {row['quality_score']}, following {row['following_score']}*",
+                    f"> *scores: quality {row['quality_score']}, following {row['following_score']}*"
+                    + (" (expected scores)" if "quality_probs" in row else ""),
                     "",
                 ]
     path = out / "report.md"

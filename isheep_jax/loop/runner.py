@@ -19,8 +19,10 @@ import gin
 
 from isheep_jax import evals
 from isheep_jax.core import choices, hooks, io_utils
-from isheep_jax.loop import assessment, response_filter, synthesis
-from isheep_jax.loop.prompt_templates import load_template
+from isheep_jax.evals import rating
+from isheep_jax.evals.rating import AssessMode
+from isheep_jax.loop import assessment, contamination, response_filter, synthesis
+from isheep_jax.loop.assessment import RankBy
 from isheep_jax.loop.report import format_summary, iteration_summary
 from isheep_jax.loop.rouge import RougeDeduper
 from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
@@ -29,6 +31,7 @@ from isheep_jax.model import checkpoint
 from isheep_jax.model.embedded import resolve_model
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer, TokenizerError
 from isheep_jax.parallel import sharding
+from isheep_jax.prompts.templates import load_template
 from isheep_jax.sampling.chunked import sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.training.optim import OptimizerConfig
@@ -57,10 +60,24 @@ class LoopConfig:
       tasks_per_prompt: the list length the synthesis prompt announces.
       rouge_threshold: an instruction whose ROUGE-L F1 against the pool exceeds this is a
         near duplicate and dropped.
-      score_threshold: keep scores strictly above.
+      assess_mode: how the judge's score is read: 'logits' (the expected score over its
+        distribution at the answer position, one prefill per rating) or 'text' (the paper's:
+        generate `<score>||<explanation>` and parse it).
+      score_threshold: keep scores strictly above (in logits mode: expected scores); 0 = no
+        threshold.
       require_both_scores: both the quality and the following score must pass (else one).
-      rating_prefill: text that opens the judge's answer (after the rendered prompt), e.g.
-        'Rating:'; it is part of what the score parser reads. '' = none, as in the paper.
+      keep_top_fraction: then keep the best ceil(f * n) of the n rated pairs by `rank_by`
+        (1 = no cut): selection that fits a judge whose scale is not calibrated.
+      keep_top_k: and at most the best k (0 = no limit).
+      rank_by: how the two scores rank a pair: 'mean', 'min', 'quality' or 'following'.
+      contamination_check: drop kept pairs that overlap an evaluation set (13-gram or
+        ROUGE-L against EvalConfig's IFEval prompts, held-out pairs, win-rate instructions
+        and judge calibration set) as 'contaminated'; seed tasks that overlap are left out of
+        the pool.
+      rating_prefill: text that opens the judge's answer, after the rendered prompt (the
+        rating templates end with their format line). Logits mode reads the score right
+        after it, so it ends where the score starts ('Rating: '); in text mode it is part of
+        what the score parser reads.
       base_prompt_style: how the base model is prompted.
       tuned_prompt_style: how trained models are prompted (and trained).
       assessor: which model rates the pairs of iteration i: 'base' or 'current' (M_i).
@@ -89,11 +106,14 @@ class LoopConfig:
     k_demos: int = 5
     tasks_per_prompt: int = 20  # the list length the synthesis prompt announces
     rouge_threshold: float = 0.7
-    score_threshold: int = 8  # keep scores strictly above
+    assess_mode: AssessMode = "logits"
+    score_threshold: float = 8  # keep scores strictly above (0 = no threshold)
     require_both_scores: bool = True
-    # Text that opens the judge's answer (after the rendered prompt), e.g. 'Rating:'; it is
-    # part of what the score parser reads. '' = none, as in the paper.
-    rating_prefill: str = ""
+    keep_top_fraction: float = 1.0
+    keep_top_k: int = 0
+    rank_by: RankBy = "mean"
+    contamination_check: bool = True
+    rating_prefill: str = "Rating: "
     base_prompt_style: PromptStyle = "raw"  # how the base model is prompted
     tuned_prompt_style: PromptStyle = "chat"  # how trained models are prompted (and trained)
     assessor: Assessor = "base"
@@ -114,6 +134,8 @@ class LoopConfig:
         """Checks the choices and that the counts are at least 1."""
         for name, choice in (
             ("assessor", Assessor),
+            ("assess_mode", AssessMode),
+            ("rank_by", RankBy),
             ("train_from", TrainFrom),
             ("train_data", TrainData),
             ("base_prompt_style", PromptStyle),
@@ -123,6 +145,21 @@ class LoopConfig:
         for name in ("iterations", "synthesis_prompts", "k_demos", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoopConfig.{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            _ = self.selection  # its checks
+        except ValueError as e:
+            raise ValueError(f"LoopConfig: {e}") from None
+
+    @property
+    def selection(self) -> assessment.Selection:
+        """The score filter's settings (threshold, top fraction, top-k, ranking)."""
+        return assessment.Selection(
+            threshold=self.score_threshold,
+            require_both=self.require_both_scores,
+            top_fraction=self.keep_top_fraction,
+            top_k=self.keep_top_k,
+            rank_by=self.rank_by,
+        )
 
 
 def _completions(
@@ -156,6 +193,22 @@ class Loop:
         self.tc = train_config or TrainConfig()
         self.oc = optimizer_config or OptimizerConfig()
         self.seeds: list[SeedTask] = load_seed_pool(lc.seed_file or None)
+        self.guard = None
+        if lc.contamination_check:
+            ec = evals.EvalConfig()
+            self.guard = contamination.ContaminationGuard(
+                contamination.eval_texts(
+                    ec.ifeval_file, ec.heldout_file, ec.winrate_file, ec.calibration_file
+                )
+            )
+            leaked = dict(contamination.check_seed_pool(self.guard, self.seeds))
+            if leaked:
+                log.warning(
+                    "%d seed task(s) overlap an evaluation set and are left out of the pool: %s",
+                    len(leaked),
+                    "; ".join(f"{k}: {v}" for k, v in list(leaked.items())[:5]),
+                )
+                self.seeds = [t for t in self.seeds if t.id not in leaked]
         if len(self.seeds) < lc.k_demos:
             raise ValueError(f"seed pool has {len(self.seeds)} tasks, fewer than k_demos={lc.k_demos}")
         self.base_dir = resolve_model(lc.base_model)
@@ -303,8 +356,10 @@ class Loop:
     def assess(self, i: int, it: IterationPaths, model_dir: str) -> None:
         """Assessment stage: writes assessments.jsonl of iteration `i`.
 
-        The assessor rates every pair for quality and for following; each row gains
-        `<kind>_score`, `<kind>_reason` and `<kind>_rating` (the reply, prefill included).
+        The assessor rates every pair for quality and for following (`evals.rating`); each
+        row gains `<kind>_score` and `<kind>_reason`, and in logits mode `<kind>_mode_score`,
+        `<kind>_score_mass` and `<kind>_probs`, in text mode `<kind>_rating` (the reply,
+        prefill included).
 
         Args:
           i: the iteration.
@@ -318,52 +373,63 @@ class Loop:
         tok = self.models.get(judge).tokenizer if pairs else None
         prompts = [
             tok.render_prompt(
-                assessment.build_rating_prompt(kind, p["instruction"], p["input"], p["response"]), style
+                rating.build_rating_prompt(kind, p["instruction"], p["input"], p["response"]), style
             )
             + lc.rating_prefill
             for p in pairs
-            for kind in assessment.KINDS
+            for kind in rating.KINDS
         ]
+        settings = dataclasses.replace(lc.rate_sampling, seed=self._seed(i, _ASSESS))
         outs = sample_in_chunks(
             it.chunks("assess"),
             prompts,
             lc.chunk_size,
-            lambda p, ids: _completions(
-                self.models.get(judge),
-                p,
-                ids,
-                lc.rate_sampling,
-                self._seed(i, _ASSESS),
-                style != "raw",
-                "assess",
+            lambda p, ids: rating.rate_rows(
+                self.models.get(judge), p, lc.assess_mode, settings, ids, style != "raw", "assess"
             ),
             "assess",
         )
         rows = []
         for n, p in enumerate(pairs):
             row = dict(p)
-            for j, kind in enumerate(assessment.KINDS):
-                rating = lc.rating_prefill + outs[len(assessment.KINDS) * n + j]["text"]
-                res = assessment.parse_score(rating)
-                row.update(
-                    {f"{kind}_score": res.score, f"{kind}_reason": res.reason, f"{kind}_rating": rating}
-                )
+            for j, kind in enumerate(rating.KINDS):
+                row.update(rating.rating_fields(kind, outs[len(rating.KINDS) * n + j], lc.rating_prefill))
             rows.append(row)
         io_utils.write_jsonl(it.assessments, rows)
 
     def filter(self, i: int, it: IterationPaths) -> None:
         """Score-filter stage: writes kept.jsonl, and dropped.jsonl with every stage's drops.
 
+        Pairs whose instruction overlaps an evaluation set are dropped first
+        ('contaminated', with the match in `contaminated_by`); the others go through
+        `assessment.select` (threshold, then top fraction / top-k).
+
         Args:
           i: the iteration.
           it: its paths.
         """
-        lc = self.lc
+        rows = io_utils.read_jsonl(it.assessments)
+        # An evaluation item is an instruction (with its input): that is what is compared; a
+        # long response would only dilute its ROUGE-L.
+        leaks = [
+            self.guard.check(contamination.join_pair(r["instruction"], r["input"])) if self.guard else None
+            for r in rows
+        ]
+        clean = [r for r, leak in zip(rows, leaks) if leak is None]
+        reasons = iter(
+            assessment.select(
+                [self._rating(r, "quality") for r in clean],
+                [self._rating(r, "following") for r in clean],
+                [str(r["id"]) for r in clean],
+                self.lc.selection,
+            )
+        )
         kept, dropped = [], []
-        for row in io_utils.read_jsonl(it.assessments):
-            q = assessment.ScoreResult(row["quality_score"], "", row["quality_reason"], "")
-            f = assessment.ScoreResult(row["following_score"], "", row["following_reason"], "")
-            reason = assessment.score_filter(q, f, lc.score_threshold, lc.require_both_scores)
+        for row, leak in zip(rows, leaks):
+            if leak is not None:
+                dropped.append({**row, "stage": "filter", "reason": "contaminated", "contaminated_by": leak})
+                continue
+            reason = next(reasons)
             if reason:
                 dropped.append({**row, "stage": "assess", "reason": reason})
             else:
@@ -373,6 +439,13 @@ class Loop:
         )
         io_utils.write_jsonl(it.dropped, earlier + dropped)
         io_utils.write_jsonl(it.kept, kept)
+
+    @staticmethod
+    def _rating(row: dict, kind: str) -> rating.ScoreResult | float:
+        """A stored rating as `assessment.select` reads it: the expected score, or the parsed one."""
+        if f"{kind}_probs" in row:
+            return row[f"{kind}_score"]
+        return rating.ScoreResult(row[f"{kind}_score"], "", row[f"{kind}_reason"], "")
 
     def train(self, i: int, it: IterationPaths, model_dir: str) -> None:
         """Training stage: fine-tunes on the kept pairs into RUN/iter_<i>/train/.
@@ -437,7 +510,8 @@ class Loop:
         if not checkpoint.is_complete(it.model_dir):
             io_utils.write_json(it.eval_skipped, {"reason": "no model was trained in this iteration"})
             return
-        ec = evals.EvalConfig()
+        # The judge calibration measures the judge as the assessment stage prompts it.
+        ec = dataclasses.replace(evals.EvalConfig(), rating_prefill=self.lc.rating_prefill)
         base = evals.ModelSpec(self.base_dir, self.lc.base_prompt_style)
         log.info("evaluating the base model (once per run) -> %s", self.run.base_eval_dir)
         evals.evaluate(base, self.run.base_eval_dir, ec, cache=self.models)

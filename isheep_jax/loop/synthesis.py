@@ -27,8 +27,8 @@ import string
 from collections.abc import Sequence
 from string import Template
 
-from isheep_jax.loop.prompt_templates import render
 from isheep_jax.loop.seed_pool import SeedTask
+from isheep_jax.prompts.templates import render
 
 # Drop reasons (stable strings: they are counted in run manifests).
 TRUNCATED = "truncated"

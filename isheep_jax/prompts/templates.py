@@ -4,9 +4,9 @@ Templates use `string.Template` syntax (`$name` or `${name}`; write `$$` for a l
 dollar sign). `$`-placeholders are chosen over `str.format` braces because prompts quote
 code and JSON, which are full of braces.
 
-Shipped templates live in `isheep_jax/loop/prompts/<name>.txt`. One trailing newline at the
+Shipped templates live in `isheep_jax/prompts/<name>.txt`. One trailing newline at the
 end of a file is dropped when loading, so an editor adding one does not change the prompt
-(a prompt usually has to end right after e.g. `Rating:` for the model to continue there).
+(a prompt that should end on a newline ends its file with an empty line).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class PromptTemplateError(ValueError):
 def load_template(name: str, path: str | os.PathLike[str] | None = None) -> Template:
     """Returns template `name`, read from `path` if given, else the shipped file.
 
-    `name` is any `prompts/<name>.txt` shipped with the package. For the names in
+    `name` is any `<name>.txt` shipped with the package. For the names in
     `REQUIRED_PLACEHOLDERS` the placeholders are checked: all required ones present, none
     unknown; other names (or your own name with a `path`) are loaded unchecked.
 
@@ -57,7 +57,7 @@ def load_template(name: str, path: str | os.PathLike[str] | None = None) -> Temp
       OSError: `path` cannot be read.
     """
     if path is None:
-        folder = importlib.resources.files("isheep_jax.loop") / "prompts"
+        folder = importlib.resources.files("isheep_jax.prompts")
         resource = folder / f"{name}.txt"
         if not resource.is_file():
             shipped = sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt"))

@@ -11,7 +11,7 @@ from helpers import make_hf_model
 
 from isheep_jax import cli
 from isheep_jax.core import io_utils
-from isheep_jax.evals import runner
+from isheep_jax.evals import calibration, runner
 from isheep_jax.evals.runner import EvalConfig, ModelSpec
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
@@ -56,6 +56,7 @@ def heldout_file(tmp_path_factory):
 
 def _config(heldout_file, **kw):
     small = SamplingSettings(max_new_tokens=12, temperature=0.0, batch_size=4)
+    kw.setdefault("calibration_limit", 3)
     return EvalConfig(
         heldout_file=heldout_file,
         ifeval_limit=6,
@@ -114,6 +115,25 @@ def test_end_to_end_eval_is_deterministic_and_resumes(models, heldout_file, tmp_
     )  # judge defaults to it
     judged = io_utils.read_jsonl(tmp_path / "a" / "winrate_judgments.jsonl")
     assert [j["id"] for j in judged] == ["h1", "h2", "h3"] and all(len(j["replies"]) == 2 for j in judged)
+    # Verdicts from the judge's distribution over A / B / tie: never unreadable, and the
+    # most likely label of each order is the verdict.
+    assert wr["verdict_mode"] == "logits" and wr["invalid"] == 0
+    for j in judged:
+        for verdict, probs in zip((j["model_first"], j["model_second"]), j["label_probs"]):
+            assert verdict == ("A", "B", "tie")[int(np.argmax(probs))] and len(probs) == 3
+    bias = wr["position_bias"]
+    assert bias["A"] + bias["B"] + bias["tie"] == 2 * len(HELDOUT) and bias["unreadable"] == 0
+    # Per-prompt IFEval results and per-pair losses, for paired comparisons.
+    rows = io_utils.read_jsonl(tmp_path / "a" / "ifeval_results.jsonl")
+    assert len(rows) == 6 and all(len(r["strict"]) == len(r["loose"]) >= 1 for r in rows)
+    per_pair = res["heldout_loss"]["per_pair"]
+    assert len(per_pair) == 3 and sum(p["tokens"] for p in per_pair) == res["heldout_loss"]["target_tokens"]
+    # The model as a rating judge on the first 3 calibration items.
+    calib = res["judge_calibration"]
+    assert calib["pairs"] == len(calibration.load_pairs(None, 3))
+    for kind in ("quality", "following", "mean"):
+        r = calib["modes"]["logits"][kind]
+        assert r["pairs"] == calib["pairs"] and 0 <= r["auc"] <= 1 and 0 <= r["pairwise_accuracy"] <= 1
     assert len(io_utils.read_jsonl(tmp_path / "ref" / "winrate_answers.jsonl")) == len(HELDOUT)
     # Same seed, another directory (reference answers reused): the same numbers.
     again = runner.evaluate(spec, tmp_path / "b", ec, reference=(ref, tmp_path / "ref"))
@@ -122,6 +142,30 @@ def test_end_to_end_eval_is_deterministic_and_resumes(models, heldout_file, tmp_
     (tmp_path / "b" / "eval.json").unlink()
     (tmp_path / "b" / "chunks" / "ifeval" / "00001.jsonl").unlink()
     assert runner.evaluate(spec, tmp_path / "b", ec, reference=(ref, tmp_path / "ref")) == res
+
+
+def test_text_verdicts_and_text_ratings_are_parsed(models, heldout_file, tmp_path):
+    """The paper-style modes: the judge's verdicts and the calibration ratings are sampled and
+    parsed; unreadable ones are counted, and the numbers add up."""
+    ec = _config(
+        heldout_file,
+        suites=("winrate", "judge_calibration"),
+        verdict_mode="text",
+        rating_modes=("logits", "text"),
+        calibration_limit=2,
+    )
+    spec, ref = ModelSpec(models["model"], "chat"), ModelSpec(models["reference"], "chat")
+    res = runner.evaluate(spec, tmp_path / "t", ec, reference=(ref, tmp_path / "ref"))
+    wr = res["winrate"]
+    assert wr["verdict_mode"] == "text" and wr["wins"] + wr["ties"] + wr["losses"] + wr["invalid"] == 3
+    judged = io_utils.read_jsonl(tmp_path / "t" / "winrate_judgments.jsonl")
+    assert all("label_probs" not in j and all(r.startswith("[[") for r in j["replies"]) for j in judged)
+    text = res["judge_calibration"]["modes"]["text"]
+    answers = text["answers"]
+    for kind in ("quality", "following"):
+        # Every answer is either in the histogram or counted as unparseable.
+        assert text[kind]["unparseable"] + sum(text[kind]["histogram"].values()) == answers
+    assert res["judge_calibration"]["modes"]["logits"]["answers"] == answers
 
 
 def test_winrate_against_itself_is_skipped_and_answers_kept(models, heldout_file, tmp_path):

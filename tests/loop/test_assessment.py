@@ -4,9 +4,11 @@ import random
 
 import pytest
 
+from isheep_jax.evals import rating
+from isheep_jax.evals.rating import ScoreResult, build_rating_prompt, parse_score
 from isheep_jax.loop import assessment as asm
-from isheep_jax.loop.assessment import ScoreResult, build_rating_prompt, parse_score, score_filter
-from isheep_jax.loop.prompt_templates import PromptTemplateError, load_template
+from isheep_jax.loop.assessment import score_filter
+from isheep_jax.prompts.templates import PromptTemplateError, load_template
 
 # -- prompts ---------------------------------------------------------------------------------
 
@@ -16,7 +18,8 @@ def test_shipped_rating_prompts(kind):
     prompt = build_rating_prompt(kind, "Sort the words.", "pear, apple", "apple, pear")
     assert "Task:\nSort the words.\npear, apple\n\nResponse:\napple, pear\n" in prompt
     assert "<score>||<explanation>" in prompt and "1 to 10" in prompt
-    assert prompt.endswith("Rating:")
+    # The answer is opened by LoopConfig.rating_prefill ('Rating: '), after the rendered prompt.
+    assert prompt.endswith("<score>||<explanation>\n")
     assert prompt == build_rating_prompt(
         kind, "Sort the words.", "pear, apple", "apple, pear", load_template(f"rate_{kind}")
     )
@@ -92,7 +95,7 @@ def test_parse_score_near_misses(text, score, explanation):
 )  # fmt: skip
 def test_parse_score_out_of_range(text, raw):
     result = parse_score(text)
-    assert result == ScoreResult(None, result.explanation, asm.OUT_OF_RANGE, raw)
+    assert result == ScoreResult(None, result.explanation, rating.OUT_OF_RANGE, raw)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +119,7 @@ def test_parse_score_out_of_range(text, raw):
 )
 def test_parse_score_unparseable(text):
     result = parse_score(text)
-    assert result.score is None and result.reason == asm.UNPARSEABLE
+    assert result.score is None and result.reason == rating.UNPARSEABLE
 
 
 def test_parse_score_keeps_the_explanation_for_failures():
@@ -161,8 +164,9 @@ def test_score_filter_threshold_and_either():
 
 
 def test_reason_constants():
-    reasons = [asm.UNPARSEABLE, asm.OUT_OF_RANGE, asm.LOW_QUALITY, asm.LOW_FOLLOWING, asm.UNPARSEABLE_QUALITY,
-               asm.UNPARSEABLE_FOLLOWING, asm.OUT_OF_RANGE_QUALITY, asm.OUT_OF_RANGE_FOLLOWING]  # fmt: skip
+    reasons = [rating.UNPARSEABLE, rating.OUT_OF_RANGE, asm.LOW_QUALITY, asm.LOW_FOLLOWING,
+               asm.UNPARSEABLE_QUALITY, asm.UNPARSEABLE_FOLLOWING, asm.OUT_OF_RANGE_QUALITY,
+               asm.OUT_OF_RANGE_FOLLOWING, asm.BELOW_TOP_FRACTION, asm.BELOW_TOP_K]  # fmt: skip
     assert len(set(reasons)) == len(reasons)
     assert all(r.isidentifier() and r == r.lower() for r in reasons)
 
@@ -175,3 +179,52 @@ def test_parse_score_never_raises_on_random_text():
         result = parse_score(text)
         assert (result.score is None) == (result.reason is not None)
         assert result.score is None or 1 <= result.score <= 10
+
+
+# -- selection: threshold, top fraction, top-k ----------------------------------------------------
+
+
+def test_top_fraction_keeps_exactly_the_best_ceil_f_n():
+    quality = [5.0, 9.5, 7.25, 3.0, 8.0, 6.0, 7.25]
+    following = [5.0, 9.0, 7.25, 4.0, 8.0, 7.0, 7.25]
+    ids = [f"p{n}" for n in range(7)]
+    # Means: 5, 9.25, 7.25, 3.5, 8, 6.5, 7.25; ceil(0.5 * 7) = 4 kept; p2 and p6 tie at 7.25,
+    # both inside the cut. With 3/7, the tie at the cut is broken by id: p2 stays, p6 goes.
+    sel = asm.Selection(threshold=0, top_fraction=0.5)
+    reasons = asm.select(quality, following, ids, sel)
+    assert [n for n, r in enumerate(reasons) if r is None] == [1, 2, 4, 6]
+    assert all(r == asm.BELOW_TOP_FRACTION for r in reasons if r)
+    reasons = asm.select(quality, following, ids, asm.Selection(threshold=0, top_fraction=3 / 7))
+    assert [n for n, r in enumerate(reasons) if r is None] == [1, 2, 4]
+    # The order of the pairs does not change the cut.
+    perm = [6, 5, 4, 3, 2, 1, 0]
+    again = asm.select([quality[n] for n in perm], [following[n] for n in perm], [ids[n] for n in perm], sel)
+    assert {ids[perm[k]] for k, r in enumerate(again) if r is None} == {"p1", "p2", "p4", "p6"}
+
+
+def test_threshold_top_fraction_and_top_k_combine_with_their_own_reasons():
+    quality = [9.5, 9.2, 8.9, 8.5, 2.0]
+    following = [9.0, 7.0, 9.1, 9.0, 2.0]
+    ids = ["a", "b", "c", "d", "e"]
+    sel = asm.Selection(threshold=8, top_fraction=0.8, top_k=2, rank_by="min")
+    # min: 9.0, 7.0, 8.9, 8.5, 2.0. Threshold: b (following 7) and e drop. Top 80 % = 4 of 5 by
+    # min: a, c, d, b -> e is outside but already dropped. Of the kept a, c, d, top-2: d goes.
+    assert asm.select(quality, following, ids, sel) == [
+        None,
+        asm.LOW_FOLLOWING,
+        None,
+        asm.BELOW_TOP_K,
+        asm.LOW_QUALITY,
+    ]
+
+
+def test_selection_skips_unparseable_ratings_and_checks_its_settings():
+    q = [parse_score("9||fine"), parse_score("no score"), 7.0]
+    f = [parse_score("8||ok"), parse_score("9"), 6.0]
+    reasons = asm.select(q, f, ["x", "y", "z"], asm.Selection(threshold=0, top_fraction=1 / 3))
+    assert reasons == [None, asm.UNPARSEABLE_QUALITY, asm.BELOW_TOP_FRACTION]
+    for bad in ({"top_fraction": 0}, {"top_fraction": 1.5}, {"top_k": -1}, {"rank_by": "max"}):
+        with pytest.raises(ValueError):
+            asm.Selection(**bad)
+    with pytest.raises(ValueError, match="3 quality"):
+        asm.select(q, f[:2], ["x", "y", "z"], asm.Selection())

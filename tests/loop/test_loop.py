@@ -34,6 +34,7 @@ E2E_BINDINGS = [
     # A few prompts of each evaluation suite (the demo config turns evaluation on).
     "--gin.EvalConfig.ifeval_limit=4",
     "--gin.EvalConfig.winrate_limit=2",
+    "--gin.EvalConfig.calibration_limit=2",
     "--gin.eval/SamplingSettings.max_new_tokens=16",
     "--gin.judge/SamplingSettings.max_new_tokens=4",
 ]
@@ -130,11 +131,20 @@ def test_end_to_end_artifacts_are_consistent(reference_run):
     rows = {name: io_utils.read_jsonl(it / f"{name}.jsonl") for name in ARTIFACTS}
     summary = json.loads((it / "summary.json").read_text())
     dropped = rows["dropped"]
-    assert all(d["reason"] and d["stage"] in ("synthesize", "respond", "assess") for d in dropped)
-    n = {s: sum(d["stage"] == s for d in dropped) for s in ("synthesize", "respond", "assess")}
+    stages = ("synthesize", "respond", "assess", "filter")
+    assert all(d["reason"] and d["stage"] in stages for d in dropped)
+    n = {s: sum(d["stage"] == s for d in dropped) for s in stages}
     assert summary["candidates_parsed"] == len(rows["instructions"]) + n["synthesize"] > 0
     assert len(rows["instructions"]) == len(rows["responses"]) + n["respond"]
-    assert len(rows["responses"]) == len(rows["assessments"]) == len(rows["kept"]) + n["assess"]
+    assert len(rows["responses"]) == len(rows["assessments"]) == len(rows["kept"]) + n["assess"] + n["filter"]
+    # Logits mode: every pair has an expected score (nothing to parse), and the demo keeps the
+    # better half of the rated pairs by their mean.
+    for r in rows["assessments"]:
+        for kind in ("quality", "following"):
+            assert 1 <= r[f"{kind}_score"] <= 10 and r[f"{kind}_reason"] is None
+            assert len(r[f"{kind}_probs"]) == 10 and 0 < r[f"{kind}_score_mass"] <= 1
+    assert n["assess"] == sum(d["reason"] == "below_top_fraction" for d in dropped)
+    assert len(rows["kept"]) == -(-(len(rows["assessments"]) - n["filter"]) // 2)  # ceil(0.5 * n)
     assert summary["pairs_kept"] == len(rows["kept"]) > 0, "no pair survived: the e2e config is too strict"
     assert sum(summary["dropped_by_reason"].values()) == len(dropped)
     ids = [r["id"] for r in rows["instructions"]]
@@ -161,6 +171,21 @@ def test_end_to_end_artifacts_are_consistent(reference_run):
     assert wr["wins"] + wr["ties"] + wr["losses"] + wr["invalid"] == 2 and wr["reference"] == summary["model"]
     assert summary["eval"]["heldout_loss"] == trained_eval["heldout_loss"]["loss"]
     assert summary["eval_base"]["heldout_loss"] == base_eval["heldout_loss"]["loss"]
+    # Verdicts against the base model, paired on the same prompts, and how well the judges judge.
+    assert set(summary["eval_vs_base"]) == {
+        "ifeval_prompt_strict",
+        "ifeval_prompt_loose",
+        "ifeval_instruction_strict",
+        "ifeval_instruction_loose",
+        "heldout_loss",
+    }
+    assert all(
+        c["verdict"] in ("better", "no detectable change", "worse") for c in summary["eval_vs_base"].values()
+    )
+    for name in ("base", "model"):
+        auc = summary["judge"][name]["logits"]["quality"]["auc"]
+        assert auc is None or 0 <= auc <= 1
+    assert wr["verdict_mode"] == "logits" and wr["invalid"] == 0 and "first_preferred" in wr["position_bias"]
 
 
 def _base_dir(run_dir):
@@ -216,6 +241,8 @@ def test_report_and_status_of_a_finished_run(reference_run, capsys):
     text = open(path).read()
     assert "| 0 |" in text and "Example kept pairs" in text
     assert "## Evaluation" in text and "| base model |" in text and "| after iteration 0 |" in text
+    assert text.index("Verdicts against the base model") < text.index("| iteration | candidates")
+    assert "How well the judges judge" in text and "judge AUC on the calibration pairs" in text
     for png in ("kept_fraction.png", "scores.png", "train_loss.png", "eval.png"):
         assert (reference_run / "report" / png).stat().st_size > 1000
     assert cli.main(["status", str(reference_run)]) == 0

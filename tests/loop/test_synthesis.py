@@ -6,7 +6,6 @@ from string import Template
 import pytest
 
 from isheep_jax.loop import synthesis as syn
-from isheep_jax.loop.prompt_templates import PromptTemplateError, load_template
 from isheep_jax.loop.seed_pool import SeedTask
 from isheep_jax.loop.synthesis import (
     ParsedInstruction,
@@ -14,6 +13,7 @@ from isheep_jax.loop.synthesis import (
     heuristic_filter,
     parse_instructions,
 )
+from isheep_jax.prompts.templates import PromptTemplateError, load_template
 
 DEMOS = [
     SeedTask("Sort these words\n  alphabetically:", "pear, apple, fig", "apple, fig, pear"),
