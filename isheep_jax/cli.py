@@ -453,10 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         args.gin_bindings = _split_gin_flags(rest)
         args.fn(args)
     except Exception as e:  # our errors name the file and problem: one line, exit code 2
-        from isheep_jax.training.trainer import TrainingError  # (imported on the error path only)
+        if not isinstance(e, (ValueError, OSError)):
+            # Imported on this path only, and only when needed: it loads TensorFlow (seqio).
+            from isheep_jax.training.trainer import TrainingError
 
-        if not isinstance(e, (ValueError, OSError, TrainingError)):
-            raise
+            if not isinstance(e, TrainingError):
+                raise
         print(f"isheep {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -71,10 +71,11 @@ def test_gin_flags_become_bindings():
     ) == ["LoopConfig.iterations = 3", "synth/SamplingSettings.top_p = 0.9"]
 
 
-@pytest.mark.parametrize("name", ["runs/demo_cpu.gin", "runs/isheep_paper.gin"])
+@pytest.mark.parametrize("name", ["runs/demo_cpu.gin", "runs/isheep_paper.gin", "runs/experiment_cpu.gin"])
 def test_run_presets_parse(name):
     import gin
 
+    from isheep_jax.evals.runner import EvalConfig
     from isheep_jax.loop.runner import LoopConfig
     from isheep_jax.training.optim import OptimizerConfig
     from isheep_jax.training.trainer import TrainConfig
@@ -92,4 +93,9 @@ def test_run_presets_parse(name):
         assert {"<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>"} <= set(
             lc.respond_sampling.stop_strings
         )
+    assert lc.assess_mode == "logits" and lc.rating_prefill == "Rating: "
+    if "experiment" in name:  # the demo's settings, more candidates, the full evaluation sets
+        ec = EvalConfig()
+        assert lc.iterations == 3 and lc.synthesis_prompts == 32 and lc.keep_top_fraction == 0.5
+        assert ec.ifeval_limit == 0 and ec.winrate_limit == 0 and "judge_calibration" in ec.suites
     gin.clear_config()

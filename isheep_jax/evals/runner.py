@@ -1,12 +1,14 @@
-"""Evaluation of one checkpoint: IFEval-style instruction following, held-out loss, and an
-AlpacaEval-style pairwise win-rate against a reference model, judged by a judge model.
+"""Evaluation of one checkpoint: IFEval-style instruction following, held-out loss, an
+AlpacaEval-style pairwise win-rate against a reference model judged by a judge model, and
+the model itself as a rating judge on labelled calibration pairs.
 
 Everything lands in one eval directory and resumes like the loop's sampling stages:
 
-    EVAL/chunks/<suite>/<n>.jsonl   raw generations, one file per chunk of prompts
+    EVAL/chunks/<suite>/<n>.jsonl   raw generations or score probabilities, one file per chunk
     EVAL/ifeval_responses.jsonl     {key, prompt, response}: the official IFEval scorer reads it too
+    EVAL/ifeval_results.jsonl       {key, strict, loose} per prompt: paired comparisons (`evals.compare`)
     EVAL/winrate_answers.jsonl      {id, instruction, input, answer}: reusable as a reference
-    EVAL/winrate_judgments.jsonl    both verdicts of each pair (position-swapped) and the replies
+    EVAL/winrate_judgments.jsonl    both verdicts of each pair (position-swapped), replies, label probs
     EVAL/eval.json                  the results; written last, so it marks the evaluation done
 
 Models are loaded one at a time (evaluated model, reference, judge), so evaluating a 7B

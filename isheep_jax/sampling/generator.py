@@ -200,6 +200,17 @@ def round_down_prefix(n: int) -> int:
     return PREFIX_BUCKETS[i - 1] if i else 0
 
 
+def _progress_bar(total: int, progress: bool | str, default: str) -> tqdm:
+    """A per-prompt progress bar: `progress` a string names it, False hides it."""
+    return tqdm(
+        total=total,
+        desc=progress if isinstance(progress, str) else default,
+        unit="prompt",
+        disable=not progress,
+        leave=False,
+    )
+
+
 def _stop_array(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> np.ndarray:
     """Stop strings as right-aligned token-id rows ([S, L], -1 = padding) for the device check."""
     seqs = [tokenizer.encode(s, add_special_tokens=False) for s in stop_strings]
@@ -355,13 +366,7 @@ class Generator:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         results: list[Completion | None] = [None] * len(ids)
         base_key = jax.random.key(settings.seed)
-        bar = tqdm(
-            total=len(ids),
-            desc=progress if isinstance(progress, str) else "sampling",
-            unit="prompt",
-            disable=not progress,
-            leave=False,
-        )
+        bar = _progress_bar(len(ids), progress, "sampling")
         new_tokens, t0 = 0, time.perf_counter()
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start : start + settings.batch_size]
@@ -518,13 +523,7 @@ class Generator:
         prefix = prefix[: max(min(len(x) for x in ids) - len(forced) - 1, 0)]
         prefix = prefix[: round_down_prefix(len(prefix))]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        bar = tqdm(
-            total=len(ids),
-            desc=progress if isinstance(progress, str) else "scoring",
-            unit="prompt",
-            disable=not progress,
-            leave=False,
-        )
+        bar = _progress_bar(len(ids), progress, "scoring")
         select_arr = jnp.asarray(select, jnp.int32)
         prefix_arr = jnp.asarray(prefix, jnp.int32) if prefix else None
         scored, t0 = 0, time.perf_counter()

@@ -34,6 +34,19 @@ def _pair(n, instruction, q, f):
     }
 
 
+def _filtered(lc, run_dir, rows):
+    """Runs the filter stage of iteration 0 on `rows` as its assessments; returns its paths."""
+    RunDir(run_dir).open("test")
+    loop = Loop(lc, str(run_dir))
+    it = loop.run.iteration(0)
+    it.root.mkdir(parents=True)
+    io_utils.write_jsonl(it.assessments, rows)
+    for stage in ("synthesize", "respond"):
+        io_utils.write_jsonl(it.dropped_stage(stage), [])
+    loop.filter(0, it)
+    return it
+
+
 def test_a_planted_evaluation_prompt_is_dropped_as_contaminated(base, tmp_path):
     ifeval_prompt = ifeval.load_prompts(ifeval.shipped_prompts_path(), strict=False).prompts[3].prompt
     heldout = io_utils.read_jsonl(shipped_heldout_path())[7]
@@ -46,15 +59,9 @@ def test_a_planted_evaluation_prompt_is_dropped_as_contaminated(base, tmp_path):
     ]
     if heldout["input"]:
         rows[2]["input"] = heldout["input"]
-    lc = LoopConfig(base_model=base, score_threshold=0, keep_top_fraction=0.5)
-    RunDir(tmp_path / "run").open("test")
-    loop = Loop(lc, str(tmp_path / "run"))
-    it = loop.run.iteration(0)
-    it.root.mkdir(parents=True)
-    io_utils.write_jsonl(it.assessments, rows)
-    for stage in ("synthesize", "respond"):
-        io_utils.write_jsonl(it.dropped_stage(stage), [])
-    loop.filter(0, it)
+    it = _filtered(
+        LoopConfig(base_model=base, score_threshold=0, keep_top_fraction=0.5), tmp_path / "run", rows
+    )
     dropped = {d["id"]: d for d in io_utils.read_jsonl(it.dropped)}
     assert dropped["0-0-1"]["reason"] == "contaminated" and dropped["0-0-1"]["stage"] == "filter"
     assert dropped["0-0-1"]["contaminated_by"].startswith("ifeval:")
@@ -64,16 +71,9 @@ def test_a_planted_evaluation_prompt_is_dropped_as_contaminated(base, tmp_path):
     assert [r["id"] for r in io_utils.read_jsonl(it.kept)] == ["0-0-0", "0-0-4"]
     assert dropped["0-0-3"]["reason"] == "below_top_fraction"
     # Without the guard the planted prompt is kept (it has the best scores).
-    RunDir(tmp_path / "run2").open("test")
-    loop = Loop(
-        LoopConfig(base_model=base, score_threshold=0, contamination_check=False), str(tmp_path / "run2")
+    it2 = _filtered(
+        LoopConfig(base_model=base, score_threshold=0, contamination_check=False), tmp_path / "run2", rows
     )
-    it2 = loop.run.iteration(0)
-    it2.root.mkdir(parents=True)
-    io_utils.write_jsonl(it2.assessments, rows)
-    for stage in ("synthesize", "respond"):
-        io_utils.write_jsonl(it2.dropped_stage(stage), [])
-    loop.filter(0, it2)
     assert "0-0-1" in {r["id"] for r in io_utils.read_jsonl(it2.kept)}
 
 
