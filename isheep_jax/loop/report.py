@@ -195,11 +195,13 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def judge_lines(judge: dict[str, Any] | None) -> list[str]:
+def judge_lines(judge: dict[str, Any] | None, which: tuple[str, ...] = ("base", "model")) -> list[str]:
     """Lines on how well the judges judge (the summary's `judge` entry).
 
     Args:
       judge: `iteration_summary`'s `judge`, or None.
+      which: the judges to show: "base" (the base model), "model" (this iteration's model,
+        with the win-rate judge's position bias).
 
     Returns:
       Per judge and mode, the calibration AUC per criterion; the win-rate judge's position
@@ -213,6 +215,8 @@ def judge_lines(judge: dict[str, Any] | None) -> list[str]:
         return "-" if x is None else f"{x:.2f}"
 
     for name, label in (("base", "base model"), ("model", "this iteration's model")):
+        if name not in which:
+            continue
         for mode, r in (judge.get(name) or {}).items():
             figs = ", ".join(
                 f"{k} {fig(r[k]['auc'])} (pairwise {fig(r[k]['pairwise_accuracy'])})"
@@ -223,7 +227,7 @@ def judge_lines(judge: dict[str, Any] | None) -> list[str]:
                 hist = " ".join(f"{s}:{n}" for s, n in r[k]["histogram"].items()) or "-"
                 lines.append(f"    {k} scores of the calibration answers: {hist}")
     bias = judge.get("winrate_position_bias")
-    if bias and bias.get("first_preferred") is not None:
+    if "model" in which and bias and bias.get("first_preferred") is not None:
         lines.append(
             f"  win-rate judge prefers the first answer in {100 * bias['first_preferred']:.0f} % of its "
             f"A/B verdicts (A {bias['A']}, B {bias['B']}, tie {bias['tie']})"
@@ -367,14 +371,16 @@ def write_report(run_dir: str, examples_per_iteration: int = 3) -> str:
         "",
     ]
     md += verdict_lines(summaries)
-    judge = [(s["iteration"], judge_lines(s.get("judge"))) for s in summaries if s.get("judge")]
-    if judge:
+    judged = [s for s in summaries if s.get("judge")]
+    if judged:
         md += [
             "How well the judges judge (AUC: a good answer scored above a degraded one; 0.5 = chance):",
             "",
         ]
-        for i, lines in judge:
-            md += [f"- iteration {i}:"] + [f"  - {line.strip()}" for line in lines]
+        md += [f"- {line.strip()}" for line in judge_lines(judged[0]["judge"], ("base",))]
+        for s in judged:
+            lines = judge_lines(s["judge"], ("model",))
+            md += [f"- after iteration {s['iteration']}:"] + [f"  - {line.strip()}" for line in lines]
         md.append("")
     if summaries:
         md += [
