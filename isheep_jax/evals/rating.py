@@ -364,8 +364,16 @@ def summarize_scores(probs: np.ndarray) -> list[ScoreSummary]:
 
 
 # ------------------------------------------------------------------ running the judge
-def _sig(x: float) -> float:
-    return float(f"{x:.6g}")  # 6 significant digits: small probabilities keep their size
+def round_sig(x: float) -> float:
+    """`x` to 6 significant digits, for JSON: small probabilities keep their size.
+
+    Args:
+      x: a float.
+
+    Returns:
+      The rounded float.
+    """
+    return float(f"{x:.6g}")
 
 
 def rate_rows(
@@ -397,7 +405,7 @@ def rate_rows(
     if mode == "text":
         return completion_rows(gen, prompts, row_ids, settings, chat, desc)
     probs = label_probabilities(gen, prompts, [str(k) for k in SCORES], settings.batch_size, chat, desc)
-    return [{"score_probs": [_sig(p) for p in row]} for row in probs]
+    return [{"score_probs": [round_sig(p) for p in row]} for row in probs]
 
 
 def rating_fields(kind: Kind, row: dict, prefill: str = "") -> dict:
@@ -423,7 +431,7 @@ def rating_fields(kind: Kind, row: dict, prefill: str = "") -> dict:
             f"{kind}_score": round(s.expected, 4),
             f"{kind}_reason": None,
             f"{kind}_mode_score": s.mode,
-            f"{kind}_score_mass": _sig(s.mass),
+            f"{kind}_score_mass": round_sig(s.mass),
             f"{kind}_probs": row["score_probs"],
         }
     rating = prefill + row["text"]

@@ -392,7 +392,7 @@ def judge_pairs(
             prompts,
             ec.chunk_size,
             lambda p, ids: [
-                {"label_probs": [float(f"{x:.6g}") for x in row]}
+                {"label_probs": [rating.round_sig(x) for x in row]}
                 for row in rating.label_probabilities(
                     cache.get(judge.model_dir),
                     p,

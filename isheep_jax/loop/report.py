@@ -75,6 +75,7 @@ def iteration_summary(
         for kind in ("quality", "following")
     }
     train_rows = [r for r in read_metrics(it.train_dir / "metrics.jsonl") if "loss" in r]
+    run = RunDir(it.root.parent)
     return {
         "iteration": i,
         "model": model_dir,
@@ -96,21 +97,20 @@ def iteration_summary(
         "generated_tokens": {s: _chunk_tokens(it, s) for s in ("synthesize", "respond", "assess")},
         "stage_seconds": stage_seconds,
         "eval": _eval_headline(it.eval_dir),
-        "eval_base": _eval_headline(it.root.parent / "eval_base"),
-        "eval_vs_base": _compare(it.root.parent / "eval_base", it.eval_dir),
-        "eval_vs_previous": _compare(_previous_eval(it, i), it.eval_dir) if i else None,
-        "judge": _judge(it.root.parent / "eval_base", it.eval_dir),
+        "eval_base": _eval_headline(run.base_eval_dir),
+        "eval_vs_base": _compare(run.base_eval_dir, it.eval_dir),
+        "eval_vs_previous": _compare(_previous_eval(run, i), it.eval_dir) if i else None,
+        "judge": _judge(run.base_eval_dir, it.eval_dir),
     }
 
 
-def _previous_eval(it: IterationPaths, i: int):
-    """The eval folder of the last earlier iteration that was evaluated, else the base model's."""
-    runs = it.root.parent
+def _previous_eval(run: RunDir, i: int):
+    """The eval folder of the last iteration before `i` that was evaluated, else the base model's."""
     for j in range(i - 1, -1, -1):
-        d = runs / f"iter_{j}" / it.eval_dir.name
+        d = run.iteration(j).eval_dir
         if (d / "eval.json").exists():
             return d
-    return runs / "eval_base"
+    return run.base_eval_dir
 
 
 def _compare(base_dir, new_dir) -> dict[str, Any] | None:
