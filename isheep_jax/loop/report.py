@@ -14,6 +14,7 @@ from isheep_jax.evals.judge_eval import COMBINED
 from isheep_jax.evals.rating import KINDS
 from isheep_jax.evals.runner import format_headline, format_win_rate, headline, percent
 from isheep_jax.loop.run_dir import STAGES, IterationPaths, RunDir, RunError
+from isheep_jax.sampling.chunked import chunk_files
 from isheep_jax.training.metrics import read_metrics
 
 
@@ -29,10 +30,7 @@ def _save_figure(fig, path) -> None:
 
 
 def _chunk_tokens(it: IterationPaths, stage: str) -> int:
-    d = it.chunks(stage)
-    if not d.exists():
-        return 0
-    return sum(r.get("num_tokens", 0) for p in sorted(d.iterdir()) for r in io_utils.read_jsonl(p))
+    return sum(r.get("num_tokens", 0) for p in chunk_files(it.chunks(stage)) for r in io_utils.read_jsonl(p))
 
 
 def iteration_summary(

@@ -32,7 +32,7 @@ from isheep_jax.model.embedded import resolve_model
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer, TokenizerError
 from isheep_jax.parallel import sharding
 from isheep_jax.prompts.templates import load_template
-from isheep_jax.sampling.chunked import sample_in_chunks
+from isheep_jax.sampling.chunked import chunk_files, sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.training.optim import OptimizerConfig
 
@@ -639,7 +639,7 @@ def status(run_dir: str) -> dict[str, Any]:
         it = run.iteration(i)
         done = [s for s in STAGES if it.stage_done(s)]
         chunks = {
-            s: len(list(it.chunks(s).iterdir()))
+            s: len(chunk_files(it.chunks(s)))
             for s in ("synthesize", "respond", "assess")
             if it.chunks(s).exists()
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,8 +20,28 @@ from isheep_jax.core import io_utils
 log = logging.getLogger(__name__)
 
 
+_CHUNK_NAME = re.compile(r"\d{5}\.jsonl")
+
+
 class ChunkError(ValueError):
     """A chunk file on disk that does not fit the prompts asked for (another config wrote it)."""
+
+
+def chunk_path(chunk_dir: Any, c: int) -> Any:
+    """The file of chunk `c` in `chunk_dir`: `<c, zero-padded to 5 digits>.jsonl`."""
+    return chunk_dir / f"{c:05d}.jsonl"
+
+
+def chunk_files(chunk_dir: Any) -> list[Any]:
+    """The finished chunk files in `chunk_dir`, sorted; [] when it does not exist.
+
+    Only `NNNNN.jsonl` names count: a run killed inside a write can leave its temporary
+    sibling behind (on gs:// a rename is a copy then a delete), and that copy of a chunk
+    must not be counted twice.
+    """
+    if not io_utils.exists(chunk_dir):
+        return []
+    return sorted(p for p in chunk_dir.iterdir() if _CHUNK_NAME.fullmatch(p.name))
 
 
 def sample_in_chunks(
@@ -54,7 +75,7 @@ def sample_in_chunks(
     n_chunks = math.ceil(len(prompts) / chunk_size)
     for c in range(n_chunks):
         lo, hi = c * chunk_size, min(len(prompts), (c + 1) * chunk_size)
-        path = chunk_dir / f"{c:05d}.jsonl"
+        path = chunk_path(chunk_dir, c)
         if io_utils.exists(path):
             rows = io_utils.read_jsonl(path)
             if len(rows) != hi - lo:

@@ -3,7 +3,7 @@
 import pytest
 
 from isheep_jax.core import io_utils
-from isheep_jax.sampling.chunked import ChunkError, sample_in_chunks
+from isheep_jax.sampling.chunked import ChunkError, chunk_files, sample_in_chunks
 
 
 def test_sample_in_chunks_reuses_finished_chunks(tmp_path):
@@ -24,3 +24,16 @@ def test_sample_in_chunks_reuses_finished_chunks(tmp_path):
     io_utils.write_jsonl(d / "00002.jsonl", [])
     with pytest.raises(ChunkError, match="00002.jsonl: has 0 rows, expected 1"):
         sample_in_chunks(d, prompts, 2, generate, "test")
+
+
+def test_chunk_files_skip_a_temporary_copy_left_by_a_killed_write(tmp_path):
+    d = io_utils.as_path(tmp_path / "chunks")
+    assert chunk_files(d) == []
+    rows = [{"text": "a", "num_tokens": 3}]
+    io_utils.write_jsonl(d / "00000.jsonl", rows)
+    io_utils.write_jsonl(d / "00001.jsonl", rows)
+    # On gs:// a rename is a copy and a delete: a kill between them leaves both names.
+    (tmp_path / "chunks" / ".00001.jsonl.tmp-0123abcd").write_text(
+        (tmp_path / "chunks" / "00001.jsonl").read_text()
+    )
+    assert [p.name for p in chunk_files(d)] == ["00000.jsonl", "00001.jsonl"]
