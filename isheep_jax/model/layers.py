@@ -121,16 +121,17 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
 
     Args:
       kv_valid: [batch, S] bool, the slots that hold a real key (the new tokens' included).
-      cache_index: int32 scalar, the slot of the first new query.
+      cache_index: int32, the slot of the first new query: a scalar (the same for every
+        row) or [batch] (each row its own, as in continuous batching).
       num_queries: T, the number of new queries.
 
     Returns:
       mask [batch, 1, T, S] bool: query t sees valid slots up to cache_index + t.
     """
     s = kv_valid.shape[1]
-    q_slot = cache_index + jnp.arange(num_queries)
-    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
-    return (causal[None] & kv_valid[:, None, :])[:, None]
+    q_slot = jnp.reshape(cache_index, (-1, 1)) + jnp.arange(num_queries)  # [1 or batch, T]
+    causal = jnp.arange(s)[None, None, :] <= q_slot[:, :, None]  # [1 or batch, T, S]
+    return (causal & kv_valid[:, None, :])[:, None]
 
 
 def causal_blocks(t: int) -> int:

@@ -40,13 +40,15 @@ class KVCache(NamedTuple):
       k: one [batch, kv_heads, slots, head_dim] array per layer, in the cache dtype.
       v: one [batch, kv_heads, slots, head_dim] array per layer, in the cache dtype.
       valid: [batch, slots] bool, the slots that hold a real (non-padding) token.
-      index: int32 scalar, the slot the next token is written to (same for all rows).
+      index: int32, the slot the next token is written to: a scalar, the same for all rows
+        (a batch decoded together), or [batch], each row its own (continuous batching,
+        one token per step).
     """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
     valid: jax.Array
-    index: jax.Array  # int32 scalar: the slot the next token is written to (same for all rows)
+    index: jax.Array  # int32 [] or [batch]: the slot the next token is written to
 
     def constrained(self) -> KVCache:
         """The cache with its logical sharding applied (batch over data/fsdp, kv heads over tensor).
@@ -287,8 +289,8 @@ class Attention(nn.Module):
             (C: the prefix length, 0 without one), S into a cache of S slots.
           cache: None, or this layer's (k, v), each [B, K, S, D]; the new slots are written
             in place.
-          cache_index: int32 scalar, the slot of the first new token (a cache that is not
-            fresh).
+          cache_index: int32, the slot of the first new token (a cache that is not fresh):
+            a scalar, or [B] for one new token per row at each row's own slot.
           packing: x is [1, Tp, E] packed tokens (a fresh cache's prefill); positions and
             mask are of the padded [B, P] layout attention runs on.
           prefix: this layer's shared prefix (k, v), each [1, K, C, D], seen by every row
@@ -334,8 +336,7 @@ class Attention(nn.Module):
                 )
             elif cache is not None:
                 cache = tuple(
-                    jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, 2)
-                    for c, new in zip(cache, (k, v))
+                    _write_slots(c, new.astype(c.dtype), cache_index) for c, new in zip(cache, (k, v))
                 )
                 k, v = cache
             # Without a cache, or into an empty one, the keys are the prefix and these tokens: causal.
@@ -345,6 +346,23 @@ class Attention(nn.Module):
             out = pack_tokens(out, packing)
         y = Projection(cfg, (h, d), (e,), ("heads", "kv", "embed"), cfg.o_bias, name="o_proj")(out)
         return y, cache
+
+
+def _write_slots(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """Writes new keys (or values) into a cache, in place.
+
+    Args:
+      cache: [B, K, S, D].
+      new: [B, K, T, D] in the cache's dtype.
+      index: int32 scalar, the slot of the first new token in every row; or [B], each row's
+        own slot (T must be 1): a scatter of one [K, D] entry per row.
+
+    Returns:
+      The updated cache [B, K, S, D].
+    """
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, index, 2)
+    return cache.at[jnp.arange(cache.shape[0]), :, index].set(new[:, :, 0], mode="drop")
 
 
 class MLP(nn.Module):
@@ -394,7 +412,7 @@ class DecoderLayer(nn.Module):
             (k, v) cache or None).
           positions: [B, T] int32.
           mask: [B, 1, T, keys] bool (see `Attention`).
-          cache_index: int32 scalar, the slot of the first new token (or None without a cache).
+          cache_index: int32 [] or [B], the slot of the first new token (or None without a cache).
           packing: the prefill's `Packing`, or None.
           prefix: this layer's shared prefix (k, v), each [1, K, C, D], or None.
 
@@ -611,8 +629,8 @@ def decode_forward(
       `KVCache`, its index advanced past the tokens).
 
     Raises:
-      ValueError: `packing` without `fresh_cache` and `logits_index`, or `prefix` without
-        `fresh_cache`.
+      ValueError: `packing` without `fresh_cache` and `logits_index`, `prefix` without
+        `fresh_cache`, or a per-row cache index with T > 1.
     """
     if packing is not None and (not fresh_cache or logits_index is None):
         raise ValueError("packing is for a fresh cache's prefill with logits_index")
@@ -632,6 +650,12 @@ def decode_forward(
         mask = layers.segment_causal_mask(segment_ids)
         if c:  # every row sees the whole prefix
             mask = jnp.concatenate([jnp.ones((b, 1, t, c), bool), mask], axis=-1)
+    elif cache.index.ndim:  # each row writes its one new token at its own slot
+        if t != 1:
+            raise ValueError(f"a per-row cache index takes one new token per row, got {t}")
+        index = cache.index
+        valid = cache.valid.at[jnp.arange(b), index].set(segment_ids[:, 0] != 0, mode="drop")
+        mask = layers.cache_mask(valid, index, t)
     else:
         valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, 1)
         index = cache.index

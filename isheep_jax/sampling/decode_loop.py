@@ -59,8 +59,16 @@ class _State(NamedTuple):
     recent: jax.Array  # [B, Ls] the last Ls generated tokens, for stop sequences
 
 
-def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
-    """recent [B, L]; stop_seqs [S, L] right-aligned, -1 = wildcard padding. -> [B] bool."""
+def stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
+    """Which rows' last generated tokens end with a stop sequence.
+
+    Args:
+      recent: [B, L] int32 each row's last L generated tokens.
+      stop_seqs: [S, L] int32 stop sequences, right-aligned, -1 = wildcard padding.
+
+    Returns:
+      [B] bool.
+    """
     if stop_seqs.shape[0] == 0:
         return jnp.zeros(recent.shape[:1], bool)
     match = (stop_seqs[None] == -1) | (recent[:, None, :] == stop_seqs[None])
@@ -68,7 +76,35 @@ def _stop_hit(recent: jax.Array, stop_seqs: jax.Array) -> jax.Array:
     return jnp.any(jnp.all(match, axis=-1) & nonempty[None], axis=-1)
 
 
-def _prefill(
+def shared_prefix_cache(cfg: ModelConfig, params: Any, prefix: jax.Array) -> PrefixCache:
+    """Keys and values of a prefix every row shares, computed once (one row).
+
+    In the compute dtype, as the rows' own keys: rounded to the cache's dtype only when
+    written into it.
+
+    Args:
+      cfg: the model config.
+      params: unstacked parameters.
+      prefix: [C] int32 tokens, C >= 1.
+
+    Returns:
+      The `PrefixCache`: per layer k, v [1, kv_heads, C, head_dim].
+    """
+    c = prefix.shape[0]
+    _, one = decode_forward(
+        cfg,
+        params,
+        prefix[None],
+        jnp.arange(c)[None],
+        jnp.ones((1, c), jnp.int32),
+        init_cache(cfg, 1, c),
+        logits_index=jnp.zeros((1,), jnp.int32),
+        fresh_cache=True,
+    )
+    return PrefixCache(one.k, one.v).constrained()
+
+
+def prefill(
     cfg: ModelConfig,
     params: Any,
     prompt: jax.Array,
@@ -76,10 +112,10 @@ def _prefill(
     capacity: int,
     cache_dtype: str | None,
     packed_len: int | None,
-    prefix: jax.Array | None,
+    shared: PrefixCache | None,
     logits_index: jax.Array,
 ) -> tuple[jax.Array, KVCache, jax.Array]:
-    """Prefills left-padded prompts (after a shared prefix, prefilled once) into a fresh cache.
+    """Prefills left-padded prompts (after a shared prefix already computed) into a fresh cache.
 
     Args:
       cfg: the model config.
@@ -89,30 +125,16 @@ def _prefill(
       capacity: cache slots left empty after the prompts (the new tokens').
       cache_dtype: the cache's dtype (None: the compute dtype).
       packed_len: see `decode`.
-      prefix: [C] int32 shared prefix, or None.
+      shared: the shared prefix's keys and values (`shared_prefix_cache`), or None.
       logits_index: [B] or [B, K] positions of `prompt` whose logits are returned.
 
     Returns:
-      (logits [B, 1 or K, V] f32, the cache holding prefix and prompts, prompt lengths [B]
-      with the prefix).
+      (logits [B, 1 or K, V] f32, the cache [prefix | prompts | `capacity` empty slots],
+      its index after the prompts; prompt lengths [B] with the prefix).
     """
     b, p = prompt.shape
-    c = 0 if prefix is None else prefix.shape[0]
-    cache = init_cache(cfg, b, c + p + capacity, cache_dtype)
-    shared = None
-    if c:  # in the compute dtype, as the rows' own keys: rounded to cache_dtype only when written
-        _, one = decode_forward(
-            cfg,
-            params,
-            prefix[None],
-            jnp.arange(c)[None],
-            jnp.ones((1, c), jnp.int32),
-            init_cache(cfg, 1, c),
-            logits_index=jnp.zeros((1,), jnp.int32),
-            fresh_cache=True,
-        )
-        shared = PrefixCache(one.k, one.v).constrained()
-    cache = cache.constrained()
+    c = 0 if shared is None else shared.k[0].shape[2]
+    cache = init_cache(cfg, b, c + p + capacity, cache_dtype).constrained()
     seg = prompt_mask.astype(jnp.int32)
     positions = positions_from_segments(seg) + c
     packing = None if packed_len is None else make_packing(prompt_mask, packed_len)
@@ -129,6 +151,12 @@ def _prefill(
         prefix=shared,
     )
     return logits, cache.constrained(), jnp.sum(seg, axis=1) + c
+
+
+def _prefill(cfg, params, prompt, prompt_mask, capacity, cache_dtype, packed_len, prefix, logits_index):
+    """`prefill` with the shared prefix given as tokens ([C] int32 or None)."""
+    shared = None if prefix is None or not prefix.shape[0] else shared_prefix_cache(cfg, params, prefix)
+    return prefill(cfg, params, prompt, prompt_mask, capacity, cache_dtype, packed_len, shared, logits_index)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_positions", "packed_len"))
@@ -243,7 +271,7 @@ def decode(
         finish = jnp.where(
             done,
             state.finish,
-            jnp.where(jnp.isin(tok, eos_ids), EOS, jnp.where(_stop_hit(recent, stop_seqs), STOP, RUNNING)),
+            jnp.where(jnp.isin(tok, eos_ids), EOS, jnp.where(stop_hit(recent, stop_seqs), STOP, RUNNING)),
         )
         return state._replace(
             step=state.step + 1,

@@ -232,9 +232,10 @@ def row_step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
 
     Args:
       row_keys: [batch] PRNG keys, one per row (keyed by seed and row id).
-      step: scalar int32, the index of the token being generated.
+      step: int32, the index of the token being generated: a scalar, or [batch] (each
+        row its own, as in continuous batching).
 
     Returns:
       [batch] PRNG keys for this step.
     """
-    return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+    return jax.vmap(jax.random.fold_in)(row_keys, jnp.broadcast_to(step, row_keys.shape))

@@ -1,0 +1,154 @@
+"""Continuous batching against the static sampler: the same rows, fewer idle slot-steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import make_hf_model
+
+from isheep_jax.model import checkpoint
+from isheep_jax.model import params as P
+from isheep_jax.model.convert import hf
+from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.model.transformer import decode_forward, init_cache, unstack_layers
+from isheep_jax.parallel import sharding
+from isheep_jax.sampling import continuous
+from isheep_jax.sampling.generator import Generator, SamplingSettings
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"continuous-{request.param}")
+    hf_dir = make_hf_model(str(root / "hf"), request.param, num_key_value_heads=2, eos_token_id=None)
+    hf.import_hf(hf_dir, str(root / "ours"))
+    cfg, params = checkpoint.load_model(str(root / "ours"))
+    return cfg, params, Tokenizer(hf_dir)
+
+
+def _prompts(n: int = 14, shared: int = 0) -> list[list[int]]:
+    rng = np.random.RandomState(3)
+    head = rng.randint(5, 320, size=shared).tolist()
+    lengths = [1, 40, 3, 17, 9, 25, 2, 33, 5, 12, 7, 21, 30, 4][:n]
+    return [head + rng.randint(5, 320, size=k).tolist() for k in lengths]
+
+
+def _generate(cfg, params, tok, batching, prompts, settings, eos, mesh=None):
+    gen = Generator(cfg, params, tok, mesh=mesh, batching=batching)
+    gen.eos_ids = np.asarray(eos, np.int32)  # rows end at different steps: slots get refilled
+    return gen.generate(prompts, settings, progress=False), gen.last_stats
+
+
+def _eos_ids(cfg, params, tok, prompts, settings):
+    """Three tokens the rows write early under `settings`, so most rows end well before the cap."""
+    free, _ = _generate(cfg, params, tok, "static", prompts, settings, [-1])
+    counts = np.bincount(np.concatenate([c.token_ids[1:8] for c in free]))
+    return np.argsort(counts)[-3:].tolist()
+
+
+def _assert_same_rows(got, ref):
+    assert [c.token_ids for c in got] == [c.token_ids for c in ref]
+    assert [c.finish_reason for c in got] == [c.finish_reason for c in ref]
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=2e-5)
+        assert a.prompt_tokens == b.prompt_tokens
+
+
+@pytest.mark.parametrize("shared", [0, 27])
+def test_continuous_gives_the_static_rows_with_fewer_slot_steps(tiny, shared):
+    """4 slots for 14 prompts that end at different steps: every row is the static
+    sampler's (greedy, and seeded top-p), and the slots do less idle work."""
+    cfg, params, tok = tiny
+    prompts = _prompts(shared=shared)
+    for settings in (
+        SamplingSettings(max_new_tokens=24, temperature=0.0, batch_size=4),
+        SamplingSettings(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=5, batch_size=4),
+    ):
+        eos = _eos_ids(cfg, params, tok, prompts, settings)
+        ref, static = _generate(cfg, params, tok, "static", prompts, settings, eos)
+        got, cont = _generate(cfg, params, tok, "continuous", prompts, settings, eos)
+        _assert_same_rows(got, ref)
+        lengths = [len(c.token_ids) for c in ref]
+        assert min(lengths) < 12 and max(lengths) > 16, lengths  # the rows do end apart
+        assert cont.tokens == static.tokens and cont.rows == static.rows == len(prompts)
+        assert cont.slot_steps < static.slot_steps and cont.utilisation > static.utilisation
+        assert 0 < cont.utilisation <= 1 and cont.decode_steps * 4 == cont.slot_steps
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 2, 2), (1, 2, 4)])
+def test_continuous_on_meshes_equals_static_on_one_device(tiny, mesh_shape):
+    cfg, params, tok = tiny
+    prompts = _prompts(10, shared=27)
+    settings = SamplingSettings(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7, batch_size=4)
+    eos = _eos_ids(cfg, params, tok, prompts, settings)
+    one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    ref, _ = _generate(
+        cfg, jax.device_put(params, sharding.replicated(one)), tok, "static", prompts, settings, eos, one
+    )
+    if mesh_shape == (1, 1, 1):
+        mesh, placed = one, jax.device_put(params, sharding.replicated(one))
+    else:
+        mesh = sharding.make_mesh(*mesh_shape)
+        placed = jax.device_put(params, P.param_shardings(cfg, mesh))
+    got, _ = _generate(cfg, placed, tok, "continuous", prompts, settings, eos, mesh)
+    _assert_same_rows(got, ref)
+
+
+def test_edge_cases_one_token_budget_fewer_prompts_than_slots_and_stop_strings(tiny):
+    cfg, params, tok = tiny
+    prompts = _prompts(5)
+    for settings in (
+        SamplingSettings(max_new_tokens=1, temperature=0.0, batch_size=4),  # every row ends at its prefill
+        SamplingSettings(max_new_tokens=9, temperature=0.0, batch_size=32),  # 5 prompts, 8 slots
+    ):
+        ref, _ = _generate(cfg, params, tok, "static", prompts, settings, [-1])
+        got, stats = _generate(cfg, params, tok, "continuous", prompts, settings, [-1])
+        _assert_same_rows(got, ref)
+        assert all(len(c.token_ids) == settings.max_new_tokens for c in got)
+    stop = ref[1].text[2:5]
+    settings = SamplingSettings(max_new_tokens=9, temperature=0.0, batch_size=2, stop_strings=(stop,))
+    ref, _ = _generate(cfg, params, tok, "static", prompts, settings, [-1])
+    got, _ = _generate(cfg, params, tok, "continuous", prompts, settings, [-1])
+    _assert_same_rows(got, ref)
+    assert got[1].finish_reason == "stop" and stop not in got[1].text
+    assert _generate(cfg, params, tok, "continuous", [], settings, [-1])[0] == []
+
+
+def test_the_decode_segment_compiles_once_per_stage_shape(tiny):
+    """More prompts, other lengths in the same bucket, another chunking: no new decode compile."""
+    cfg, params, tok = tiny
+    gen = Generator(cfg, params, tok)
+    settings = SamplingSettings(max_new_tokens=10, temperature=1.0, seed=1, batch_size=4)
+    gen.generate(_prompts(14), settings, progress=False)
+    before = continuous.decode_segment._cache_size()
+    gen.generate(_prompts(9), settings, progress=False)
+    gen.generate(_prompts(13)[3:], settings, row_ids=range(3, 13), progress=False)
+    assert continuous.decode_segment._cache_size() == before
+    stats = gen.last_stats
+    assert stats.rows == 10 and 10 <= stats.tokens <= 10 * 10 and 0 <= stats.compile_seconds <= stats.seconds
+
+
+def test_a_per_row_cache_index_equals_the_shared_one(tiny):
+    """decode_forward with index [B] (each row its own slot) equals a scalar index where they agree,
+    and writes each row at its own slot where they differ."""
+    cfg, params, _ = tiny
+    params = unstack_layers(params)
+    b, s = 3, 16
+    tokens = jnp.asarray([[11], [12], [13]], jnp.int32)
+    cache = init_cache(cfg, b, s)
+    cache = cache._replace(valid=cache.valid.at[:, :5].set(True), index=jnp.int32(5))
+    cache = cache._replace(k=tuple(k + 0.1 for k in cache.k), v=tuple(v + 0.2 for v in cache.v))
+    pos = jnp.full((b, 1), 5, jnp.int32)
+    ref, ref_cache = decode_forward(cfg, params, tokens, pos, jnp.ones_like(tokens), cache)
+    rows = cache._replace(index=jnp.full((b,), 5, jnp.int32))
+    got, got_cache = decode_forward(cfg, params, tokens, pos, jnp.ones_like(tokens), rows)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    for a, r in zip(got_cache.k, ref_cache.k):
+        np.testing.assert_allclose(a, r, atol=1e-6)
+    # Row 1 at slot 7 with slots 5 and 6 invalid sees the same keys: the same logits.
+    moved = rows._replace(index=jnp.asarray([5, 7, 5], jnp.int32))
+    got, moved_cache = decode_forward(cfg, params, tokens, pos, jnp.ones_like(tokens), moved)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(moved_cache.k[0][1, :, 7], ref_cache.k[0][1, :, 5], atol=1e-6)
+    assert moved_cache.valid[1].tolist() == [True] * 5 + [False, False, True] + [False] * 8
+    with pytest.raises(ValueError, match="one new token per row"):
+        decode_forward(cfg, params, jnp.ones((b, 2), jnp.int32), pos, jnp.ones((b, 2), jnp.int32), rows)
