@@ -162,6 +162,8 @@ def test_training_with_checkpoints_on_gs_killed_then_resumed_equals_local(gcs, t
     ref_rows, rows = io_utils.read_jsonl(ref / "metrics.jsonl"), io_utils.read_jsonl(f"{work}/metrics.jsonl")
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows] and len(rows) > 3
     assert any(n.startswith("tensorboard/events.out.tfevents") for n in _walk(work))
+    # The trainer state went once the model was exported (TrainConfig.keep_trainer_state), on gs:// too.
+    assert "checkpoints" not in _listing(url, "train") and "model" in _listing(url, "train")
 
 
 def test_loop_iteration_on_gs_killed_while_sampling_then_resumed_equals_local(gcs, tiny, models):

@@ -285,3 +285,25 @@ def release_output_dir(path: str | os.PathLike) -> None:
         if marker.exists():
             marker.unlink()
     distributed.barrier(f"release {out}")
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Deletes a folder and everything in it, if it exists (every process must call it).
+
+    Process 0 deletes, the others wait for it. The caller decides that `path` may go: this
+    checks nothing about what is inside.
+
+    Args:
+      path: the folder (local or a URL).
+
+    Raises:
+      OSError: it cannot be deleted; the message names it.
+    """
+    out = absolute(path)
+    if distributed.is_writer():
+        try:
+            if out.exists():
+                out.rmtree()
+        except OSError as e:
+            raise OSError(f"cannot delete {out}: {e.strerror or e}") from e
+    distributed.barrier(f"remove {out}")

@@ -5,6 +5,8 @@
     RUN/metrics.jsonl           one row per finished iteration (machine-readable summary)
     RUN/iter_<i>/chunks/<stage>/<n>.jsonl   raw model outputs, one file per chunk of prompts
     RUN/iter_<i>/instructions.jsonl ... kept.jsonl, dropped.jsonl, train/, eval/, summary.json
+    RUN/iter_<i>/train/checkpoints/  the trainer state; gone once train/model is exported,
+                                unless TrainConfig.keep_trainer_state
     RUN/eval_base/              the base model's evaluation (when LoopConfig.evaluate)
 
 Every file is written atomically (temporary sibling + rename), and each stage's last
@@ -63,6 +65,12 @@ class IterationPaths:
     def train_dir(self):
         """RUN/iter_<i>/train, the trainer's work directory."""
         return self.root / "train"
+
+    @property
+    def train_state_dir(self):
+        """RUN/iter_<i>/train/checkpoints, the trainer state (deleted after the export unless
+        TrainConfig.keep_trainer_state)."""
+        return self.root / "train" / "checkpoints"
 
     @property
     def model_dir(self):

@@ -525,6 +525,20 @@ class Loop:
             cache=self.models,
         )
 
+    def _drop_trainer_state(self, it: IterationPaths) -> None:
+        """Deletes a trainer state that outlived its export (a run killed between the two).
+
+        The trainer deletes it right after the export (`trainer.delete_trainer_state`); a
+        resumed run skips the finished train stage, so the leftover is removed here.
+        """
+        if self.tc.keep_trainer_state or not io_utils.exists(it.train_state_dir):
+            return
+        # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
+        from isheep_jax.training import trainer
+
+        if checkpoint.is_complete(it.model_dir):
+            trainer.delete_trainer_state(it.train_dir)
+
     # ------------------------------------------------------------------ driver
     def run_iteration(self, i: int) -> dict:
         """Runs the unfinished stages of iteration `i`, then writes its summary.
@@ -558,6 +572,7 @@ class Loop:
             hooks.between_stages()  # the next stage allocates differently
             times[stage] = round(times.get(stage, 0.0) + time.perf_counter() - t0, 1)
             io_utils.write_json(times_path, times)
+        self._drop_trainer_state(it)
         summary = iteration_summary(it, i, model_dir, times)
         io_utils.write_json(it.summary, summary)
         return summary

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from isheep_jax.model.config import ModelConfig
 from isheep_jax.model.params import Params, abstract_params, forward
 from isheep_jax.parallel import sharding
+from isheep_jax.training import chunked_loss
 
 Batch = dict[str, jax.Array]  # sft_data.MODEL_KEYS -> int32 [micro, rows, length]
 
@@ -37,28 +38,42 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
-def loss_sums(cfg: ModelConfig, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def loss_sums(
+    cfg: ModelConfig, params: Params, batch: Batch, chunk_tokens: int = 0
+) -> tuple[jax.Array, jax.Array]:
     """(sum of target-token NLL, number of target tokens) for batch arrays [rows, length].
 
     Args:
       cfg: the model config.
       params: the model parameters.
       batch: one micro-batch: `sft_data.MODEL_KEYS` -> int32 [rows, length] arrays.
+      chunk_tokens: 0: the forward's full [rows, length, vocab] f32 logits; > 0: the
+        logits of about that many tokens at a time (`chunked_loss`; the same loss and
+        gradients to float round-off).
 
     Returns:
       Two float32 scalars: the NLL summed over tokens, weighted by `decoder_loss_weights`,
       and the sum of those weights (the number of target tokens).
     """
+    tokens, targets = batch["decoder_input_tokens"], batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    if chunk_tokens:
+        hidden = chunked_loss.final_hidden(
+            cfg, params, tokens, batch["decoder_segment_ids"], batch["decoder_positions"]
+        )
+        weight, tied = chunked_loss.head_weight(cfg, params)
+        chunk_len = chunked_loss.chunk_length(tokens.shape[0], tokens.shape[1], chunk_tokens)
+        nll = chunked_loss.token_nll(hidden, weight, targets, tied, cfg.dtype, chunk_len)
+        return jnp.sum(nll * weights), jnp.sum(weights)
     logits = forward(
         cfg,
         params,
-        batch["decoder_input_tokens"],
+        tokens,
         segment_ids=batch["decoder_segment_ids"],
         positions=batch["decoder_positions"],
     )
     logz = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.sum((logz - target_logit) * weights), jnp.sum(weights)
 
 
@@ -95,12 +110,14 @@ def per_segment_loss(
     return jnp.einsum("bt,bts->bs", nll * w, onehot), jnp.einsum("bt,bts->bs", w, onehot)
 
 
-def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
+def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, loss_chunk_tokens: int = 0):
     """(state, batch [micro, rows, length]) -> (state, metrics); pure, to be jit-compiled.
 
     Args:
       cfg: the model config.
       optimizer: the gradient transformation (`optim.make_optimizer`).
+      loss_chunk_tokens: tokens per chunk of the vocabulary cross-entropy (`loss_sums`'
+        chunk_tokens; 0: unchunked).
 
     Returns:
       `step(state, batch)`, where `batch` maps `sft_data.MODEL_KEYS` to int32
@@ -112,7 +129,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
 
     def sums_and_grads(params, micro):
         """((loss sum, token count), gradient of the loss sum) of one micro-batch [rows, length]."""
-        return jax.value_and_grad(lambda p: loss_sums(cfg, p, micro), has_aux=True)(params)
+        return jax.value_and_grad(lambda p: loss_sums(cfg, p, micro, loss_chunk_tokens), has_aux=True)(params)
 
     def micro_step(params, carry, micro):
         grads_acc, loss_acc, count_acc = carry
@@ -224,6 +241,7 @@ def compile_train_step(
     mesh: Mesh,
     batch_shape: tuple[int, int, int],
     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+    loss_chunk_tokens: int = 0,
 ):
     """The jit'd step with explicit in/out shardings; the state argument is donated.
 
@@ -233,6 +251,8 @@ def compile_train_step(
       mesh: the device mesh.
       batch_shape: (micro_batches, rows, length) of every batch array.
       rules: logical-axis rules for parameters, batch and activations.
+      loss_chunk_tokens: tokens per chunk of the vocabulary cross-entropy (0: unchunked;
+        see `loss_sums`).
 
     Returns:
       The jitted `make_train_step` step: `(state, batch) -> (state, metrics)`, taking a
@@ -242,7 +262,7 @@ def compile_train_step(
     """
     _, shard = state_shardings(cfg, optimizer, mesh, rules)
     b_shard = batch_sharding(mesh, batch_shape, rules)
-    step = make_train_step(cfg, optimizer)
+    step = make_train_step(cfg, optimizer, loss_chunk_tokens)
 
     def traced(state, batch):
         with sharding.activation_sharding(mesh, rules):

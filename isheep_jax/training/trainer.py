@@ -1,7 +1,9 @@
 """SFT driver: data arrays in, trained model out, resumable at any checkpoint.
 
 Layout of a training directory WORK:
-    WORK/checkpoints/<step>/   orbax CheckpointManager: TrainState + data/config metadata
+    WORK/checkpoints/<step>/   orbax CheckpointManager: TrainState + data/config metadata;
+                               deleted once WORK/model is complete, unless
+                               TrainConfig.keep_trainer_state (`delete_trainer_state`)
     WORK/metrics.jsonl         one row per step (loss, grad norm, lr, tokens/s, ...)
     WORK/tensorboard/          the same scalars as TensorBoard event files
     WORK/model/                params-only export (checkpoint.save_model) once training ends
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -77,10 +80,18 @@ class TrainConfig:
       seed: seeds the data order (`batch_rows`).
       save_every_steps: checkpoint interval in steps; 0: only at the end.
       keep_checkpoints: how many checkpoints the checkpoint manager keeps.
+      loss_chunk_tokens: the vocabulary cross-entropy builds the f32 logits of about this
+        many tokens of a micro-batch at a time (`chunked_loss`), never the whole
+        [rows, length, vocab]; the backward pass recomputes each chunk's. 0: unchunked.
+        Loss and gradients are the same to float round-off.
+      keep_trainer_state: keep WORK/checkpoints (params and optimizer state, e.g. to train
+        on from them) after the params-only export WORK/model. By default it is deleted
+        once the export is complete (`delete_trainer_state`): each checkpoint is 3x the f32
+        model (params and two Adam moments) and a finished run resumes from the export.
 
     Raises:
-      ValueError: micro_batches does not divide a positive batch_size, or neither
-        num_epochs nor max_steps is positive.
+      ValueError: micro_batches does not divide a positive batch_size, neither num_epochs
+        nor max_steps is positive, or loss_chunk_tokens is negative.
     """
 
     batch_size: int = 8
@@ -97,9 +108,11 @@ class TrainConfig:
     seed: int = 0
     save_every_steps: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
+    loss_chunk_tokens: int = 1024  # 0: the full [rows, length, vocab] logits at once
+    keep_trainer_state: bool = False  # False: WORK/checkpoints is deleted after the export
 
     def __post_init__(self):
-        """Checks the batch split and that the run has a length."""
+        """Checks the batch split, that the run has a length, and the loss chunk."""
         if self.batch_size < 1 or self.micro_batches < 1 or self.batch_size % self.micro_batches:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a positive multiple of "
@@ -107,6 +120,8 @@ class TrainConfig:
             )
         if self.num_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set num_epochs > 0 or max_steps > 0")
+        if self.loss_chunk_tokens < 0:
+            raise ValueError(f"loss_chunk_tokens must be >= 0 (0: unchunked), got {self.loss_chunk_tokens}")
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         """The checkpoint's model config with this run's compute dtype / remat / scan / attention
@@ -206,16 +221,17 @@ def make_batch(data: SFTArrays, rows: np.ndarray, micro_batches: int) -> dict[st
     return {k: v.reshape(micro_batches, -1, v.shape[-1]) for k, v in batch.items()}
 
 
+_NOT_FINGERPRINTED = ("scan_layers", "attention_impl", "loss_chunk_tokens", "keep_trainer_state")
+
+
 def _fingerprint(data: SFTArrays, tc: TrainConfig, oc: OptimizerConfig, cfg: ModelConfig) -> str:
     h = hashlib.sha256()
     for k in MODEL_KEYS:
         h.update(np.ascontiguousarray(data.arrays[k]).tobytes())
     for c in (tc, oc, cfg):
-        # scan_layers and attention_impl change how the step is compiled, not its math; leaving
+        # These change how the step is compiled or what is kept after it, not its math; leaving
         # them out also keeps the fingerprints of runs started before the fields existed.
-        fields = {
-            k: v for k, v in dataclasses.asdict(c).items() if k not in ("scan_layers", "attention_impl")
-        }
+        fields = {k: v for k, v in dataclasses.asdict(c).items() if k not in _NOT_FINGERPRINTED}
         h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -226,6 +242,72 @@ def _manager(work_dir: Any, keep: int) -> ocp.CheckpointManager:
     # never leaves a step directory that restores as valid.
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(work_dir / "checkpoints", options=opts)
+
+
+# A step folder of a save that orbax had not finalized when the process died.
+_ORBAX_TMP_STEP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
+
+
+def _foreign_state_entries(state_dir: Any) -> list[str]:
+    """Entries of WORK/checkpoints that are not orbax step folders of ours.
+
+    Ours: a folder named by its step holding orbax's `_CHECKPOINT_METADATA` or our `state`
+    item (a save killed on a bucket, which orbax writes in place), or a temporary step folder
+    of a killed local save.
+    """
+    foreign = []
+    for p in sorted(state_dir.iterdir(), key=lambda q: q.name):
+        if _ORBAX_TMP_STEP.match(p.name) and p.is_dir():
+            continue
+        if (
+            p.name.isdigit()
+            and p.is_dir()
+            and any((p / n).exists() for n in ("_CHECKPOINT_METADATA", "state"))
+        ):
+            continue
+        foreign.append(p.name)
+    return foreign
+
+
+def delete_trainer_state(work_dir: str | os.PathLike) -> bool:
+    """Deletes WORK/checkpoints (params + optimizer state) once the WORK/model export is complete.
+
+    Only WORK/checkpoints itself is ever deleted, and only when every entry in it is an orbax
+    step folder (`_foreign_state_entries`): anything else there is refused, with nothing
+    deleted. Works on local paths and URLs (gs://); every process must call it.
+
+    Args:
+      work_dir: WORK, the training directory (see the module docstring).
+
+    Returns:
+      Whether there was a WORK/checkpoints to delete.
+
+    Raises:
+      TrainingError: WORK/model is not a complete export (the state is still the only copy of
+        the training), or WORK/checkpoints holds something that is not a checkpoint of ours.
+    """
+    work = io_utils.absolute(work_dir)
+    state_dir = work / "checkpoints"
+    if not io_utils.exists(state_dir):
+        return False
+    if not checkpoint.is_complete(work / "model"):
+        raise TrainingError(
+            f"{state_dir}: not deleted: {work / 'model'} is not a complete export yet, and the "
+            "trainer state is what resumes the training"
+        )
+    foreign = _foreign_state_entries(state_dir) if distributed.is_writer() else []
+    problem = (
+        f"{state_dir}: not deleted: it holds {', '.join(foreign[:5])}"
+        f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}, which is not an orbax "
+        "step folder of this trainer; remove it by hand, or set TrainConfig.keep_trainer_state = True"
+        if foreign
+        else None
+    )
+    if not distributed.agree(problem is None):
+        raise TrainingError(problem or f"{state_dir}: not deleted: process 0 found files that are not ours")
+    io_utils.remove_tree(state_dir)
+    log.info("deleted the trainer state %s (TrainConfig.keep_trainer_state = False)", state_dir)
+    return True
 
 
 def train(
@@ -241,7 +323,8 @@ def train(
     """Fine-tunes the model in `init_model_dir` on `data`; resumes from WORK/checkpoints if present.
 
     A work directory whose WORK/model export is complete is not trained again: its result
-    is read back from WORK/metrics.jsonl.
+    is read back from WORK/metrics.jsonl. Unless `tc.keep_trainer_state`, WORK/checkpoints
+    is deleted once the export is complete (also here, when a killed run left it behind).
 
     Args:
       init_model_dir: the checkpoint to start from (its params, config and tokenizer).
@@ -259,12 +342,15 @@ def train(
 
     Raises:
       TrainingError: `data` has no rows, the latest checkpoint was written for other data or
-        settings, or a step's loss is not finite.
+        settings, a step's loss is not finite, or WORK/checkpoints holds files that are not
+        ours (then nothing is deleted; `delete_trainer_state`).
     """
     work = io_utils.absolute(work_dir)
     out_dir = work / "model"
     metrics_path = work / "metrics.jsonl"
     if checkpoint.is_complete(out_dir):
+        if not tc.keep_trainer_state:  # a run killed between the export and the deletion
+            delete_trainer_state(work)
         rows = [r for r in read_metrics(metrics_path) if "loss" in r]
         return TrainResult(
             str(out_dir),
@@ -314,7 +400,7 @@ def train(
 
     writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
     batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
-    step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules)
+    step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules, tc.loss_chunk_tokens)
     b_shard = batch_sharding(mesh, batch_shape, rules)
     meta = {"fingerprint": fingerprint, "seed": tc.seed, "total_steps": steps, "num_rows": data.num_rows}
 
@@ -384,4 +470,6 @@ def train(
         tokenizer_dir=checkpoint.tokenizer_dir(init_model_dir),
         extra={"trained_from": os.fspath(init_model_dir), "steps": steps, "final_loss": loss},
     )
+    if not tc.keep_trainer_state:  # the export is complete: the state only takes disk space now
+        delete_trainer_state(work)
     return TrainResult(str(out_dir), steps, loss, str(metrics_path))

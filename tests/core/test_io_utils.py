@@ -91,3 +91,12 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tmp_path):
     assert f"cannot write {path}: File too large" in out.stdout, out.stdout + out.stderr
     assert io_utils.read_jsonl(path) == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+
+
+def test_remove_tree_deletes_a_folder_and_ignores_a_missing_one(tmp_path):
+    (tmp_path / "state" / "3" / "state").mkdir(parents=True)
+    (tmp_path / "state" / "3" / "state" / "x").write_text("x")
+    (tmp_path / "keep.txt").write_text("k")
+    io_utils.remove_tree(tmp_path / "state")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    io_utils.remove_tree(tmp_path / "state")  # already gone: nothing to do

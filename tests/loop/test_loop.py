@@ -151,6 +151,8 @@ def test_end_to_end_artifacts_are_consistent(reference_run):
     assert len(set(ids)) == len(ids)
     # The trained checkpoint loads and differs from the base model.
     assert summary["trained"] and summary["train_steps"] == 2
+    # The trainer state (params + Adam moments) is deleted once the model is exported.
+    assert not (it / "train" / "checkpoints").exists() and (it / "train" / "metrics.jsonl").exists()
     cfg, trained = checkpoint.load_model(it / "train" / "model")
     _, base = checkpoint.load_model(os.path.join(_base_dir(reference_run)))
     diffs = jax.tree.leaves(
@@ -193,6 +195,14 @@ def _base_dir(run_dir):
     return summary["model"]
 
 
+def _has_step_2(checkpoints) -> bool:
+    """Whether step 2's save has begun (the folder is deleted after the export: may vanish)."""
+    try:
+        return any(p.name.startswith("2") for p in checkpoints.iterdir())
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_run(reference_run, tmp_path, smollm2_dir):
     """SIGKILL during synthesis, assessment, training and a checkpoint save; resume each time.
@@ -205,13 +215,7 @@ def test_kill_and_resume_gives_the_same_run(reference_run, tmp_path, smollm2_dir
         ("synthesis", lambda: (it / "chunks" / "synthesize" / "00000.jsonl").exists()),
         ("assessment", lambda: (it / "chunks" / "assess" / "00000.jsonl").exists()),
         ("training", lambda: (it / "train" / "metrics.jsonl").exists()),
-        (
-            "checkpoint save",
-            lambda: (
-                (it / "train" / "checkpoints").exists()
-                and any(p.name.startswith("2") for p in (it / "train" / "checkpoints").iterdir())
-            ),
-        ),
+        ("checkpoint save", lambda: _has_step_2(it / "train" / "checkpoints")),
     ]
     killed = []
     for name, point in kill_points:
@@ -228,6 +232,7 @@ def test_kill_and_resume_gives_the_same_run(reference_run, tmp_path, smollm2_dir
     _, ref = checkpoint.load_model(reference_run / "iter_0" / "train" / "model")
     _, res = checkpoint.load_model(it / "train" / "model")
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), ref, res)
+    assert not (it / "train" / "checkpoints").exists()  # deleted after the export, resumed or not
     ref_loss = [r["loss"] for r in io_utils.read_jsonl(reference_run / "iter_0" / "train" / "metrics.jsonl")]
     assert [r["loss"] for r in io_utils.read_jsonl(it / "train" / "metrics.jsonl")] == ref_loss
 
@@ -312,3 +317,104 @@ def test_a_prompt_style_the_base_tokenizer_cannot_render_fails_before_any_sampli
         Loop(lc, str(tmp_path / "run"))
     assert not list((tmp_path / "run").glob("iter_*"))  # nothing sampled
     Loop(LoopConfig(base_model=str(tmp_path / "base"), tuned_prompt_style="chatml"), str(tmp_path / "run"))
+
+
+def _tiny_run_at_train(tmp_path, name: str):
+    """A run directory whose iteration 0 has finished every stage before training (the stage
+    files written directly: a random tiny model keeps no pair of its own)."""
+    pairs = [
+        {"id": f"p{k}", "instruction": f"repeat the word {w}", "input": "", "response": f"{w} {w}"}
+        for k, w in enumerate(["sea", "sky", "sun", "moon"])
+    ]
+    it = tmp_path / name / "iter_0"
+    io_utils.write_jsonl(
+        it / "instructions.jsonl", [{k: p[k] for k in ("id", "instruction", "input")} for p in pairs]
+    )
+    for stage in ("responses", "assessments", "kept"):
+        io_utils.write_jsonl(it / f"{stage}.jsonl", pairs)
+    RunDir(tmp_path / name).open("test")
+    return it
+
+
+def _tiny_loop(tmp_path, name: str, **train):
+    from helpers import make_hf_model
+
+    from isheep_jax.loop.runner import Loop
+    from isheep_jax.model.convert import hf
+    from isheep_jax.parallel import sharding
+    from isheep_jax.training.trainer import TrainConfig
+
+    base = tmp_path / "base"
+    if not checkpoint.is_complete(base):
+        hf.import_hf(make_hf_model(str(tmp_path / "hf"), "llama"), str(base))
+    lc = LoopConfig(base_model=str(base), iterations=1, evaluate=False)
+    tc = TrainConfig(
+        batch_size=2,
+        num_epochs=0,
+        max_steps=2,
+        save_every_steps=1,
+        max_prompt_len=48,
+        max_response_len=32,
+        **train,
+    )
+    return Loop(lc, str(tmp_path / name), mesh=sharding.make_mesh(devices=jax.devices()[:1]), train_config=tc)
+
+
+def test_trainer_state_is_deleted_after_the_export_and_resume_still_works(tmp_path):
+    """Default: RUN/iter_<i>/train/checkpoints goes once train/model is exported; kept with
+    keep_trainer_state. A run killed before the export resumes from the state, one killed
+    after it (state deleted, or not yet) never trains again."""
+    import shutil
+
+    from isheep_jax.core import hooks
+
+    class Steps(hooks.Hooks):
+        def __init__(self):
+            self.count = 0
+
+        def before_train_step(self):
+            self.count += 1
+
+    def params(it):
+        _, p = checkpoint.load_model(it / "train" / "model")
+        return jax.tree.map(np.asarray, p)
+
+    it = _tiny_run_at_train(tmp_path, "run")
+    (summary,) = _tiny_loop(tmp_path, "run").run_all()
+    assert summary["trained"] and summary["train_steps"] == 2
+    assert checkpoint.is_complete(it / "train" / "model") and not (it / "train" / "checkpoints").exists()
+    reference = params(it)
+
+    kept = _tiny_run_at_train(tmp_path, "kept")
+    _tiny_loop(tmp_path, "kept", keep_trainer_state=True).run_all()
+    assert sorted(os.listdir(kept / "train" / "checkpoints")) == ["1", "2"]
+    jax.tree.map(np.testing.assert_array_equal, params(kept), reference)
+
+    # Killed after the export, before the state was deleted and the summary written: the
+    # resumed run deletes the state and trains nothing again.
+    (kept / "summary.json").unlink()
+    metrics = (kept / "train" / "metrics.jsonl").read_text()
+    with hooks.installed(Steps()) as steps:
+        (summary,) = _tiny_loop(tmp_path, "kept").run_all()
+    assert (
+        steps.count == 0
+        and summary["train_steps"] == 2
+        and (kept / "train" / "metrics.jsonl").read_text() == metrics
+    )
+    assert not (kept / "train" / "checkpoints").exists() and checkpoint.is_complete(kept / "train" / "model")
+
+    # Killed before the export, after step 1's checkpoint: training resumes from it.
+    killed = _tiny_run_at_train(tmp_path, "killed")
+    _tiny_loop(tmp_path, "killed", keep_trainer_state=True).run_all()
+    for leftover in ("summary.json", "stage_seconds.json"):
+        (killed / leftover).unlink()
+    shutil.rmtree(killed / "train" / "model")
+    shutil.rmtree(killed / "train" / "checkpoints" / "2")
+    with hooks.installed(Steps()) as steps:
+        (summary,) = _tiny_loop(tmp_path, "killed").run_all()
+    assert (
+        steps.count == 1 and summary["train_steps"] == 2 and not (killed / "train" / "checkpoints").exists()
+    )
+    jax.tree.map(np.testing.assert_array_equal, params(killed), reference)
+    # A finished run resumed again changes nothing.
+    assert _tiny_loop(tmp_path, "killed").run_all() == [summary]

@@ -25,7 +25,14 @@ from isheep_jax.training.train_step import (
     per_segment_loss,
     state_shardings,
 )
-from isheep_jax.training.trainer import TrainConfig, TrainingError, batch_rows, make_batch, train
+from isheep_jax.training.trainer import (
+    TrainConfig,
+    TrainingError,
+    batch_rows,
+    delete_trainer_state,
+    make_batch,
+    train,
+)
 
 PAIRS = [
     {"instruction": "write a short poem about the sea", "input": "", "response": "the sea is blue and wide"},
@@ -402,7 +409,8 @@ def test_resume_equals_uninterrupted(task, tiny_model, tmp_path):
 
     data = sft_data.load_examples(task, 48, 32)
     oc = OptimizerConfig(learning_rate=1e-3, warmup_steps=2)
-    tc = TrainConfig(batch_size=2, num_epochs=3, seed=5, save_every_steps=3)  # 6 steps
+    # 6 steps; the state is kept so that the test can cut the run back to step 3.
+    tc = TrainConfig(batch_size=2, num_epochs=3, seed=5, save_every_steps=3, keep_trainer_state=True)
     res = train(tiny_model, data, tmp_path / "full", tc, oc, progress=False)
     work = tmp_path / "resumed"
     train(tiny_model, data, work, tc, oc, progress=False)
@@ -417,6 +425,59 @@ def test_resume_equals_uninterrupted(task, tiny_model, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p_full, p_res)
     assert [r["step"] for r in read_metrics(resumed.metrics_path)] == list(range(1, 7))
     assert resumed.final_loss == res.final_loss
+
+
+def test_trainer_state_is_deleted_after_the_export_unless_kept(task, tiny_model, tmp_path):
+    import shutil
+
+    data = sft_data.load_examples(task, 48, 32)
+    oc = OptimizerConfig(learning_rate=1e-3, warmup_steps=2)
+    tc = TrainConfig(batch_size=2, num_epochs=2, seed=5, save_every_steps=2)  # 4 steps
+    kept = train(
+        tiny_model,
+        data,
+        tmp_path / "kept",
+        dataclasses.replace(tc, keep_trainer_state=True),
+        oc,
+        progress=False,
+    )
+    assert sorted(os.listdir(tmp_path / "kept" / "checkpoints")) == ["2", "4"]
+    res = train(tiny_model, data, tmp_path / "work", tc, oc, progress=False)
+    assert not (tmp_path / "work" / "checkpoints").exists()  # the default: deleted after the export
+    assert checkpoint.is_complete(res.model_dir) and (tmp_path / "work" / "metrics.jsonl").exists()
+    _, p_kept = checkpoint.load_model(kept.model_dir)
+    _, p_res = checkpoint.load_model(res.model_dir)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p_kept, p_res)
+    # After the export a rerun reads its result back and never looks for the deleted state.
+    again = train(tiny_model, data, tmp_path / "work", tc, oc, progress=False)
+    assert (again.steps, again.final_loss) == (res.steps, res.final_loss) == (4, kept.final_loss)
+    # Killed between the export and the deletion: the rerun deletes the leftover state.
+    shutil.copytree(tmp_path / "kept" / "checkpoints", tmp_path / "work" / "checkpoints")
+    (tmp_path / "work" / "checkpoints" / "5.orbax-checkpoint-tmp-123").mkdir()  # a killed save's
+    train(tiny_model, data, tmp_path / "work", tc, oc, progress=False)
+    assert not (tmp_path / "work" / "checkpoints").exists()
+    assert delete_trainer_state(tmp_path / "work") is False  # nothing left to delete
+
+
+def test_trainer_state_is_never_deleted_unless_it_is_ours_and_exported(tmp_path):
+    work = tmp_path / "work"
+    (work / "checkpoints" / "3" / "state").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="not a complete export"):  # the state is the only copy
+        delete_trainer_state(work)
+    (work / "model").mkdir()
+    (work / "model" / "model.json").write_text("{}")  # what checkpoint.is_complete looks for
+    for foreign in ("notes.txt", "7", "latest"):
+        path = work / "checkpoints" / foreign
+        if foreign == "notes.txt":
+            path.write_text("mine")
+        else:
+            path.mkdir()  # a folder, but no orbax step of ours: a non-step name, or empty
+        with pytest.raises(TrainingError, match=f"holds {foreign}, which is not an orbax step folder"):
+            delete_trainer_state(work)
+        assert path.exists() and (work / "checkpoints" / "3" / "state").exists()  # nothing deleted
+        (path.rmdir if path.is_dir() else path.unlink)()
+    assert delete_trainer_state(work) is True
+    assert sorted(os.listdir(work)) == ["model"]  # only WORK/checkpoints went
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(task, tiny_model, tmp_path):
