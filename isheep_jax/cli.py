@@ -250,7 +250,7 @@ def _cmd_plan(a: argparse.Namespace) -> None:
             "meshes/v5p_128.gin; -1 (fill the devices) has no meaning without devices"
         )
     seq_len = tc.max_prompt_len + tc.max_response_len
-    p = plan.make_plan(cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc)
+    p = plan.make_plan(cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc, tc.loss_chunk_tokens)
     print(plan.format_plan(p, cfg, tuple(shape), pc.chip, (tc.batch_size, tc.micro_batches, seq_len)))
     why_not = (
         "--no_compile"
@@ -276,7 +276,7 @@ def _cmd_plan(a: argparse.Namespace) -> None:
         flush=True,
     )
     rows = tc.batch_size // tc.micro_batches
-    mem = plan.compiled_memory(cfg, mesh, (tc.micro_batches, rows, seq_len), pc)
+    mem = plan.compiled_memory(cfg, mesh, (tc.micro_batches, rows, seq_len), pc, tc.loss_chunk_tokens)
     print(plan.format_compiled(mem, p, pc.topology))
 
 

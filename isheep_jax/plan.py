@@ -33,6 +33,7 @@ from isheep_jax.model.transformer import unstack_layers
 from isheep_jax.parallel import sharding
 from isheep_jax.sampling import decode_loop
 from isheep_jax.sampling.generator import check_kv_cache_dtype
+from isheep_jax.training.chunked_loss import chunk_length
 from isheep_jax.training.optim import OptimizerConfig, make_optimizer
 from isheep_jax.training.train_step import compile_train_step, state_shardings
 
@@ -212,7 +213,9 @@ def _split(n: int, parts: int) -> int:
     return n // parts if n % parts == 0 else n
 
 
-def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str) -> int:
+def activation_bytes(
+    cfg: ModelConfig, mesh, rows: int, length: int, remat: str, loss_chunk_tokens: int = 0
+) -> int:
     """Estimated per-device bytes the backward pass of one micro-batch keeps alive.
 
     Per token and layer (compute dtype, heads and MLP split over `tensor`): without remat,
@@ -221,7 +224,8 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
     keys a query scores: S, or S (n + 1) / 2n with `layers.causal_blocks`' n query blocks;
     with cuDNN's fused attention only its f32 softmax statistics, nh); with 'dots', only matmul
     outputs; with 'full', each layer's input (H) plus one layer recomputed at a time. The
-    f32 logits and their gradient come on top.
+    f32 logits and their gradient come on top: of every token, or of one chunk of tokens
+    with a chunked loss (`training.chunked_loss`).
 
     Args:
       cfg: the model config.
@@ -229,6 +233,7 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
       rows: sequences per micro-batch over the whole mesh.
       length: tokens per sequence.
       remat: the remat policy, 'none', 'dots' or 'full'.
+      loss_chunk_tokens: `TrainConfig.loss_chunk_tokens` (0: the loss is one piece).
 
     Returns:
       The estimated bytes.
@@ -249,7 +254,10 @@ def activation_bytes(cfg: ModelConfig, mesh, rows: int, length: int, remat: str)
     dots_layer = tokens * b * ((2 * nh + 2 * kv) * hd + 2 * h + 2 * i)
     per_layer = {"none": full_layer, "dots": dots_layer, "full": tokens * b * h}[remat]
     extra_layer = full_layer if remat != "none" else 0  # the layer being recomputed
-    logits = 2 * tokens * _split(cfg.vocab_size, t) * 4
+    positions = chunk_length(rows, length, loss_chunk_tokens)
+    logits = (
+        2 * _split(rows, mesh.shape["data"] * mesh.shape["fsdp"]) * positions * _split(cfg.vocab_size, t) * 4
+    )
     return cfg.num_layers * per_layer + extra_layer + logits
 
 
@@ -283,6 +291,7 @@ def make_plan(
     micro_batches: int,
     seq_len: int,
     pc: PlanConfig,
+    loss_chunk_tokens: int = 0,
 ) -> Plan:
     """Per-device memory of training (params, Adam moments, gradients, activations) and sampling.
 
@@ -293,6 +302,7 @@ def make_plan(
       micro_batches: micro-batches per step (gradient accumulation).
       seq_len: tokens per training sequence.
       pc: the sampler's sizes, the chip and the headroom.
+      loss_chunk_tokens: `TrainConfig.loss_chunk_tokens` (0: the loss is one piece).
 
     Returns:
       The `Plan`.
@@ -302,7 +312,10 @@ def make_plan(
     moments = 2 * param_bytes(cfg, mesh, 4)  # optax adamw keeps mu and nu in f32
     grads = params  # accumulated gradients, parameter dtype and layout
     rows_per_micro = batch_size // micro_batches
-    act = {r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r) for r in ("none", "dots", "full")}
+    act = {
+        r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r, loss_chunk_tokens)
+        for r in ("none", "dots", "full")
+    }
     cache = kv_cache_bytes(cfg, mesh, pc.sample_batch, pc.sample_len)
     weights = sampler_weight_bytes(cfg, mesh)
     # The sampler keeps a copy of tied embeddings in the compute dtype, where that is not the
@@ -466,7 +479,11 @@ def _no_persistent_cache():
 
 
 def compiled_memory(
-    cfg: ModelConfig, mesh: jax.sharding.Mesh, batch_shape: tuple[int, int, int], pc: PlanConfig
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch_shape: tuple[int, int, int],
+    pc: PlanConfig,
+    loss_chunk_tokens: int = 0,
 ) -> dict[str, dict[str, int]]:
     """XLA's memory analysis of the train step and the sampler compiled for `mesh`'s devices.
 
@@ -478,6 +495,7 @@ def compiled_memory(
       mesh: a mesh of the target devices (e.g. built from `tpu_devices`).
       batch_shape: (micro_batches, rows per micro-batch, length).
       pc: the sampler's sizes (`sample_batch`, `sample_len`).
+      loss_chunk_tokens: `TrainConfig.loss_chunk_tokens` (0: the loss is one piece).
 
     Returns:
       `compiler_memory` results under 'training step' and 'sampling'.
@@ -490,7 +508,9 @@ def compiled_memory(
     batch = {k: jax.ShapeDtypeStruct(batch_shape, np.int32) for k in MODEL_KEYS}
     with _no_persistent_cache():
         train = compiler_memory(
-            compile_train_step(cfg, opt, mesh, batch_shape).lower(abstract_state, batch).compile()
+            compile_train_step(cfg, opt, mesh, batch_shape, loss_chunk_tokens=loss_chunk_tokens)
+            .lower(abstract_state, batch)
+            .compile()
         )
 
     abstract, names = abstract_params(cfg)

@@ -35,8 +35,8 @@ def test_shard_bytes_follow_the_rules():
     assert plan.param_bytes(cfg, plan.abstract_mesh(1, 1, 1)) == cfg.num_params() * 4
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_plan_agrees_with_the_compiled_train_step(remat):
+@pytest.mark.parametrize("remat, loss_chunk", [("none", 0), ("full", 0), ("full", 512)])
+def test_plan_agrees_with_the_compiled_train_step(remat, loss_chunk):
     """Arguments (params + Adam state) within 2 %; temporaries (gradients + activations)
     within a factor of 2 of XLA's own figures for the compiled step on one CPU device."""
     cfg = ModelConfig(**TINY, remat_policy=remat)
@@ -46,9 +46,11 @@ def test_plan_agrees_with_the_compiled_train_step(remat):
     abstract_state, _ = state_shardings(cfg, opt, mesh)
     batch = {k: jax.ShapeDtypeStruct((1, rows, length), jnp.int32) for k in MODEL_KEYS}
     measured = plan.compiler_memory(
-        compile_train_step(cfg, opt, mesh, (1, rows, length)).lower(abstract_state, batch).compile()
+        compile_train_step(cfg, opt, mesh, (1, rows, length), loss_chunk_tokens=loss_chunk)
+        .lower(abstract_state, batch)
+        .compile()
     )
-    p = plan.make_plan(cfg, (1, 1, 1), rows, 1, length, plan.PlanConfig())
+    p = plan.make_plan(cfg, (1, 1, 1), rows, 1, length, plan.PlanConfig(), loss_chunk)
     state = p.rows["params"] + p.rows["optimizer state"]
     assert abs(measured["arguments"] - state) / state < 0.02, (measured, p.rows)
     temp = p.rows["gradients"] + p.rows[f"activations (remat {remat})"]
@@ -62,6 +64,10 @@ def test_remat_and_sharding_shrink_the_plan():
     assert eight.rows["params"] < one.rows["params"] / 3 and eight.train_total < one.train_total
     acts = [one.rows[f"activations (remat {r})"] for r in ("none", "dots", "full")]
     assert acts[0] > acts[1] > acts[2]
+    # A chunked loss holds the f32 logits and their gradient of 512 tokens, not of 8 x 256.
+    chunked = plan.make_plan(cfg, (1, 1, 1), 8, 1, 256, plan.PlanConfig(), loss_chunk_tokens=512)
+    saved = one.rows["activations (remat full)"] - chunked.rows["activations (remat full)"]
+    assert saved == 2 * (8 * 256 - 512) * cfg.vocab_size * 4
 
 
 def test_isheep_plan_72b_on_v5p_128(capsys):

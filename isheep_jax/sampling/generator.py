@@ -474,6 +474,19 @@ class Generator:
         self.last_stats = stats
         return results  # type: ignore[return-value]
 
+    def _sampling_args(self, settings: SamplingSettings, stop_arr: np.ndarray) -> tuple[jax.Array, ...]:
+        """The traced arguments both decode loops take, in their order: EOS ids, stop
+        sequences, max_new_tokens, temperature, top-k, top-p, pad id."""
+        return (
+            jnp.asarray(self.eos_ids),
+            jnp.asarray(stop_arr),
+            jnp.int32(settings.max_new_tokens),
+            jnp.float32(settings.temperature),
+            jnp.int32(settings.top_k),
+            jnp.float32(settings.top_p),
+            jnp.int32(self.pad_id),
+        )
+
     def _run_slots(
         self,
         ids: list[list[int]],
@@ -505,15 +518,7 @@ class Generator:
         cfg, c = self.cfg, len(prefix)
         b = min(_pow2_at_least(len(ids)), _pow2_at_least(settings.batch_size))
         length = bucket(max(len(x) for x in ids), PROMPT_BUCKETS) + capacity
-        sampling_args = (
-            jnp.asarray(self.eos_ids),
-            jnp.asarray(stop_arr),
-            jnp.int32(settings.max_new_tokens),
-            jnp.float32(settings.temperature),
-            jnp.int32(settings.top_k),
-            jnp.float32(settings.top_p),
-            jnp.int32(self.pad_id),
-        )
+        sampling_args = self._sampling_args(settings, stop_arr)
         with sharding.activation_sharding(self.mesh):
             shared = _shared_prefix_cache(cfg, self.params, jnp.asarray(prefix, jnp.int32)) if c else None
             state = continuous.init_slots(
@@ -610,13 +615,7 @@ class Generator:
                 tokens,
                 mask,
                 row_keys,
-                jnp.asarray(self.eos_ids),
-                jnp.asarray(stop_arr),
-                jnp.int32(settings.max_new_tokens),
-                jnp.float32(settings.temperature),
-                jnp.int32(settings.top_k),
-                jnp.float32(settings.top_p),
-                jnp.int32(self.pad_id),
+                *self._sampling_args(settings, stop_arr),
                 capacity=capacity,
                 cache_dtype=self.kv_cache_dtype,
                 packed_len=packed_len,
