@@ -9,8 +9,17 @@ import logging
 import os
 import sys
 
-# TensorFlow (under SeqIO) logs C++ start-up chatter at import; keep warnings and errors.
+from isheep_jax.backends.cpu.host_memory import accelerator_present
+
+# TensorFlow (under SeqIO) logs C++ start-up chatter at import; keep warnings and errors
+# (what it prints through absl before that applies is filtered: core.native_logs).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Without a TPU or GPU device node JAX runs on the CPU anyway. Saying so before JAX starts
+# keeps it from initialising libtpu (the tpu-aot extra installs it), whose probe of a host
+# that is no TPU prints a page of errors and takes a lock other processes then wait on.
+# `isheep plan` compiles for TPU topologies either way.
+if "JAX_PLATFORMS" not in os.environ and not accelerator_present():
+    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def _cmd_import_hf(a: argparse.Namespace) -> None:

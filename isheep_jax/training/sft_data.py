@@ -24,12 +24,14 @@ import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from isheep_jax.core import io_utils
+from isheep_jax.core.native_logs import quiet_import
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.training.vocab import vocabulary_for
+
+tf = quiet_import("tensorflow")  # before seqio imports it: its C++ start-up lines are noise
+import seqio  # noqa: E402
 
 MODEL_KEYS = (
     "decoder_input_tokens",

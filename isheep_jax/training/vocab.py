@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from isheep_jax.core import io_utils
+from isheep_jax.core.native_logs import quiet_import
 from isheep_jax.model.tokenizer import Tokenizer
+
+tf = quiet_import("tensorflow")  # before seqio imports it: its C++ start-up lines are noise
+import seqio  # noqa: E402
 
 
 def _as_bytes(b) -> bytes:

@@ -51,7 +51,7 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
-def _accelerator_present() -> bool:
+def accelerator_present() -> bool:
     """A TPU (/dev/accel*, /dev/vfio/N) or NVIDIA GPU (/dev/nvidiaN) device node: what JAX would use."""
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*"))
 
@@ -80,7 +80,7 @@ def wanted(environ: Mapping[str, str] | None = None) -> bool:
     platforms = env.get("JAX_PLATFORMS", "").strip().lower()
     if platforms:
         return platforms == "cpu"
-    return not _accelerator_present()
+    return not accelerator_present()
 
 
 def retain_freed_memory() -> bool:

@@ -25,9 +25,9 @@ def test_wanted_follows_the_env_and_the_platform(monkeypatch):
     assert host_memory.wanted({"JAX_PLATFORMS": "cpu"})
     assert not host_memory.wanted({"JAX_PLATFORMS": "tpu"})
     assert not host_memory.wanted({"JAX_PLATFORMS": "cuda,cpu"})
-    monkeypatch.setattr(host_memory, "_accelerator_present", lambda: True)
+    monkeypatch.setattr(host_memory, "accelerator_present", lambda: True)
     assert not host_memory.wanted({})
-    monkeypatch.setattr(host_memory, "_accelerator_present", lambda: False)
+    monkeypatch.setattr(host_memory, "accelerator_present", lambda: False)
     assert host_memory.wanted({})
     with pytest.raises(ValueError, match="ISHEEP_HOST_MALLOC.*'keep'"):
         host_memory.wanted({"ISHEEP_HOST_MALLOC": "keep"})
