@@ -9,7 +9,8 @@ one iteration on the shipped seed pool.
   read from one prefill (logits mode) vs decoded and parsed (text mode, 32 tokens).
 
 For each sampling stage and sampler it prints useful tokens/s (tokens before EOS, per
-second outside compilation), slot utilisation (slot-steps that decoded a live row),
+second outside compilation), slot utilisation (slot-steps that decoded a live row; for
+continuous batching also while prompts still waited, i.e. without the final drain),
 compile seconds and wall seconds, and how many rows our two samplers returned identical
 (all of them wherever the logits agree to the last bit). The rate stage prints pairs/s
 outside compilation for both modes.
@@ -97,7 +98,8 @@ def main() -> None:
             s = gen.last_stats
             useful = _useful(outs)
             run = s.seconds - s.compile_seconds
-            rows.append((stage, name, useful / run, s.utilisation, s.compile_seconds, s.seconds))
+            queued = s.utilisation_while_queued if name == "continuous" else float("nan")
+            rows.append((stage, name, useful / run, s.utilisation, queued, s.compile_seconds, s.seconds))
             useful_rate[name][0] += useful
             useful_rate[name][1] += run
             outputs[stage, name] = outs
@@ -144,7 +146,7 @@ def main() -> None:
                     ends = [j for j, t in enumerate(row) if t in eos]
                     useful += ends[0] if ends else len(row)
             wall = time.perf_counter() - t0
-            rows.append((stage, "transformers", useful / wall, float("nan"), 0.0, wall))
+            rows.append((stage, "transformers", useful / wall, float("nan"), float("nan"), 0.0, wall))
             print(f"{stage} transformers: {useful / wall:.1f} useful tok/s", flush=True)
 
     answered = outputs.get(("respond", "continuous"))
@@ -172,11 +174,13 @@ def main() -> None:
         rate_rows.append((mode, len(pairs) / (wall - comp), comp, wall))
         print(f"rate {mode}: {rate_rows[-1][1]:.2f} pairs/s", flush=True)
 
-    print("\n| stage | sampler | useful tok/s | slot utilisation | compile s | wall s |")
-    print("|---|---|---:|---:|---:|---:|")
-    for stage, name, rate, util, comp, wall in rows:
-        u = "" if util != util else f"{util:.1%}"
-        print(f"| {stage} | {name} | {rate:.1f} | {u} | {comp:.1f} | {wall:.1f} |")
+    print(
+        "\n| stage | sampler | useful tok/s | slot utilisation | while prompts waited | compile s | wall s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for stage, name, rate, util, queued, comp, wall in rows:
+        u, q = ("" if x != x else f"{x:.1%}" for x in (util, queued))  # NaN: not measured
+        print(f"| {stage} | {name} | {rate:.1f} | {u} | {q} | {comp:.1f} | {wall:.1f} |")
     print("\n| rating | pairs/s outside compilation | compile s | wall s |")
     print("|---|---:|---:|---:|")
     for mode, rate, comp, wall in rate_rows:

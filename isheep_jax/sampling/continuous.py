@@ -219,8 +219,8 @@ def insert(
         put(state.cache.index, jnp.full((r,), c + p, jnp.int32)),
     ).constrained()
     n = state.tokens.shape[1]
-    fresh = Slots(
-        cache=cache,
+    fresh = Slots(  # the new rows on their own, [R, ...]; `_emit` draws their first tokens
+        cache=new,
         tokens=jnp.full((r, n), pad_id, jnp.int32),
         logprobs=jnp.zeros((r, n), jnp.float32),
         lengths=jnp.zeros((r,), jnp.int32),
@@ -259,7 +259,7 @@ def decode_segment(
     pad_id: jax.Array,
     max_steps: jax.Array,
     min_free: jax.Array,
-) -> tuple[Slots, jax.Array]:
+) -> tuple[Slots, jax.Array, jax.Array]:
     """Decode steps for every slot until `min_free` slots are not live, or `max_steps`.
 
     Also stops when no slot is live. Slots that are not live compute a step too (the
@@ -275,21 +275,23 @@ def decode_segment(
         none is).
 
     Returns:
-      (the updated `Slots`, scalar int32 decode steps run).
+      (the updated `Slots`, scalar int32 decode steps run, scalar int32 slot-steps of those
+      that decoded a live row).
     """
     b, n = state.tokens.shape
     limit = jnp.minimum(max_new_tokens, n)
     rows = jnp.arange(b)
 
-    def cond(carry: tuple[jax.Array, Slots]) -> jax.Array:
+    def cond(carry: tuple[jax.Array, jax.Array, Slots]) -> jax.Array:
         """Runs while steps remain, some row is live and too few slots are free."""
-        k, st = carry
+        k, _, st = carry
         free = b - jnp.sum(st.live.astype(jnp.int32))
         return (k < max_steps) & (free < min_free) & jnp.any(st.live)
 
-    def body(carry: tuple[jax.Array, Slots]) -> tuple[jax.Array, Slots]:
+    def body(carry: tuple[jax.Array, jax.Array, Slots]) -> tuple[jax.Array, jax.Array, Slots]:
         """Feeds each row's last token through the model, then samples its next one."""
-        k, st = carry
+        k, busy, st = carry
+        busy = busy + jnp.sum(st.live.astype(jnp.int32))
         last = st.tokens[rows, jnp.maximum(st.lengths - 1, 0)][:, None]
         pos = (st.prompt_len + jnp.maximum(st.lengths - 1, 0))[:, None]
         # Rows that are not live write their (ignored) key into their current slot and keep
@@ -307,7 +309,8 @@ def decode_segment(
             top_p,
             pad_id,
         )
-        return k + 1, st
+        return k + 1, busy, st
 
-    steps, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
-    return state, steps
+    zero = jnp.zeros((), jnp.int32)
+    steps, busy, state = jax.lax.while_loop(cond, body, (zero, zero, state))
+    return state, steps, busy

@@ -267,6 +267,9 @@ class SamplerStats:
       decode_steps: decode steps run (each feeds one token to every slot of a batch).
       slot_steps: decode steps times the slots they ran on; a row's first token comes from
         its prefill, so `tokens - rows` of them did useful work.
+      queued_slot_steps: continuous batching: the slot-steps run while prompts were
+        waiting for a slot (before the queue ran dry and the last rows drained).
+      queued_busy_steps: of which those that decoded a live row.
       seconds: wall time of the call.
       compile_seconds: of which tracing and compiling.
     """
@@ -275,6 +278,8 @@ class SamplerStats:
     tokens: int = 0
     decode_steps: int = 0
     slot_steps: int = 0
+    queued_slot_steps: int = 0
+    queued_busy_steps: int = 0
     seconds: float = 0.0
     compile_seconds: float = 0.0
 
@@ -282,6 +287,12 @@ class SamplerStats:
     def utilisation(self) -> float:
         """Fraction of the slot-steps that decoded a live row (1.0 when there were none)."""
         return (self.tokens - self.rows) / self.slot_steps if self.slot_steps else 1.0
+
+    @property
+    def utilisation_while_queued(self) -> float:
+        """Continuous batching's utilisation while prompts waited: the scheduler's own share
+        of the idle slot-steps, without the drain at the end (1.0 when there were none)."""
+        return self.queued_busy_steps / self.queued_slot_steps if self.queued_slot_steps else 1.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -453,7 +464,9 @@ class Generator:
             bar.set_postfix(tok_s=f"{stats.tokens_per_second:.1f}", compile_s=f"{stats.compile_seconds:.1f}")
 
         if ids and self.batching == "continuous":
-            self._run_slots(ids, order, row_ids, settings, capacity, stop_arr, base_key, prefix, done, tick)
+            self._run_slots(
+                ids, order, row_ids, settings, capacity, stop_arr, base_key, prefix, done, tick, stats
+            )
         for start in range(0, len(order) if self.batching == "static" else 0, settings.batch_size):
             chunk = order[start : start + settings.batch_size]
             out, b = self._run_batch(
@@ -499,6 +512,7 @@ class Generator:
         prefix: list[int],
         done,
         tick,
+        stats: SamplerStats,
     ) -> None:
         """Continuous batching over all prompts: slots refilled from the queue as rows end.
 
@@ -514,6 +528,7 @@ class Generator:
           prefix: the shared prefix, prefilled once for the call.
           done: `done(i, completion, decode_steps, slot_steps)` records prompt i.
           tick: `tick(rows)` after each refill round that completed rows.
+          stats: where the slot-steps run while prompts waited are counted.
         """
         cfg, c = self.cfg, len(prefix)
         b = min(_pow2_at_least(len(ids)), _pow2_at_least(settings.batch_size))
@@ -561,8 +576,9 @@ class Generator:
                     )
                 for s, i in zip(slot_ids, take):
                     occupant[s] = i
+            waiting = bool(queue)
             with sharding.activation_sharding(self.mesh):
-                state, steps = continuous.decode_segment(
+                state, steps, busy = continuous.decode_segment(
                     cfg,
                     self.params,
                     state,
@@ -570,8 +586,11 @@ class Generator:
                     jnp.int32(SEGMENT_STEPS),
                     jnp.int32(min(min_free, len(queue)) if queue else b + 1),
                 )
-            live, steps = distributed.to_host((state.live, steps))
+            live, steps, busy = distributed.to_host((state.live, steps, busy))
             pending_steps += int(steps)
+            if waiting:
+                stats.queued_slot_steps += b * int(steps)
+                stats.queued_busy_steps += int(busy)
             ended = [s for s in range(b) if occupant[s] >= 0 and not live[s]]
             if not ended:
                 continue

@@ -72,6 +72,9 @@ def test_continuous_gives_the_static_rows_with_fewer_slot_steps(tiny, shared):
         assert cont.tokens == static.tokens and cont.rows == static.rows == len(prompts)
         assert cont.slot_steps < static.slot_steps and cont.utilisation > static.utilisation
         assert 0 < cont.utilisation <= 1 and cont.decode_steps * 4 == cont.slot_steps
+        # Busy slot-steps are the decoded tokens: each row's first token comes from its prefill.
+        assert 0 < cont.queued_busy_steps <= cont.queued_slot_steps < cont.slot_steps
+        assert static.queued_slot_steps == 0 and static.utilisation_while_queued == 1.0
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (1, 2, 4)])
