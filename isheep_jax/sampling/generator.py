@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import gin
@@ -510,8 +510,8 @@ class Generator:
         stop_arr: np.ndarray,
         base_key: jax.Array,
         prefix: list[int],
-        done,
-        tick,
+        done: Callable[[int, Completion, int, int], None],
+        tick: Callable[[int], None],
         stats: SamplerStats,
     ) -> None:
         """Continuous batching over all prompts: slots refilled from the queue as rows end.
