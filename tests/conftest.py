@@ -1,12 +1,16 @@
 """Shared fixtures: 8 fake CPU devices, tiny tokenizers and models, the imported SmolLM2."""
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Tests run on CPU devices; with libtpu installed (tpu-aot extra) JAX would otherwise probe for a TPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `isheep` processes the tests start compile into a cache of this session's own, never the
+# user's (~/.cache/isheep_jax/xla).
+os.environ.setdefault("ISHEEP_XLA_CACHE", tempfile.mkdtemp(prefix="isheep-test-xla-"))
 
 import pytest  # noqa: E402
 from helpers import make_tokenizer_folder  # noqa: E402
@@ -21,6 +25,21 @@ def _gin_cleared_after_each_test():
     import gin
 
     gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_xla_cache_after_each_test():
+    """An `isheep` command run in-process turns JAX's persistent compilation cache on for the
+    whole process (`cli._enable_compilation_cache`); the tests after it compile as they
+    would on their own, without writing every program to disk."""
+    yield
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        from jax._src import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="session")
