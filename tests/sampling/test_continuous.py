@@ -32,6 +32,14 @@ def _prompts(n: int = 14, shared: int = 0) -> list[list[int]]:
     return [head + rng.randint(5, 320, size=k).tolist() for k in lengths]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compile_caches():
+    """Starts this module without the compiled programs earlier test modules left behind."""
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
 def _generate(cfg, params, tok, batching, prompts, settings, eos, mesh=None):
     gen = Generator(cfg, params, tok, mesh=mesh, batching=batching)
     gen.eos_ids = np.asarray(eos, np.int32)  # rows end at different steps: slots get refilled
@@ -131,7 +139,7 @@ def test_edge_cases_one_token_budget_fewer_prompts_than_slots_and_stop_strings(t
 def test_the_decode_segment_compiles_once_per_stage_shape(tiny):
     """More prompts, other lengths in the same bucket, another chunking: no new decode compile."""
     cfg, params, tok = tiny
-    gen = Generator(cfg, params, tok)
+    gen = Generator(cfg, params, tok, batching="continuous")
     settings = SamplingSettings(max_new_tokens=10, temperature=1.0, seed=1, batch_size=4)
     gen.generate(_prompts(14), settings, progress=False)
     before = continuous.decode_segment._cache_size()
