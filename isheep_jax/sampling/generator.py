@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from isheep_jax.backends.cpu import kernels
-from isheep_jax.core import compile_clock, hooks
+from isheep_jax.core import choices, compile_clock, hooks
 from isheep_jax.model import checkpoint
 from isheep_jax.model.config import ModelConfig
 from isheep_jax.model.params import Params
@@ -66,7 +66,6 @@ CAPACITY_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # How the sampler batches rows: 'continuous' refills each slot from the queue as its row
 # ends (`sampling.continuous`); 'static' decodes each batch until its longest row ends.
 Batching = Literal["continuous", "static"]
-BATCHING: tuple[Batching, ...] = ("continuous", "static")
 # Continuous batching stops decoding to refill once this fraction of the slots is free (at
 # least one): refilling one slot at a time would prefill one row per call, and waiting for
 # more leaves slots idle. 1/8 idles about 1/16 of the slot-steps on average.
@@ -301,23 +300,6 @@ class SamplerStats:
         return self.tokens / run if run > 0 else 0.0
 
 
-def check_batching(name: str) -> Batching:
-    """Checks a `Generator.batching` value.
-
-    Args:
-      name: one of BATCHING.
-
-    Returns:
-      `name`.
-
-    Raises:
-      ValueError: `name` is not one of BATCHING.
-    """
-    if name not in BATCHING:
-        raise ValueError(f"batching must be one of {BATCHING}, got {name!r}")
-    return name  # type: ignore[return-value]
-
-
 @gin.configurable(allowlist=["kv_cache_dtype", "share_prefix", "batching"])
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
@@ -349,7 +331,7 @@ class Generator:
 
     Raises:
       ValueError: `kv_cache_dtype` is not one of KV_CACHE_DTYPES, or `batching` not one of
-        BATCHING.
+        `Batching`'s values.
     """
 
     def __init__(
@@ -366,7 +348,8 @@ class Generator:
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
         self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
-        self.batching = check_batching(batching)
+        choices.check("Generator", "batching", batching, Batching)
+        self.batching = batching
         self.last_stats = SamplerStats()  # of the last `generate` call
         kernels.load()  # the CPU decode kernel is built (or found) before anything is traced
         self.share_prefix = share_prefix
