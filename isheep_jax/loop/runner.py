@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 Assessor = Literal["base", "current"]  # which model rates the pairs of iteration i
 TrainFrom = Literal["base", "previous"]  # which model iteration i fine-tunes
 TrainData = Literal["latest", "cumulative"]  # this iteration's kept pairs, or all iterations'
+# How instructions are synthesized: the model continues few-shot lists of seed tasks, or
+# (chat models) writes a user message from its chat template's user-turn prefix (Magpie).
+SynthesisMode = Literal["few_shot", "template_prefix"]
 
 # Stage offsets of the sampling seed: each (iteration, stage) gets its own random stream.
 _SYNTH, _RESPOND, _ASSESS = 0, 1, 2
@@ -55,7 +58,13 @@ class LoopConfig:
       base_model: a checkpoint directory, or 'embedded:smollm2' (the demo model); required.
       iterations: how many iterations to run.
       seed_file: the seed pool file; '' = the package's own seed tasks.
-      synthesis_prompts: few-shot prompts per iteration; each yields several instructions.
+      synthesis_mode: 'few_shot' (the paper's: the model continues numbered lists of
+        `k_demos` seed tasks, raw prompts) or 'template_prefix' (Magpie, for chat models: the
+        model is prompted with its chat template up to a user message, in the style it is
+        prompted with, and writes one instruction; no seed pool is shown). The same
+        filters, ROUGE-L dedup and resume apply to both.
+      synthesis_prompts: synthesis prompts per iteration; a few-shot prompt yields several
+        instructions, a template-prefix prompt one.
       k_demos: seed demos per synthesis prompt.
       tasks_per_prompt: the list length the synthesis prompt announces.
       rouge_threshold: an instruction whose ROUGE-L F1 against the pool exceeds this is a
@@ -102,7 +111,8 @@ class LoopConfig:
     base_model: str = gin.REQUIRED  # a checkpoint directory, or 'embedded:smollm2' (the demo model)
     iterations: int = 2
     seed_file: str = ""  # '' = the package's own seed tasks
-    synthesis_prompts: int = 64  # few-shot prompts per iteration; each yields several instructions
+    synthesis_mode: SynthesisMode = "few_shot"
+    synthesis_prompts: int = 64  # few-shot: several instructions each; template_prefix: one
     k_demos: int = 5
     tasks_per_prompt: int = 20  # the list length the synthesis prompt announces
     rouge_threshold: float = 0.7
@@ -133,6 +143,7 @@ class LoopConfig:
     def __post_init__(self):
         """Checks the choices and that the counts are at least 1."""
         for name, choice in (
+            ("synthesis_mode", SynthesisMode),
             ("assessor", Assessor),
             ("assess_mode", AssessMode),
             ("rank_by", RankBy),
@@ -222,6 +233,14 @@ class Loop:
                 tok.render_prompt("x", getattr(lc, name))
             except TokenizerError as e:
                 raise ValueError(f"LoopConfig.{name} = {getattr(lc, name)!r}: {e}") from None
+            if lc.synthesis_mode == "template_prefix":
+                try:
+                    tok.user_turn_prefix(getattr(lc, name))
+                except ValueError as e:  # TokenizerError too
+                    raise ValueError(
+                        f"LoopConfig.synthesis_mode = 'template_prefix' samples instructions from "
+                        f"the chat template, but LoopConfig.{name} = {getattr(lc, name)!r}: {e}"
+                    ) from None
         self.models = GeneratorCache(self.mesh)
 
     # ------------------------------------------------------------------ helpers
@@ -251,8 +270,10 @@ class Loop:
         """Synthesis stage: writes instructions.jsonl and dropped_synthesize.jsonl of iteration `i`.
 
         The model continues few-shot numbered lists of seed instructions (raw prompts, no chat
-        template); the parsed items go through the heuristic filter and the ROUGE-L check
-        against the seeds, earlier iterations' instructions and the items kept so far.
+        template), or with `synthesis_mode = 'template_prefix'` writes one user message per
+        prompt from its chat template's user-turn prefix; the parsed items go through the
+        heuristic filter and the ROUGE-L check against the seeds, earlier iterations'
+        instructions and the items kept so far.
 
         Args:
           i: the iteration.
@@ -260,16 +281,24 @@ class Loop:
           model_dir: M_i, the model that synthesizes.
         """
         lc = self.lc
-        rng = random.Random(f"{lc.seed}-{i}-synthesize")
-        template = load_template("instruction_synthesis")
-        prompts, first = [], []
-        for _ in range(lc.synthesis_prompts):
-            text, nxt = synthesis.build_synthesis_prompt(
-                rng.sample(self.seeds, lc.k_demos), template, lc.tasks_per_prompt
-            )
-            prompts.append(text)
-            first.append(nxt)
-        # Synthesis continues a raw numbered list whatever the model: a chat template would make it answer.
+        if lc.synthesis_mode == "template_prefix":
+            # One prompt for all: each row's own random stream makes the messages differ, and
+            # the sampler prefills the shared prompt once.
+            gen = self.models.get(model_dir)
+            prompts = [gen.tokenizer.user_turn_prefix(self._style(model_dir))] * lc.synthesis_prompts
+            first = [0] * lc.synthesis_prompts
+        else:
+            rng = random.Random(f"{lc.seed}-{i}-synthesize")
+            template = load_template("instruction_synthesis")
+            prompts, first = [], []
+            for _ in range(lc.synthesis_prompts):
+                text, nxt = synthesis.build_synthesis_prompt(
+                    rng.sample(self.seeds, lc.k_demos), template, lc.tasks_per_prompt
+                )
+                prompts.append(text)
+                first.append(nxt)
+        # Few-shot synthesis continues a raw numbered list whatever the model (a chat template
+        # would make it answer); a user-turn prefix is rendered already, special tokens included.
         outs = sample_in_chunks(
             it.chunks("synthesize"),
             prompts,
@@ -280,7 +309,7 @@ class Loop:
                 ids,
                 lc.synth_sampling,
                 self._seed(i, _SYNTH),
-                False,
+                lc.synthesis_mode == "template_prefix",
                 "synthesize",
             ),
             "synthesize",
@@ -292,7 +321,11 @@ class Loop:
                 pool.add(r["instruction"])
         kept, dropped = [], []
         for p, (out, nxt) in enumerate(zip(outs, first)):
-            for item in synthesis.parse_instructions(out["text"], nxt, out["finish_reason"]):
+            if lc.synthesis_mode == "template_prefix":
+                items = [synthesis.parse_user_turn(out["text"], out["finish_reason"])]
+            else:
+                items = synthesis.parse_instructions(out["text"], nxt, out["finish_reason"])
+            for item in items:
                 row = {"id": f"{i}-{p}-{item.index}", "instruction": item.instruction, "input": item.input}
                 reason = synthesis.heuristic_filter(item)
                 if reason is None and pool.is_duplicate(item.instruction, lc.rouge_threshold):

@@ -15,7 +15,12 @@ The prompt lists k seed demos as numbered items and ends with an open
     3. Instruction:
 
 `parse_instructions` reads the continuation back into items; `heuristic_filter` applies
-the reference pipeline's rules (DESIGN §1). The ROUGE-L near-duplicate check against the
+the reference pipeline's rules (DESIGN §1).
+
+The other mode (`LoopConfig.synthesis_mode = 'template_prefix'`, Magpie: Xu et al. 2024)
+prompts a chat model with its template's text up to a user message
+(`Tokenizer.user_turn_prefix`); the model writes one user message, read back by
+`parse_user_turn`, and the same filters apply. The ROUGE-L near-duplicate check against the
 pool is `rouge.RougeDeduper`; its drop reason is `ROUGE_DUPLICATE` here.
 """
 
@@ -71,6 +76,8 @@ _LEFTOVER_INSTRUCTION_RE = re.compile(
     r"\b(?:Instruction|Input|Output)\s*:|#{3}|" + _LEFTOVER_INPUT_RE.pattern
 )
 _URL_RE = re.compile(r"https?:|www\.\w", re.I)
+# Finish reasons (`generator.FinishReason`) of a completion the model ended itself.
+_ENDED = ("eos", "stop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +156,13 @@ def parse_instructions(
     An item ends at a `###` line or at the next item's header; text between the two is
     junk and ignored, and a `N. Output:` section is dropped. The last item, with neither
     after it, is taken as cut off by the token limit and is marked `TRUNCATED` -- unless
-    `finish_reason == "stop"` (the model ended on its own or hit a stop string, which
-    the sampler strips), in which case it is complete.
+    the model ended on its own (`finish_reason` "eos", or "stop": a stop string, which the
+    sampler strips), in which case it is complete.
 
     Args:
       completion: the sampled continuation of the synthesis prompt.
       first_index: the number of the prompt's open header.
-      finish_reason: why sampling stopped ("stop", "length", ...), or None.
+      finish_reason: why sampling stopped ("eos", "stop", "length"), or None.
 
     Returns:
       The items in order; an item with an empty instruction (and no other reason) gets
@@ -173,9 +180,29 @@ def parse_instructions(
         separator = _SEPARATOR_RE.search(body)
         if separator:
             body = body[: separator.start()]
-        complete = separator is not None or not is_last or finish_reason == "stop"
+        complete = separator is not None or not is_last or finish_reason in _ENDED
         items.append(_split_item(int(header.group(1)), body, None if complete else TRUNCATED))
     return items
+
+
+def parse_user_turn(completion: str, finish_reason: str | None = None, index: int = 0) -> ParsedInstruction:
+    """Reads a user message sampled from a chat template's user-turn prefix as one item.
+
+    The message is the instruction; it has no separate input (a model writing a user turn
+    puts any input inside it).
+
+    Args:
+      completion: the sampled message (the sampler strips the end-of-turn token).
+      finish_reason: why sampling stopped; "length" (or None) means the message was cut
+        off, "eos" or "stop" that the model closed its turn.
+      index: the item's number (one message per prompt: 0).
+
+    Returns:
+      The item; `TRUNCATED` unless the turn was closed, `EMPTY_INSTRUCTION` if it is blank.
+    """
+    instruction = completion.strip()
+    reason = TRUNCATED if finish_reason not in _ENDED else (None if instruction else EMPTY_INSTRUCTION)
+    return ParsedInstruction(index=index, instruction=instruction, reason=reason)
 
 
 def _split_item(index: int, body: str, reason: str | None) -> ParsedInstruction:

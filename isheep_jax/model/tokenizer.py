@@ -291,3 +291,39 @@ class Tokenizer:
             {"role": "user", "content": user_text}
         ]
         return self.apply_chat_template(messages, template=None if style == "chat" else style)
+
+    def user_turn_prefix(self, style: PromptStyle, system: str | None = None) -> str:
+        """The chat template's text up to where a user's message begins (Magpie's prompt).
+
+        An aligned chat model given only this continues with a plausible user message and
+        ends the turn with its end-of-turn token (Xu et al. 2024, "Magpie").
+
+        Args:
+          style: 'chat' (the tokenizer's own template) or a builtin template; not 'raw'.
+          system: an optional system message, rendered before the user turn.
+
+        Returns:
+          The rendered conversation of one user turn, cut right before its content.
+
+        Raises:
+          ValueError: `style` is 'raw' or not a `PromptStyle`.
+          TokenizerError: the template has no chat template, or renders the user's content
+            other than verbatim after a fixed prefix (the prefix cannot be cut out).
+        """
+        choices.check("prompt", "style", style, PromptStyle)
+        if style == "raw":
+            raise ValueError("a user-turn prefix needs a chat template: style 'raw' has none")
+        # A sentinel no template alters: the prefix is what precedes it, for any user text.
+        marker = "\ue000isheep-user-content\ue000"
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": marker}
+        ]
+        text = self.apply_chat_template(
+            messages, add_generation_prompt=False, template=None if style == "chat" else style
+        )
+        if text.count(marker) != 1:
+            raise TokenizerError(
+                f"{self.folder}: the {style!r} template does not render the user's message "
+                "verbatim, so its user-turn prefix cannot be cut out"
+            )
+        return text[: text.index(marker)]

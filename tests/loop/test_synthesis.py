@@ -107,9 +107,10 @@ def test_parse_typical_completion():
 def test_last_item_complete_when_the_model_stopped():
     text = " Name two noble gases.\n6. Input:\nNone"
     assert parse_instructions(text, 6) == [ParsedInstruction(6, "Name two noble gases.", "", syn.TRUNCATED)]
-    assert parse_instructions(text, 6, finish_reason="stop") == [
-        ParsedInstruction(6, "Name two noble gases.", "")
-    ]
+    for ended in ("eos", "stop"):  # the model's own EOS, or a stop string (the sampler's names)
+        assert parse_instructions(text, 6, finish_reason=ended) == [
+            ParsedInstruction(6, "Name two noble gases.", "")
+        ]
     # A terminating separator makes it complete whatever the finish reason.
     assert parse_instructions(text + "\n###", 6, finish_reason="length")[0].reason is None
 
@@ -305,3 +306,77 @@ def test_parser_and_filter_never_raise_on_random_text():
         for finish_reason in (None, "stop"):
             items = parse_instructions(text, 6, finish_reason=finish_reason)
             assert items and all(isinstance(heuristic_filter(i), (str, type(None))) for i in items)
+
+
+# ---------------------------------------------------------------------------- template prefix
+@pytest.mark.parametrize(
+    "completion, finish, expected",
+    [
+        (
+            "  Give me three tips for sleeping better.\n",
+            "eos",
+            ("Give me three tips for sleeping better.", None),
+        ),
+        (
+            "Explain how a bicycle gear works and why",
+            "length",
+            ("Explain how a bicycle gear works and why", "truncated"),
+        ),
+        ("   ", "stop", ("", "empty_instruction")),
+    ],
+)
+def test_parse_user_turn(completion, finish, expected):
+    item = syn.parse_user_turn(completion, finish)
+    assert (item.instruction, item.reason) == expected and item.input == ""
+
+
+def test_user_turn_prefix_cuts_before_the_user_content(tmp_path):
+    from helpers import make_hf_model
+
+    from isheep_jax.model.tokenizer import Tokenizer
+
+    tok = Tokenizer(make_hf_model(str(tmp_path / "hf"), "llama"))
+    prefix = tok.user_turn_prefix("chatml", system="Be brief.")
+    assert prefix == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+    # Whatever the user writes, the rendered turn starts with the prefix.
+    assert tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], template="chatml"
+    ).startswith(prefix + "Hi")
+    with pytest.raises(ValueError, match="needs a chat template"):
+        tok.user_turn_prefix("raw")
+
+
+def test_template_prefix_synthesis_yields_parsed_instructions_on_smollm2(tmp_path, smollm2_dir):
+    """Magpie on the real chat model: one shared user-turn prefix, distinct messages per row,
+    every row either kept or dropped with a reason, the kept ones passing the filters."""
+    from isheep_jax.core import io_utils
+    from isheep_jax.loop.run_dir import RunDir
+    from isheep_jax.loop.runner import Loop, LoopConfig
+    from isheep_jax.sampling.generator import SamplingSettings
+
+    n = 8
+    lc = LoopConfig(
+        base_model=smollm2_dir,
+        synthesis_mode="template_prefix",
+        synthesis_prompts=n,
+        base_prompt_style="chat",
+        contamination_check=False,
+        synth_sampling=SamplingSettings(max_new_tokens=64, batch_size=n),
+    )
+    RunDir(tmp_path / "run").open("test")
+    loop = Loop(lc, str(tmp_path / "run"))
+    it = loop.run.iteration(0)
+    loop.synthesize(0, it, loop.base_dir)
+    kept = io_utils.read_jsonl(it.instructions)
+    dropped = io_utils.read_jsonl(it.dropped_stage("synthesize"))
+    assert len(kept) + len(dropped) == n
+    assert {r["id"] for r in kept + dropped} == {f"0-{p}-0" for p in range(n)}
+    assert all(r["reason"] for r in dropped)
+    assert len(kept) >= n // 2, (kept, dropped)
+    for r in kept:
+        assert r["input"] == "" and "<|im_" not in r["instruction"]
+        assert syn.heuristic_filter(ParsedInstruction(0, r["instruction"])) is None
+    assert len({r["instruction"] for r in kept}) == len(kept)
+    # A model prompted raw has no template to take the prefix from: refused before sampling.
+    with pytest.raises(ValueError, match="synthesis_mode = 'template_prefix'.*base_prompt_style = 'raw'"):
+        Loop(LoopConfig(**{**lc.__dict__, "base_prompt_style": "raw"}), str(tmp_path / "run"))
