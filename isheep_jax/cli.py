@@ -129,6 +129,21 @@ def _cmd_run(a: argparse.Namespace) -> None:
     )
 
 
+def _cmd_train(a: argparse.Namespace) -> None:
+    from isheep_jax.model.embedded import resolve_model
+    from isheep_jax.training import finetune, optim, trainer
+
+    parse_gin(a.gin_file, a.gin_bindings)
+    res = finetune.finetune(
+        resolve_model(a.init), a.data, a.out, a.prompt_style, trainer.TrainConfig(), optim.OptimizerConfig()
+    )
+    loss = f"{res.final_loss:.4f}" if res.final_loss is not None else "n/a"
+    print(
+        f"trained {res.steps} step(s), final loss {loss} -> {res.model_dir} "
+        f"(metrics: {res.metrics_path}; run the same command again to resume a killed run)"
+    )
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     a.gin_file = ["runs/demo_cpu.gin"] + list(a.gin_file)
     _cmd_run(a)
@@ -340,6 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run_dir", required=True)
     s.add_argument("--force", action="store_true", help="resume even though the gin config changed")
     s.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser(
+        "train",
+        help="fine-tune a checkpoint on your JSONL pairs (full, or LoRA with TrainConfig.lora_rank)",
+        description="Supervised fine-tuning on JSONL rows of instruction / input / output (or "
+        "response), or one-turn chats {messages: [system?, user, assistant]}; loss on the "
+        "response tokens only. OUT gets checkpoints/ (resumed when the same command runs "
+        "again), metrics.jsonl, tensorboard/ and model/ (the trained checkpoint). TrainConfig and "
+        "OptimizerConfig come from --gin_file files and --gin.KEY=VALUE bindings, e.g. "
+        "--gin.TrainConfig.num_epochs=3 --gin.OptimizerConfig.learning_rate=1e-5.",
+    )
+    s.add_argument("--init", required=True, help="checkpoint directory, or 'embedded:smollm2'")
+    s.add_argument("--data", action="append", required=True, help="JSONL file; may repeat")
+    s.add_argument(
+        "--out", required=True, help="WORK: a new or empty folder, or an earlier `isheep train` OUT"
+    )
+    s.add_argument(
+        "--prompt_style",
+        default="chat",
+        help="'chat' (the tokenizer's template), 'raw', 'chatml' or 'llama3'",
+    )
+    s.add_argument(
+        "--gin_file", action="append", default=[], help="may repeat; binds TrainConfig / OptimizerConfig"
+    )
+    s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("demo", help="2 iterations on the embedded SmolLM2-135M-Instruct (runs/demo_cpu.gin)")
     s.add_argument("--gin_file", action="append", default=[], help="extra gin files, after demo_cpu.gin")

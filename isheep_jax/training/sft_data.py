@@ -58,50 +58,78 @@ def user_text(instruction: str, input_text: str = "") -> str:
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
-def read_pairs(paths: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
-    """Columns instruction / input / response from pair JSONL files, validated.
+def _chat_row(messages: object, where: str) -> dict[str, str]:
+    """A one-turn chat (`messages`: optional system, user, assistant) as a pair row."""
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise io_utils.DataError(f"{where}: 'messages' must be a list of {{role, content}} string objects")
+    roles = [m["role"] for m in messages]
+    system = ""
+    if roles[:1] == ["system"]:
+        system, messages, roles = messages[0]["content"], messages[1:], roles[1:]
+    if roles != ["user", "assistant"]:
+        raise io_utils.DataError(
+            f"{where}: 'messages' must be one user turn then one assistant turn (after an optional "
+            f"system message), got roles {roles}; multi-turn conversations are not supported"
+        )
+    return {"instruction": messages[0]["content"], "response": messages[1]["content"], "system": system}
 
-    The files hold kept pairs, or Alpaca rows whose response is called `output`; a missing
-    or null `input` reads as ''.
+
+def read_pairs(paths: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
+    """Columns instruction / input / response / system from pair JSONL files, validated.
+
+    A row is a pair (`instruction`, optional `input`, `response`; the loop's kept pairs), an
+    Alpaca row (its response is called `output`), or a one-turn chat: `messages` = an
+    optional system message, one user and one assistant message. A missing or null `input`
+    or system reads as ''.
 
     Args:
       paths: the JSONL files, read in order.
 
     Returns:
-      {"instruction": [...], "input": [...], "response": [...]}, one entry per row.
+      {"instruction": [...], "input": [...], "response": [...], "system": [...]}, one entry
+      per row.
 
     Raises:
-      DataError: a row is not an object, has no non-blank `instruction` or response, or
-        has a non-string `input` (the message names file and line).
+      DataError: a row is not an object, has no non-blank `instruction` or response, has a
+        non-string `input`, or holds `messages` that are not one user and one assistant turn
+        (the message names file and line).
     """
-    cols: dict[str, list[str]] = {"instruction": [], "input": [], "response": []}
+    cols: dict[str, list[str]] = {"instruction": [], "input": [], "response": [], "system": []}
     for path in paths:
         for lineno, row in io_utils.iter_jsonl(path):
+            where = f"{path}:{lineno}"
             if not isinstance(row, dict):
-                raise io_utils.DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            if "response" not in row and "output" in row:  # Alpaca format names the response 'output'
+                raise io_utils.DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if "messages" in row:
+                row = _chat_row(row["messages"], where)
+            elif "response" not in row and "output" in row:  # Alpaca format names the response 'output'
                 row = {**row, "response": row["output"]}
             for key in ("instruction", "response"):
                 if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise io_utils.DataError(f"{path}:{lineno}: missing or empty string field {key!r}")
+                    raise io_utils.DataError(f"{where}: missing or empty string field {key!r}")
             inp = row.get("input", "") or ""
             if not isinstance(inp, str):
-                raise io_utils.DataError(f"{path}:{lineno}: field 'input' must be a string")
+                raise io_utils.DataError(f"{where}: field 'input' must be a string")
             cols["instruction"].append(row["instruction"])
             cols["input"].append(inp)
             cols["response"].append(row["response"])
+            cols["system"].append(row.get("system", "") or "")
     return cols
 
 
 # ---------------------------------------------------------------------------- preprocessors
 def render_prompts(ds: tf.data.Dataset, tokenizer_dir: str, prompt_style: str) -> tf.data.Dataset:
-    """{instruction, input, response} -> {inputs: rendered prompt text, targets: response}.
+    """{instruction, input, response[, system]} -> {inputs: rendered prompt, targets: response}.
 
     prompt_style 'raw' (base models: the user text itself), 'chat' (the tokenizer's own
     template) or a builtin template name; the same rendering the sampler's prompts get.
 
     Args:
-      ds: examples with scalar string features `instruction`, `input`, `response`.
+      ds: examples with scalar string features `instruction`, `input`, `response` and
+        optionally `system` (a system message; '' for none).
       tokenizer_dir: the tokenizer folder whose templates render the prompts.
       prompt_style: see above; a bad style raises here, not inside tf.data.
 
@@ -111,12 +139,17 @@ def render_prompts(ds: tf.data.Dataset, tokenizer_dir: str, prompt_style: str) -
     tok = Tokenizer(tokenizer_dir)
     tok.render_prompt("x", prompt_style)  # fail here, not inside tf.data, on a bad style
 
-    def render(instruction, inp) -> bytes:
-        instruction, inp = (x.item() if isinstance(x, np.ndarray) else x for x in (instruction, inp))
-        return tok.render_prompt(user_text(instruction.decode(), inp.decode()), prompt_style).encode()
+    def render(instruction, inp, system) -> bytes:
+        instruction, inp, system = (
+            (x.item() if isinstance(x, np.ndarray) else x).decode() for x in (instruction, inp, system)
+        )
+        return tok.render_prompt(user_text(instruction, inp), prompt_style, system=system or None).encode()
 
     def fn(ex):
-        prompt = tf.numpy_function(render, [ex["instruction"], ex["input"]], tf.string, stateful=False)
+        system = ex.get("system", tf.constant(""))
+        prompt = tf.numpy_function(
+            render, [ex["instruction"], ex["input"], system], tf.string, stateful=False
+        )
         prompt.set_shape([])
         return {"inputs": prompt, "targets": ex["response"]}
 
@@ -197,6 +230,11 @@ def register_sft_task(
     cols = read_pairs(pair_files)
     if not cols["instruction"]:
         raise io_utils.DataError(f"task {name}: no pairs in {[os.fspath(p) for p in pair_files]}")
+    if prompt_style == "raw" and any(cols["system"]):
+        raise io_utils.DataError(
+            f"task {name}: the data holds system messages, which raw prompts cannot carry; "
+            "use a chat prompt style"
+        )
     tokenizer_dir = os.fspath(tokenizer_dir)
     vocab = vocabulary_for(tokenizer_dir)
 
