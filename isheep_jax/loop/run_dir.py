@@ -7,6 +7,8 @@
     RUN/iter_<i>/instructions.jsonl ... kept.jsonl, dropped.jsonl, train/, eval/, summary.json
     RUN/iter_<i>/train/checkpoints/  the trainer state; gone once train/model is exported,
                                 unless TrainConfig.keep_trainer_state
+    RUN/iter_<i>/model_pruned.json  train/model was deleted once a later iteration's model
+                                superseded it (LoopConfig.keep_models = 'last')
     RUN/eval_base/              the base model's evaluation (when LoopConfig.evaluate)
 
 Every file is written atomically (temporary sibling + rename), and each stage's last
@@ -78,6 +80,12 @@ class IterationPaths:
         return self.root / "train" / "model"
 
     @property
+    def model_pruned(self):
+        """RUN/iter_<i>/model_pruned.json: this iteration's model was deleted, superseded by a
+        later one (LoopConfig.keep_models = 'last'); its train stage stays done."""
+        return self.root / "model_pruned.json"
+
+    @property
     def train_skipped(self):
         """RUN/iter_<i>/train_skipped.json: marks a train stage with no pair to train on."""
         return self.root / "train_skipped.json"
@@ -122,8 +130,8 @@ class IterationPaths:
 
         Returns:
           True when the stage's last artifact exists: its JSONL file (or summary.json); for
-          "train" a complete model or train_skipped.json; for "eval" eval/eval.json or
-          eval_skipped.json.
+          "train" a complete model, model_pruned.json or train_skipped.json; for "eval"
+          eval/eval.json or eval_skipped.json.
         """
 
         marker = {
@@ -134,7 +142,11 @@ class IterationPaths:
             "summary": self.summary,
         }
         if stage == "train":
-            return checkpoint.is_complete(self.model_dir) or io_utils.exists(self.train_skipped)
+            return (
+                checkpoint.is_complete(self.model_dir)
+                or io_utils.exists(self.model_pruned)
+                or io_utils.exists(self.train_skipped)
+            )
         if stage == "eval":
             return io_utils.exists(self.eval_dir / "eval.json") or io_utils.exists(self.eval_skipped)
         return io_utils.exists(marker[stage])

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 Assessor = Literal["base", "current"]  # which model rates the pairs of iteration i
 TrainFrom = Literal["base", "previous"]  # which model iteration i fine-tunes
 TrainData = Literal["latest", "cumulative"]  # this iteration's kept pairs, or all iterations'
+# Which trained models a run keeps: every iteration's, or only the newest (an older one is
+# deleted once a later iteration has trained its own and finished).
+KeepModels = Literal["all", "last"]
 # How instructions are synthesized: the model continues few-shot lists of seed tasks, or
 # (chat models) writes a user message from its chat template's user-turn prefix (Magpie).
 SynthesisMode = Literal["few_shot", "template_prefix"]
@@ -99,6 +102,11 @@ class LoopConfig:
         base model.
       eval_judge: '' = the base model judges the win-rate; else a checkpoint (chat-prompted).
       chunk_size: prompts per resumable sampling chunk.
+      keep_models: 'all' keeps every iteration's trained model; 'last' deletes iteration j's
+        model (RUN/iter_<j>/train/model, leaving model_pruned.json) once a later iteration
+        has trained its own and written its summary: nothing left in the run samples or
+        trains from it then, and its evaluation, data and metrics stay. One model on disk
+        instead of one per iteration (a 72B model is ~290 GB in f32).
       synth_sampling: sampling settings of the synthesis stage.
       respond_sampling: sampling settings of the response stage.
       rate_sampling: sampling settings of the assessment stage.
@@ -135,6 +143,7 @@ class LoopConfig:
     evaluate: bool = False
     eval_judge: str = ""  # '' = the base model judges the win-rate; else a checkpoint (chat-prompted)
     chunk_size: int = 64  # prompts per resumable sampling chunk
+    keep_models: KeepModels = "all"
     synth_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
     respond_sampling: SamplingSettings = SamplingSettings(max_new_tokens=1000)
     rate_sampling: SamplingSettings = SamplingSettings(max_new_tokens=64)
@@ -144,6 +153,7 @@ class LoopConfig:
         """Checks the choices and that the counts are at least 1."""
         for name, choice in (
             ("synthesis_mode", SynthesisMode),
+            ("keep_models", KeepModels),
             ("assessor", Assessor),
             ("assess_mode", AssessMode),
             ("rank_by", RankBy),
@@ -263,7 +273,36 @@ class Loop:
             it = self.run.iteration(j)
             if checkpoint.is_complete(it.model_dir):
                 return str(it.model_dir)
+            if io_utils.exists(it.model_pruned):  # never, unless a run changed keep_models
+                raise RunError(
+                    f"iteration {i} needs the model of iteration {j}, which was deleted "
+                    f"({it.model_pruned}); restart the run in a new run directory"
+                )
         return self.base_dir
+
+    def _prune_superseded(self, i: int) -> None:
+        """With keep_models = 'last', deletes the models that iteration i's model superseded.
+
+        Called once iteration i's summary is written: every later iteration samples and
+        trains from M_{i+1} (or a newer model), never from an older one.
+
+        Args:
+          i: a finished iteration.
+        """
+        if self.lc.keep_models != "last" or not checkpoint.is_complete(self.run.iteration(i).model_dir):
+            return
+        for j in range(i):
+            old = self.run.iteration(j)
+            if checkpoint.is_complete(old.model_dir):
+                # The marker first: a kill during the deletion leaves a pruned, not a missing, model.
+                io_utils.write_json(
+                    old.model_pruned,
+                    {"deleted": str(old.model_dir), "superseded_by": str(self.run.iteration(i).model_dir)},
+                )
+                io_utils.remove_tree(old.model_dir)
+                log.info(
+                    "deleted %s, superseded by iteration %d's model (keep_models = 'last')", old.model_dir, i
+                )
 
     # ------------------------------------------------------------------ stages
     def synthesize(self, i: int, it: IterationPaths, model_dir: str) -> None:
@@ -632,6 +671,7 @@ class Loop:
                 )
                 print(format_summary(summary), flush=True)
             summaries.append(summary)
+            self._prune_superseded(i)
             if summary["pairs_kept"] == 0 and self.lc.stop_when_empty:
                 print(f"iteration {i}: no pair survived the filters; stopping (LoopConfig.stop_when_empty)")
                 break

@@ -319,24 +319,25 @@ def test_a_prompt_style_the_base_tokenizer_cannot_render_fails_before_any_sampli
     Loop(LoopConfig(base_model=str(tmp_path / "base"), tuned_prompt_style="chatml"), str(tmp_path / "run"))
 
 
-def _tiny_run_at_train(tmp_path, name: str):
-    """A run directory whose iteration 0 has finished every stage before training (the stage
-    files written directly: a random tiny model keeps no pair of its own)."""
+def _tiny_run_at_train(tmp_path, name: str, iterations: int = 1):
+    """A run directory whose iterations have finished every stage before training (the stage
+    files written directly: a random tiny model keeps no pair of its own); returns iter_0."""
     pairs = [
         {"id": f"p{k}", "instruction": f"repeat the word {w}", "input": "", "response": f"{w} {w}"}
         for k, w in enumerate(["sea", "sky", "sun", "moon"])
     ]
-    it = tmp_path / name / "iter_0"
-    io_utils.write_jsonl(
-        it / "instructions.jsonl", [{k: p[k] for k in ("id", "instruction", "input")} for p in pairs]
-    )
-    for stage in ("responses", "assessments", "kept"):
-        io_utils.write_jsonl(it / f"{stage}.jsonl", pairs)
+    for i in range(iterations):
+        it = tmp_path / name / f"iter_{i}"
+        io_utils.write_jsonl(
+            it / "instructions.jsonl", [{k: p[k] for k in ("id", "instruction", "input")} for p in pairs]
+        )
+        for stage in ("responses", "assessments", "kept"):
+            io_utils.write_jsonl(it / f"{stage}.jsonl", pairs)
     RunDir(tmp_path / name).open("test")
-    return it
+    return tmp_path / name / "iter_0"
 
 
-def _tiny_loop(tmp_path, name: str, **train):
+def _tiny_loop(tmp_path, name: str, loop=None, **train):
     from helpers import make_hf_model
 
     from isheep_jax.loop.runner import Loop
@@ -347,7 +348,7 @@ def _tiny_loop(tmp_path, name: str, **train):
     base = tmp_path / "base"
     if not checkpoint.is_complete(base):
         hf.import_hf(make_hf_model(str(tmp_path / "hf"), "llama"), str(base))
-    lc = LoopConfig(base_model=str(base), iterations=1, evaluate=False)
+    lc = LoopConfig(base_model=str(base), **{"iterations": 1, "evaluate": False, **(loop or {})})
     tc = TrainConfig(
         batch_size=2,
         num_epochs=0,
@@ -418,3 +419,28 @@ def test_trainer_state_is_deleted_after_the_export_and_resume_still_works(tmp_pa
     jax.tree.map(np.testing.assert_array_equal, params(killed), reference)
     # A finished run resumed again changes nothing.
     assert _tiny_loop(tmp_path, "killed").run_all() == [summary]
+
+
+def test_keep_models_last_deletes_superseded_models_and_the_run_stays_done(tmp_path):
+    """keep_models='last': iteration 0's model goes once iteration 1 has trained and finished,
+    marked as pruned; the run reads as done, resumes as a no-op and samples from the newest."""
+    from isheep_jax.loop.runner import status as run_status
+
+    first = _tiny_run_at_train(tmp_path, "last", iterations=2)
+    second = first.parent / "iter_1"
+    loop = _tiny_loop(tmp_path, "last", loop={"iterations": 2, "keep_models": "last"})
+    summaries = loop.run_all()
+    assert [s["trained"] for s in summaries] == [True, True]
+    assert not (first / "train" / "model").exists() and checkpoint.is_complete(second / "train" / "model")
+    assert json.loads((first / "model_pruned.json").read_text())["superseded_by"] == str(
+        second / "train" / "model"
+    )
+    assert (first / "train" / "metrics.jsonl").exists()  # the training record stays
+    assert loop.model_for(2) == str(second / "train" / "model")
+    st = run_status(str(tmp_path / "last"))
+    assert st["next"] is None and "train" in st["iterations"][0]["done"]
+    assert _tiny_loop(tmp_path, "last", loop={"iterations": 2, "keep_models": "last"}).run_all() == summaries
+    # The default keeps every model.
+    _tiny_run_at_train(tmp_path, "all", iterations=2)
+    _tiny_loop(tmp_path, "all", loop={"iterations": 2}).run_all()
+    assert all(checkpoint.is_complete(tmp_path / "all" / f"iter_{i}" / "train" / "model") for i in (0, 1))
