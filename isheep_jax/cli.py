@@ -310,6 +310,19 @@ def _cmd_report(a: argparse.Namespace) -> None:
     print(f"report written to {write_report(a.run_dir)}")
 
 
+def _cmd_export_data(a: argparse.Namespace) -> None:
+    from isheep_jax.loop.export_data import export_data
+
+    r = export_data(a.run_dir, a.out, preferences=a.preferences)
+    counts = ", ".join(f"{n} {kind}" for kind, n in r.rows.items())
+    print(f"exported iterations {', '.join(map(str, r.iterations))} of {a.run_dir}: {counts} rows -> {r.out}")
+    for note in r.skipped:
+        print(f"  note: {note}")
+    if a.preferences and not r.rows.get("preferences"):
+        print("  note: no preference pair (no instruction has two scored responses of different scores)")
+    print(f"  load with datasets.load_dataset({r.out!r}, 'kept'); the card is {r.out}/README.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `isheep` argument parser, one sub-command per task.
 
@@ -451,6 +464,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="write RUN/report/report.md with plots")
     s.add_argument("run_dir")
     s.set_defaults(fn=_cmd_report)
+
+    s = sub.add_parser(
+        "export-data",
+        help="a run's kept, dropped and scored rows as a Hugging Face datasets Parquet folder",
+        description="Writes OUT/{kept,dropped,scored}/iteration_<i>-00000-of-00001-<sha>.parquet "
+        "(one split per iteration whose filter stage is done; <sha> is the file's content hash) "
+        "and a dataset card OUT/README.md; "
+        "load with datasets.load_dataset(OUT, 'kept'). OUT must be new, empty, or an earlier "
+        "export (replaced); set the card's license before sharing.",
+    )
+    s.add_argument("run_dir", help="the run directory (local or gs://)")
+    s.add_argument("out", help="the local output folder")
+    s.add_argument(
+        "--preferences",
+        action="store_true",
+        help="also a 'preferences' config: prompt, chosen, rejected, score_chosen, score_rejected "
+        "for each instruction with several scored responses (the loop answers each instruction "
+        "once, so a plain run has none; the card then says so)",
+    )
+    s.set_defaults(fn=_cmd_export_data)
     return p
 
 
