@@ -39,6 +39,7 @@ from isheep_jax.evals.rating import AssessMode
 from isheep_jax.model import checkpoint
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer
 from isheep_jax.parallel import distributed
+from isheep_jax.prompts.templates import user_text
 from isheep_jax.sampling.chunked import sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.training.train_step import per_segment_loss
@@ -322,9 +323,6 @@ def winrate_answers(cache: GeneratorCache, spec: ModelSpec, out, ec: EvalConfig)
     Raises:
       DataError: the answers on disk are for other instructions.
     """
-    # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
-    from isheep_jax.training.sft_data import user_text
-
     path = out / "winrate_answers.jsonl"
     items = winrate_items(ec)
     if io_utils.exists(path):
@@ -372,9 +370,6 @@ def judge_pairs(
     Returns:
       The `WinRate` fields (rates None when no pair is valid), `n` and `judge`.
     """
-    # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
-    from isheep_jax.training.sft_data import user_text
-
     triples = [
         (user_text(a["instruction"], a["input"]), a["answer"], r["answer"])
         for a, r in zip(answers, reference)

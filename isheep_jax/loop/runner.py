@@ -31,7 +31,7 @@ from isheep_jax.model import checkpoint
 from isheep_jax.model.embedded import resolve_model
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer, TokenizerError
 from isheep_jax.parallel import sharding
-from isheep_jax.prompts.templates import load_template
+from isheep_jax.prompts.templates import load_template, user_text
 from isheep_jax.sampling.chunked import chunk_files, sample_in_chunks
 from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
 from isheep_jax.training.optim import OptimizerConfig
@@ -389,8 +389,6 @@ class Loop:
           model_dir: M_i, the model that responds.
         """
         # Imported here: seqio loads TensorFlow, which only training and tokenizing need.
-        from isheep_jax.training.sft_data import user_text
-
         lc = self.lc
         candidates = io_utils.read_jsonl(it.instructions)
         style = self._style(model_dir)

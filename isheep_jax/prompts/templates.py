@@ -113,3 +113,19 @@ def render(template: Template | str, **values: object) -> str:
         ) from None
     except ValueError as e:
         raise PromptTemplateError(f"invalid template: {e} (write '$$' for a literal dollar sign)") from None
+
+
+def user_text(instruction: str, input_text: str = "") -> str:
+    """The user turn of a pair: the instruction, then its input (if any) after a blank line.
+
+    The loop's response stage, training, evaluation and the data export all use this, so
+    the model is trained on the prompts it is sampled with.
+
+    Args:
+      instruction: the task.
+      input_text: the task's input; '' for none.
+
+    Returns:
+      The text of the user turn.
+    """
+    return f"{instruction}\n\n{input_text}" if input_text else instruction

@@ -28,6 +28,7 @@ import numpy as np
 from isheep_jax.core import io_utils
 from isheep_jax.core.native_logs import quiet_import
 from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.prompts.templates import user_text
 from isheep_jax.training.vocab import vocabulary_for
 
 tf = quiet_import("tensorflow")  # before seqio imports it: its C++ start-up lines are noise
@@ -40,22 +41,6 @@ MODEL_KEYS = (
     "decoder_segment_ids",
     "decoder_positions",
 )
-
-
-def user_text(instruction: str, input_text: str = "") -> str:
-    """The user turn of a pair: the instruction, then its input (if any) after a blank line.
-
-    The loop's response stage and training both use this, so the model is trained on the
-    prompts it is sampled with.
-
-    Args:
-      instruction: the task.
-      input_text: the task's input; '' for none.
-
-    Returns:
-      The text of the user turn.
-    """
-    return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
 def _chat_row(messages: object, where: str) -> dict[str, str]:

@@ -15,8 +15,8 @@ from isheep_jax.evals import calibration, runner
 from isheep_jax.evals.runner import EvalConfig, ModelSpec
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.prompts.templates import user_text
 from isheep_jax.sampling.generator import SamplingSettings
-from isheep_jax.training.sft_data import user_text
 
 HELDOUT = [
     {"id": "h1", "instruction": "sort these numbers", "input": "3, 1, 2", "output": "1, 2, 3"},

@@ -13,8 +13,8 @@ from isheep_jax.core import hooks
 from isheep_jax.model import checkpoint
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
+from isheep_jax.prompts.templates import user_text
 from isheep_jax.sampling.generator import Generator, SamplingSettings
-from isheep_jax.training import sft_data
 from isheep_jax.training.metrics import read_metrics
 
 # The three row formats `isheep train` reads, with what the model should learn to answer.
@@ -82,8 +82,8 @@ def test_isheep_train_overfits_a_handful_of_pairs(tiny_model, tmp_path, capsys):
     cfg, params = checkpoint.load_model(out / "model")
     tok = Tokenizer(checkpoint.tokenizer_dir(out / "model"))
     prompts = [
-        tok.render_prompt(sft_data.user_text("name a colour of the sky"), "chat"),
-        tok.render_prompt(sft_data.user_text("sort these numbers", "3, 1, 2"), "chat"),
+        tok.render_prompt(user_text("name a colour of the sky"), "chat"),
+        tok.render_prompt(user_text("sort these numbers", "3, 1, 2"), "chat"),
         tok.render_prompt("say hello", "chat"),
         tok.render_prompt("what is the capital of france?", "chat", system="answer in one word"),
     ]

@@ -14,6 +14,7 @@ from isheep_jax.model import checkpoint
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.parallel import sharding
+from isheep_jax.prompts.templates import user_text
 from isheep_jax.sampling.generator import Generator, SamplingSettings
 from isheep_jax.training import sft_data
 from isheep_jax.training.metrics import read_metrics
@@ -389,7 +390,7 @@ def test_overfits_and_generates_memorised_response(task, tiny_model, tmp_path):
     cfg, params = checkpoint.load_model(res.model_dir)
     tok = Tokenizer(checkpoint.tokenizer_dir(res.model_dir))
     gen = Generator(cfg, params, tok)
-    prompts = [tok.render_prompt(sft_data.user_text(p["instruction"], p["input"]), "chat") for p in PAIRS]
+    prompts = [tok.render_prompt(user_text(p["instruction"], p["input"]), "chat") for p in PAIRS]
     out = gen.generate(
         prompts,
         SamplingSettings(max_new_tokens=32, temperature=0.0),
