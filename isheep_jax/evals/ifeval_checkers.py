@@ -3,8 +3,8 @@
 Ids and kwargs names are exactly those of Google's IFEval (`instruction_following_eval`), so
 its public prompt file and ours load alike; the semantics follow its reference checkers,
 quirks included (keyword counts match substrings, bullets are `*` or `-` lines, paragraphs
-are split on `***`, ...). Where the reference needs NLTK or langdetect we use the offline
-approximations in `ifeval_text` and `language_id`.
+are split on `***`, ...). Where the reference needs NLTK or langdetect, `ifeval_text` and
+`language_id` run the same libraries offline (no downloads).
 
 Every checker is `fn(response, *, kwarg=...) -> bool`; its keyword parameters, with their
 type hints, are the kwargs the id accepts, so `validate_kwargs` can name an unknown,
@@ -123,7 +123,7 @@ def response_language(response: str, *, language: LanguageCode) -> bool:
 
     Args:
       response: the model's response.
-      language: an ISO 639-1 code from `SUPPORTED_LANGUAGES`.
+      language: a langdetect code from `SUPPORTED_LANGUAGES` (ISO 639-1, or "zh-cn"/"zh-tw").
 
     Returns:
       Whether the instruction is followed.

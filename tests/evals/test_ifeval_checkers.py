@@ -13,7 +13,7 @@ from isheep_jax.evals.ifeval_checkers import (
     loose_variants,
     validate_kwargs,
 )
-from isheep_jax.evals.language_id import SUPPORTED_LANGUAGES, UNDETERMINED, detect_language
+from isheep_jax.evals.language_id import SUPPORTED_LANGUAGES, detect_language
 
 LONG_EN = "the quick brown fox jumps over the lazy dog and it is happy with that"
 
@@ -284,13 +284,29 @@ def test_loose_forgives_preamble_signoff_and_markdown():
 
 def test_word_sentence_and_capital_counts():
     assert ifeval_text.count_words("don't stop-me now") == 5  # \w+ splits at ' and -
+    # English Punkt, as the reference: a list number ends a "sentence", "e.g." is no abbreviation.
     assert ifeval_text.split_sentences("Steps:\n1. Mix flour.\n2. Add eggs.") == [
-        "Steps:\n1. Mix flour.",
-        "2. Add eggs.",
+        "Steps:\n1.",
+        "Mix flour.",
+        "2.",
+        "Add eggs.",
     ]
     assert ifeval_text.count_sentences('He said "Stop." Then left. Wait... what?') == 3
-    assert ifeval_text.count_sentences("The U.S. grew. It was e.g. fine.") == 2
+    assert ifeval_text.count_sentences("The U.S. grew. It was e.g. fine.") == 3
+    assert ifeval_text.count_sentences("Dr. Smith paid $3.50 at noon. He left.") == 2
+    assert ifeval_text.count_sentences("") == 0
+    # nltk.word_tokenize: hyphenated words stay whole, "DON'T" is "DO" + "N'T".
+    assert ifeval_text.word_tokenize("DON'T stop, WELL-KNOWN U.S.") == [
+        "DO",
+        "N'T",
+        "stop",
+        ",",
+        "WELL-KNOWN",
+        "U.S",
+        ".",
+    ]
     assert ifeval_text.count_capital_words("I LOVE NASA and WELL-KNOWN things") == 4
+    assert ifeval_text.count_capital_words("DON'T STOP") == 3
 
 
 LANGUAGE_SAMPLES = {
@@ -321,7 +337,7 @@ LANGUAGE_SAMPLES = {
     "th": "ประเทศไทยเป็นประเทศที่สวยงาม",
     "ko": "한국어는 아름다운 언어입니다.",
     "ja": "東京は日本の首都です。",
-    "zh": "北京是中国的首都。",
+    "zh-cn": "北京是中国的首都。",
 }
 
 
@@ -329,13 +345,24 @@ LANGUAGE_SAMPLES = {
 def test_language_identifier(lang):
     assert lang in SUPPORTED_LANGUAGES
     assert detect_language(LANGUAGE_SAMPLES[lang]) == lang
-    assert detect_language(LANGUAGE_SAMPLES[lang].upper()) == lang
+
+
+def test_language_identifier_is_seeded_and_leaves_langdetect_alone():
+    import langdetect
+
+    before = langdetect.DetectorFactory.seed
+    text = "Ciao, come va? Tutto bene, grazie."  # short texts are where the seed matters
+    detect_language.cache_clear()
+    first = detect_language(text)
+    detect_language.cache_clear()
+    assert detect_language(text) == first
+    assert langdetect.DetectorFactory.seed == before
 
 
 def test_language_identifier_edges():
-    assert detect_language("12345 !!!") is None  # no letters: undetectable
-    assert detect_language("OK THANKS") == "en"  # Latin without evidence defaults to English
-    assert detect_language("ሰላም ለዓለም") == UNDETERMINED  # Ethiopic is not modelled
+    assert detect_language("12345 !!!") is None  # langdetect finds no features
+    assert detect_language("ሰላም ለዓለም") is None  # no langdetect profile has Ethiopic
+    assert detect_language("OK THANKS") == "en"
     # Undetectable counts as followed, as the reference does when langdetect raises.
     assert check("language:response_language", "42!", {"language": "ko"})
     assert check("change_case:english_lowercase", LONG_EN)
