@@ -323,10 +323,9 @@ class Generator:
         `shared_prefix_len`) is prefilled once per batch instead of once per row. The
         caches have the shapes they would have without it, so decoding costs the same.
         Same results up to float summation order.
-      batching: 'continuous': `settings.batch_size` slots, each refilled with the next
-        prompt as soon as its row ends, so no slot decodes past its row's end (see
-        `sampling.continuous`); 'static' (default, until a crash of XLA:CPU seen once in a
-        long test process is explained): each batch decodes until its longest row ends.
+      batching: 'continuous' (default): `settings.batch_size` slots, each refilled with the
+        next prompt as soon as its row ends, so no slot decodes past its row's end (see
+        `sampling.continuous`); 'static': each batch decodes until its longest row ends.
         The same tokens either way wherever the logits agree to the last bit.
 
     Raises:
@@ -343,7 +342,7 @@ class Generator:
         extra_eos_ids: Sequence[int] = (),
         kv_cache_dtype: str = "",
         share_prefix: bool = True,
-        batching: Batching = "static",
+        batching: Batching = "continuous",
     ):
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
