@@ -43,6 +43,17 @@ def _cmd_export_hf(a: argparse.Namespace) -> None:
     print(f"exported {a.model} -> {a.out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
+def _cmd_export_peft(a: argparse.Namespace) -> None:
+    from isheep_jax.model.convert import peft
+
+    base = peft.export_peft(a.adapter, a.out, a.base_model)
+    print(
+        f"exported {a.adapter} -> {a.out} (PEFT LoRA adapter; base_model_name_or_path {base!r}): load with "
+        "peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), OUT), BASE being "
+        "the `isheep export-hf` folder of the model it was trained on"
+    )
+
+
 def _cmd_sample(a: argparse.Namespace) -> None:
     from isheep_jax.model.embedded import resolve_model
     from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings
@@ -274,8 +285,11 @@ def _cmd_plan(a: argparse.Namespace) -> None:
             "meshes/v5p_128.gin; -1 (fill the devices) has no meaning without devices"
         )
     seq_len = tc.max_prompt_len + tc.max_response_len
-    p = plan.make_plan(cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc, tc.loss_chunk_tokens)
-    print(plan.format_plan(p, cfg, tuple(shape), pc.chip, (tc.batch_size, tc.micro_batches, seq_len)))
+    spec = tc.lora_spec()  # None: full fine-tuning
+    p = plan.make_plan(
+        cfg, tuple(shape), tc.batch_size, tc.micro_batches, seq_len, pc, tc.loss_chunk_tokens, spec
+    )
+    print(plan.format_plan(p, cfg, tuple(shape), pc.chip, (tc.batch_size, tc.micro_batches, seq_len), spec))
     why_not = (
         "--no_compile"
         if a.no_compile
@@ -300,7 +314,7 @@ def _cmd_plan(a: argparse.Namespace) -> None:
         flush=True,
     )
     rows = tc.batch_size // tc.micro_batches
-    mem = plan.compiled_memory(cfg, mesh, (tc.micro_batches, rows, seq_len), pc, tc.loss_chunk_tokens)
+    mem = plan.compiled_memory(cfg, mesh, (tc.micro_batches, rows, seq_len), pc, tc.loss_chunk_tokens, spec)
     print(plan.format_compiled(mem, p, pc.topology))
 
 
@@ -350,6 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--max_shard_gb", type=float, default=4.0)
     s.set_defaults(fn=_cmd_export_hf)
+
+    s = sub.add_parser(
+        "export-peft",
+        help="LoRA adapters of a run (WORK/adapter, TrainConfig.lora_rank > 0) -> PEFT adapter folder",
+        description="Writes adapter_config.json + adapter_model.safetensors for "
+        "peft.PeftModel.from_pretrained. "
+        "The merged model of the same run is WORK/model (export it with export-hf); the adapters apply "
+        "to the model the run started from.",
+    )
+    s.add_argument("adapter", help="the adapter folder, e.g. RUN/iter_0/train/adapter")
+    s.add_argument("out")
+    s.add_argument(
+        "--base_model",
+        default=None,
+        help="base_model_name_or_path to record: a Hub id or the export-hf folder of the base "
+        "(default: the isheep checkpoint the adapters were trained from)",
+    )
+    s.set_defaults(fn=_cmd_export_peft)
 
     s = sub.add_parser("sample", help="sample completions (prompts as arguments or one per stdin line)")
     s.add_argument("--model", default="smollm2", help="checkpoint directory, or 'smollm2' (embedded)")

@@ -33,6 +33,7 @@ from isheep_jax.model.transformer import unstack_layers
 from isheep_jax.parallel import sharding
 from isheep_jax.sampling import decode_loop
 from isheep_jax.sampling.generator import check_kv_cache_dtype
+from isheep_jax.training import lora
 from isheep_jax.training.chunked_loss import chunk_length
 from isheep_jax.training.optim import OptimizerConfig, make_optimizer
 from isheep_jax.training.train_step import compile_train_step, state_shardings
@@ -135,6 +136,50 @@ def param_bytes(cfg: ModelConfig, mesh, itemsize: int | None = None, rules=shard
         )
     )
     return int(sum(leaves))
+
+
+def lora_adapter_bytes(cfg: ModelConfig, spec: lora.LoraSpec, mesh, rules=sharding.DEFAULT_RULES) -> int:
+    """Per-device bytes of the LoRA adapters (f32), laid out like their kernels (`lora`).
+
+    Args:
+      cfg: the model config.
+      spec: rank and targets.
+      mesh: the (abstract or real) mesh.
+      rules: logical-axis rules mapping names to mesh axes.
+
+    Returns:
+      The bytes of every adapter's shard, summed (their gradients and each Adam moment
+      take the same).
+    """
+    shapes, names = lora.abstract_adapters(cfg, spec)
+    sizes = jax.tree.map(
+        lambda n, a: shard_bytes(a.shape, 4, n, mesh, rules),
+        names,
+        shapes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+    return int(sum(jax.tree.leaves(sizes)))
+
+
+def lora_merged_bytes(cfg: ModelConfig, spec: lora.LoraSpec, mesh, rules=sharding.DEFAULT_RULES) -> int:
+    """Per-device bytes of the merged target kernels (f32) a LoRA step trains on.
+
+    Args:
+      cfg: the model config.
+      spec: rank and targets.
+      mesh: the (abstract or real) mesh.
+      rules: logical-axis rules mapping names to mesh axes.
+
+    Returns:
+      The bytes of every target kernel's shard in f32, summed.
+    """
+    abstract, names = abstract_params(cfg)
+    total = 0
+    for t in spec.targets:
+        path = lora.LORA_TARGETS[t].path
+        kernel, kernel_names = lora._get(abstract, path)["kernel"], lora._get(names, path)["kernel"]
+        total += shard_bytes(kernel.shape, 4, kernel_names, mesh, rules)
+    return total
 
 
 def _without_fsdp(rules):
@@ -292,8 +337,14 @@ def make_plan(
     seq_len: int,
     pc: PlanConfig,
     loss_chunk_tokens: int = 0,
+    lora_spec: lora.LoraSpec | None = None,
 ) -> Plan:
     """Per-device memory of training (params, Adam moments, gradients, activations) and sampling.
+
+    With LoRA (`lora_spec`) the params are the frozen base; the adapters (f32) hold the
+    gradients and Adam moments, and the step also holds the merged target kernels (f32) and,
+    during the backward pass, their gradients (`lora.compile_train_step` trains on the
+    merged weights).
 
     Args:
       cfg: the model config.
@@ -303,14 +354,23 @@ def make_plan(
       seq_len: tokens per training sequence.
       pc: the sampler's sizes, the chip and the headroom.
       loss_chunk_tokens: `TrainConfig.loss_chunk_tokens` (0: the loss is one piece).
+      lora_spec: `TrainConfig.lora_spec()`: None for full fine-tuning.
 
     Returns:
       The `Plan`.
     """
     mesh = abstract_mesh(*mesh_shape)
     params = param_bytes(cfg, mesh)
-    moments = 2 * param_bytes(cfg, mesh, 4)  # optax adamw keeps mu and nu in f32
-    grads = params  # accumulated gradients, parameter dtype and layout
+    lora_rows: dict[str, int] = {}
+    if lora_spec is None:
+        moments = 2 * param_bytes(cfg, mesh, 4)  # optax adamw keeps mu and nu in f32
+        grads = params  # accumulated gradients, parameter dtype and layout
+    else:
+        adapters = lora_adapter_bytes(cfg, lora_spec, mesh)
+        merged = lora_merged_bytes(cfg, lora_spec, mesh)
+        moments = 2 * adapters  # mu and nu of the adapters only
+        grads = adapters + merged  # the adapters', and the merged kernels' on the way to them
+        lora_rows = {"LoRA adapters (trained)": adapters, "LoRA merged kernels": merged}
     rows_per_micro = batch_size // micro_batches
     act = {
         r: activation_bytes(cfg, mesh, rows_per_micro, seq_len, r, loss_chunk_tokens)
@@ -331,6 +391,7 @@ def make_plan(
     )
     rows = {
         "params": params,
+        **lora_rows,
         "optimizer state": moments,
         "gradients": grads,
         "activations (remat none)": act["none"],
@@ -341,13 +402,18 @@ def make_plan(
         "sampler KV cache": cache,
         "sampler logits": sample_logits,
     }
-    train_total = params + moments + grads + act[cfg.remat_policy]
+    train_total = params + sum(lora_rows.values()) + moments + grads + act[cfg.remat_policy]
     sample_total = params + head_copy + weights + cache + sample_logits
     return Plan(rows, train_total, sample_total, HBM_GIB[pc.chip] * GIB, pc.headroom)
 
 
 def format_plan(
-    plan: Plan, cfg: ModelConfig, mesh_shape: tuple[int, int, int], chip: str, batch: tuple[int, int, int]
+    plan: Plan,
+    cfg: ModelConfig,
+    mesh_shape: tuple[int, int, int],
+    chip: str,
+    batch: tuple[int, int, int],
+    lora_spec: lora.LoraSpec | None = None,
 ) -> str:
     """The plan as a table for `isheep plan`, with a fits / does-not-fit verdict per total.
 
@@ -357,6 +423,7 @@ def format_plan(
       mesh_shape: (data, fsdp, tensor) sizes of the mesh.
       chip: the chip's name, a key of HBM_GIB.
       batch: (sequences, micro-batches, tokens per sequence) of a training step.
+      lora_spec: the LoRA settings the plan was made with (None: full fine-tuning).
 
     Returns:
       The report's text, lines joined by newlines.
@@ -368,6 +435,15 @@ def format_plan(
         f"layers {'scanned' if cfg.scan_layers else 'unrolled'})",
         f"mesh: data {d} x fsdp {f} x tensor {t} = {d * f * t} {chip} chips ({HBM_GIB[chip]} GiB HBM each)",
         f"train batch: {batch[0]} sequences x {batch[2]} tokens in {batch[1]} micro-batch(es)",
+        *(
+            [
+                f"training: LoRA rank {lora_spec.rank}, alpha {lora_spec.alpha:g}, on "
+                f"{', '.join(lora_spec.targets)}: "
+                f"{lora.num_trainable(cfg, lora_spec) / 1e6:.2f}M trainable params"
+            ]
+            if lora_spec is not None
+            else ["training: full fine-tuning"]
+        ),
         "",
         f"{'per device':<28}{'GiB':>10}",
     ]
@@ -484,6 +560,7 @@ def compiled_memory(
     batch_shape: tuple[int, int, int],
     pc: PlanConfig,
     loss_chunk_tokens: int = 0,
+    lora_spec: lora.LoraSpec | None = None,
 ) -> dict[str, dict[str, int]]:
     """XLA's memory analysis of the train step and the sampler compiled for `mesh`'s devices.
 
@@ -496,6 +573,7 @@ def compiled_memory(
       batch_shape: (micro_batches, rows per micro-batch, length).
       pc: the sampler's sizes (`sample_batch`, `sample_len`).
       loss_chunk_tokens: `TrainConfig.loss_chunk_tokens` (0: the loss is one piece).
+      lora_spec: compile the LoRA step (`lora.compile_train_step`) instead of the full one.
 
     Returns:
       `compiler_memory` results under 'training step' and 'sampling'.
@@ -504,14 +582,19 @@ def compiled_memory(
     from isheep_jax.training.sft_data import MODEL_KEYS
 
     opt = make_optimizer(OptimizerConfig(), 1000)
-    abstract_state, _ = state_shardings(cfg, opt, mesh)
     batch = {k: jax.ShapeDtypeStruct(batch_shape, np.int32) for k in MODEL_KEYS}
     with _no_persistent_cache():
-        train = compiler_memory(
-            compile_train_step(cfg, opt, mesh, batch_shape, loss_chunk_tokens=loss_chunk_tokens)
-            .lower(abstract_state, batch)
-            .compile()
-        )
+        if lora_spec is None:
+            abstract_state, _ = state_shardings(cfg, opt, mesh)
+            step = compile_train_step(cfg, opt, mesh, batch_shape, loss_chunk_tokens=loss_chunk_tokens)
+            lowered_step = step.lower(abstract_state, batch)
+        else:
+            abstract_state, _ = lora.state_shardings(cfg, lora_spec, opt, mesh)
+            step = lora.compile_train_step(
+                cfg, lora_spec, opt, mesh, batch_shape, loss_chunk_tokens=loss_chunk_tokens
+            )
+            lowered_step = step.lower(abstract_state, abstract_params(cfg)[0], batch)
+        train = compiler_memory(lowered_step.compile())
 
     abstract, names = abstract_params(cfg)
     stacked = sharding.tree_shardings(names, abstract, mesh)

@@ -94,7 +94,7 @@ def learning_rate_schedule(oc: OptimizerConfig, total_steps: int) -> optax.Sched
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight-decay mask: True for matrices (kernels, embeddings), False for norm scales, biases.
+    """Weight-decay mask: True for matrices (kernels, embeddings, LoRA A / B), False for norms, biases.
 
     Decided by name, not rank: with layers stacked for scan a norm scale is 2-D too.
 
@@ -106,7 +106,8 @@ def decay_mask(params: Any) -> Any:
     """
 
     def leaf(path, _):
-        return getattr(path[-1], "key", None) in ("kernel", "embedding")
+        # lora_a / lora_b: LoRA adapter matrices (`lora`), decayed as PEFT + the HF Trainer do.
+        return getattr(path[-1], "key", None) in ("kernel", "embedding", "lora_a", "lora_b")
 
     return jax.tree_util.tree_map_with_path(leaf, params)
 

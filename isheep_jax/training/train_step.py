@@ -8,7 +8,7 @@ divide once, so the objective does not depend on how a batch is split (DESIGN §
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -110,7 +110,12 @@ def per_segment_loss(
     return jnp.einsum("bt,bts->bs", nll * w, onehot), jnp.einsum("bt,bts->bs", w, onehot)
 
 
-def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, loss_chunk_tokens: int = 0):
+def make_train_step(
+    cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    loss_chunk_tokens: int = 0,
+    model_params: Callable[[Any, Any], Params] | None = None,
+):
     """(state, batch [micro, rows, length]) -> (state, metrics); pure, to be jit-compiled.
 
     Args:
@@ -118,35 +123,47 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, l
       optimizer: the gradient transformation (`optim.make_optimizer`).
       loss_chunk_tokens: tokens per chunk of the vocabulary cross-entropy (`loss_sums`'
         chunk_tokens; 0: unchunked).
+      model_params: None: `state.params` are the model's params (full fine-tuning).
+        Otherwise `model_params(state.params, frozen)` builds the model's params from the
+        trained tree and the step's `frozen` argument (LoRA: `lora.merge` of the adapters
+        onto the frozen base); gradients and optimizer state are the trained tree's only.
 
     Returns:
-      `step(state, batch)`, where `batch` maps `sft_data.MODEL_KEYS` to int32
+      `step(state, batch, frozen=None)`, where `batch` maps `sft_data.MODEL_KEYS` to int32
       [micro_batches, rows, length] arrays. It returns the next `TrainState` and float32
       scalar metrics: `loss` (mean NLL per target token over the whole batch),
       `target_tokens` and `grad_norm` (global norm of the token-averaged gradient, before
       the optimizer's clipping).
     """
 
-    def sums_and_grads(params, micro):
+    def sums_and_grads(params, micro, frozen):
         """((loss sum, token count), gradient of the loss sum) of one micro-batch [rows, length]."""
-        return jax.value_and_grad(lambda p: loss_sums(cfg, p, micro, loss_chunk_tokens), has_aux=True)(params)
 
-    def micro_step(params, carry, micro):
+        def objective(p):
+            return loss_sums(
+                cfg, p if model_params is None else model_params(p, frozen), micro, loss_chunk_tokens
+            )
+
+        return jax.value_and_grad(objective, has_aux=True)(params)
+
+    def micro_step(params, frozen, carry, micro):
         grads_acc, loss_acc, count_acc = carry
-        (loss_sum, count), grads = sums_and_grads(params, micro)
+        (loss_sum, count), grads = sums_and_grads(params, micro, frozen)
         grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
         return (grads_acc, loss_acc + loss_sum, count_acc + count), None
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, batch: Batch, frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         if (
             batch["decoder_input_tokens"].shape[0] == 1
         ):  # no accumulation: skip a zeroed gradient tree and its add
-            (loss_sum, count), grad_sum = sums_and_grads(state.params, jax.tree.map(lambda x: x[0], batch))
+            (loss_sum, count), grad_sum = sums_and_grads(
+                state.params, jax.tree.map(lambda x: x[0], batch), frozen
+            )
         else:
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
             (grad_sum, loss_sum, count), _ = jax.lax.scan(
-                functools.partial(micro_step, state.params), init, batch
+                functools.partial(micro_step, state.params, frozen), init, batch
             )
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grad_sum)
@@ -178,6 +195,28 @@ def state_shardings(
       are replicated.
     """
     abstract, names = abstract_params(cfg)
+    return tree_state_shardings(abstract, names, optimizer, mesh, rules)
+
+
+def tree_state_shardings(
+    abstract: Any,
+    names: Any,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+) -> tuple[TrainState, TrainState]:
+    """`state_shardings` for any trained tree (the params, or LoRA adapters).
+
+    Args:
+      abstract: the trained tree as `ShapeDtypeStruct`s.
+      names: the matching tree of logical-axis-name tuples.
+      optimizer: the gradient transformation whose state is laid out.
+      mesh: the device mesh.
+      rules: logical-axis rules (logical axis name -> mesh axes).
+
+    Returns:
+      (abstract `TrainState`, `TrainState` of `NamedSharding`s), as `state_shardings`.
+    """
     p_shard = sharding.tree_shardings(names, abstract, mesh, rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract)
     rep = sharding.replicated(mesh)

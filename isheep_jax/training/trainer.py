@@ -6,7 +6,11 @@ Layout of a training directory WORK:
                                TrainConfig.keep_trainer_state (`delete_trainer_state`)
     WORK/metrics.jsonl         one row per step (loss, grad norm, lr, tokens/s, ...)
     WORK/tensorboard/          the same scalars as TensorBoard event files
-    WORK/model/                params-only export (checkpoint.save_model) once training ends
+    WORK/model/                params-only export (checkpoint.save_model) once training ends;
+                               with LoRA (TrainConfig.lora_rank > 0) the MERGED model, so
+                               whatever samples from it pays nothing for the adapters
+    WORK/adapter/              LoRA runs only: the adapters alone (`model.convert.peft`;
+                               `isheep export-peft` turns it into a PEFT adapter folder)
 
 The batch of step s is a pure function of (seed, s) (`batch_rows`), so the data position
 of a resumed run is just its step and resuming reproduces an uninterrupted run exactly.
@@ -15,6 +19,7 @@ of a resumed run is just its step and resuming reproduces an uninterrupted run e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -35,7 +40,10 @@ from tqdm.auto import tqdm
 from isheep_jax.core import hooks, io_utils
 from isheep_jax.model import checkpoint
 from isheep_jax.model.config import ModelConfig
+from isheep_jax.model.convert import peft
+from isheep_jax.model.params import abstract_params, param_shardings
 from isheep_jax.parallel import distributed, sharding
+from isheep_jax.training import lora
 from isheep_jax.training.metrics import MetricsWriter, read_metrics
 from isheep_jax.training.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from isheep_jax.training.sft_data import MODEL_KEYS, SFTArrays
@@ -88,10 +96,20 @@ class TrainConfig:
         on from them) after the params-only export WORK/model. By default it is deleted
         once the export is complete (`delete_trainer_state`): each checkpoint is 3x the f32
         model (params and two Adam moments) and a finished run resumes from the export.
+      lora_rank: 0: full fine-tuning. r > 0: LoRA of rank r (`training/lora.py`): only the
+        adapters of `lora_targets` are trained and hold optimizer state; the base params
+        are frozen. WORK/model is the merged model, WORK/adapter the adapters.
+      lora_alpha: the adapters' delta is scaled by lora_alpha / lora_rank (PEFT's
+        `lora_alpha`).
+      lora_dropout: must be 0 for now (see `__post_init__`); recorded in the adapter.
+      lora_targets: PEFT-style names of the adapted projections, among q_proj, k_proj,
+        v_proj, o_proj, gate_proj, up_proj, down_proj (the default: all seven).
 
     Raises:
       ValueError: micro_batches does not divide a positive batch_size, neither num_epochs
-        nor max_steps is positive, or loss_chunk_tokens is negative.
+        nor max_steps is positive, loss_chunk_tokens is negative, or a LoRA setting is
+        out of range (a negative rank, a non-positive alpha, a dropout other than 0,
+        unknown or repeated targets).
     """
 
     batch_size: int = 8
@@ -110,6 +128,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     loss_chunk_tokens: int = 1024  # 0: the full [rows, length, vocab] logits at once
     keep_trainer_state: bool = False  # False: WORK/checkpoints is deleted after the export
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: LoRA adapters of rank r
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = peft.ALL_TARGETS
 
     def __post_init__(self):
         """Checks the batch split, that the run has a length, and the loss chunk."""
@@ -122,6 +144,28 @@ class TrainConfig:
             raise ValueError("set num_epochs > 0 or max_steps > 0")
         if self.loss_chunk_tokens < 0:
             raise ValueError(f"loss_chunk_tokens must be >= 0 (0: unchunked), got {self.loss_chunk_tokens}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(
+                f"lora_rank must be an integer >= 0 (0: full fine-tuning), got {self.lora_rank!r}"
+            )
+        # gin passes lists; a tuple keeps the config hashable and its fingerprint stable.
+        object.__setattr__(self, "lora_targets", peft.check_targets(self.lora_targets))
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
+        if self.lora_dropout != 0:
+            # The step trains the merged kernels W + (alpha / r) A @ B (one matmul per
+            # projection, as in full fine-tuning), where the adapter has no input of its own
+            # to drop out; dropout needs the adapter path computed apart from W.
+            raise ValueError(
+                f"lora_dropout = {self.lora_dropout}: only 0 is supported (the step trains the merged "
+                "weights, where dropout on the adapter input has no place)"
+            )
+
+    def lora_spec(self) -> lora.LoraSpec | None:
+        """The LoRA settings of a LoRA run (None: full fine-tuning, lora_rank = 0)."""
+        if self.lora_rank == 0:
+            return None
+        return lora.LoraSpec(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         """The checkpoint's model config with this run's compute dtype / remat / scan / attention
@@ -222,6 +266,7 @@ def make_batch(data: SFTArrays, rows: np.ndarray, micro_batches: int) -> dict[st
 
 
 _NOT_FINGERPRINTED = ("scan_layers", "attention_impl", "loss_chunk_tokens", "keep_trainer_state")
+_LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 def _fingerprint(data: SFTArrays, tc: TrainConfig, oc: OptimizerConfig, cfg: ModelConfig) -> str:
@@ -232,6 +277,10 @@ def _fingerprint(data: SFTArrays, tc: TrainConfig, oc: OptimizerConfig, cfg: Mod
         # These change how the step is compiled or what is kept after it, not its math; leaving
         # them out also keeps the fingerprints of runs started before the fields existed.
         fields = {k: v for k, v in dataclasses.asdict(c).items() if k not in _NOT_FINGERPRINTED}
+        if isinstance(c, TrainConfig) and c.lora_rank == 0:
+            # Full fine-tuning: the LoRA fields do not enter its math, and leaving them out
+            # keeps the fingerprints of full runs started before they existed.
+            fields = {k: v for k, v in fields.items() if k not in _LORA_FIELDS}
         h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -338,7 +387,8 @@ def train(
 
     Returns:
       The `TrainResult`; the trained parameters are saved to WORK/model in the checkpoint's
-      parameter dtypes, with its model config.
+      parameter dtypes, with its model config. With LoRA (`tc.lora_rank > 0`) WORK/model
+      holds the base with the adapters merged in, and WORK/adapter the adapters.
 
     Raises:
       TrainingError: `data` has no rows, the latest checkpoint was written for other data or
@@ -363,10 +413,15 @@ def train(
     mesh = mesh or sharding.make_mesh()
     base_cfg = checkpoint.load_config(init_model_dir)
     cfg = tc.model_config(base_cfg)
+    spec = tc.lora_spec()  # None: full fine-tuning
     steps = total_steps(data.num_rows, tc)
     optimizer = make_optimizer(oc, steps)
     schedule = learning_rate_schedule(oc, steps)
-    abstract, shard = state_shardings(cfg, optimizer, mesh, rules)
+    # The trained tree (TrainState.params) is the params, or with LoRA the adapters only.
+    if spec is None:
+        abstract, shard = state_shardings(cfg, optimizer, mesh, rules)
+    else:
+        abstract, shard = lora.state_shardings(cfg, spec, optimizer, mesh, rules)
     fingerprint = _fingerprint(data, tc, oc, cfg)
     mngr = _manager(work, tc.keep_checkpoints)
     writer = MetricsWriter(metrics_path, work / "tensorboard")
@@ -376,31 +431,52 @@ def train(
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
         )
+        # The metadata first: a checkpoint of other settings (e.g. full fine-tuning vs LoRA)
+        # holds another tree, which the state restore would fail on with orbax's own message.
+        saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if saved.get("fingerprint") != fingerprint:
+            raise TrainingError(
+                f"{work / 'checkpoints'}: checkpoint of step {start} was written for other data or "
+                f"settings (fingerprint {saved.get('fingerprint')} != {fingerprint}); "
+                "use a new work directory or delete it"
+            )
         restored = mngr.restore(
             start,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
         )
-        if restored["meta"].get("fingerprint") != fingerprint:
-            raise TrainingError(
-                f"{work / 'checkpoints'}: checkpoint of step {start} was written for other data or "
-                f"settings (fingerprint {restored['meta'].get('fingerprint')} != {fingerprint}); "
-                "use a new work directory or delete it"
-            )
         state = owned_state(TrainState(*restored["state"]), shard)  # donated in place from step 1 on
         del restored
         log.info("resuming training at step %d of %d", start, steps)
     else:
         start = 0
-        _, params = checkpoint.load_model(init_model_dir, mesh, rules, dtype=cfg.dtype)
-        opt_state = jax.jit(optimizer.init, out_shardings=shard.opt_state)(params)
+    # LoRA: the frozen base, an argument of every step (never donated; not in the checkpoints,
+    # which hold the adapters and their optimizer state only).
+    base = (
+        checkpoint.load_model(init_model_dir, mesh, rules, dtype=cfg.dtype)[1] if spec is not None else None
+    )
+    if start == 0:
+        if spec is None:
+            trained = checkpoint.load_model(init_model_dir, mesh, rules, dtype=cfg.dtype)[1]
+        else:
+            trained = lora.init_adapters(cfg, spec, jax.random.key(tc.seed), mesh, rules)
+        opt_state = jax.jit(optimizer.init, out_shardings=shard.opt_state)(trained)
         state = owned_state(
-            TrainState(distributed.put_global(np.zeros((), np.int32), shard.step), params, opt_state), shard
+            TrainState(distributed.put_global(np.zeros((), np.int32), shard.step), trained, opt_state), shard
         )  # restored arrays may not be donatable (see owned_state)
-        del params, opt_state
+        del trained, opt_state
 
     writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
     batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
-    step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules, tc.loss_chunk_tokens)
+    if spec is None:
+        step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules, tc.loss_chunk_tokens)
+    else:
+        lora_step = lora.compile_train_step(
+            cfg, spec, optimizer, mesh, batch_shape, rules, tc.loss_chunk_tokens
+        )
+
+        def step_fn(st: TrainState, b: dict[str, Any]) -> tuple[TrainState, dict[str, Any]]:
+            return lora_step(st, base, b)
+
     b_shard = batch_sharding(mesh, batch_shape, rules)
     meta = {"fingerprint": fingerprint, "seed": tc.seed, "total_steps": steps, "num_rows": data.num_rows}
 
@@ -462,14 +538,60 @@ def train(
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
-    params = jax.tree.map(lambda p, a: p.astype(a.dtype), state.params, abstract.params)
+    extra = {"trained_from": os.fspath(init_model_dir), "steps": steps, "final_loss": loss}
+    if spec is None:
+        params = jax.tree.map(lambda p, a: p.astype(a.dtype), state.params, abstract.params)
+    else:
+        params = _save_lora(work, state.params, base, base_cfg, cfg, spec, tc, mesh, rules, extra)
+        extra["lora"] = {"rank": spec.rank, "alpha": spec.alpha, "targets": list(spec.targets)}
+        del base
     checkpoint.save_model(
         out_dir,
         params,
         base_cfg,
         tokenizer_dir=checkpoint.tokenizer_dir(init_model_dir),
-        extra={"trained_from": os.fspath(init_model_dir), "steps": steps, "final_loss": loss},
+        extra=extra,
     )
     if not tc.keep_trainer_state:  # the export is complete: the state only takes disk space now
         delete_trainer_state(work)
     return TrainResult(str(out_dir), steps, loss, str(metrics_path))
+
+
+def _save_lora(
+    work: Any,
+    adapters: lora.Adapters,
+    base: Any,
+    base_cfg: ModelConfig,
+    cfg: ModelConfig,
+    spec: lora.LoraSpec,
+    tc: TrainConfig,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]],
+    extra: dict[str, Any],
+) -> Any:
+    """Writes WORK/adapter and returns the merged params (on their shards) for WORK/model.
+
+    WORK/adapter is written first: WORK/model's completion is what marks the run as done, so
+    a run killed between the two redoes both (a complete leftover adapter folder, from a
+    kill after it, is replaced: the resumed run reproduces the same adapters).
+    """
+    adapter_dir = work / "adapter"
+    if peft.is_complete(adapter_dir):
+        io_utils.remove_tree(adapter_dir)
+    peft.save_adapter(
+        adapter_dir,
+        lora.by_target(distributed.to_host(adapters), spec.targets),
+        spec.rank,
+        spec.alpha,
+        tc.lora_dropout,
+        extra["trained_from"],
+        extra={"steps": extra["steps"], "final_loss": extra["final_loss"]},
+    )
+    base_abstract, _ = abstract_params(base_cfg)
+
+    @functools.partial(jax.jit, out_shardings=param_shardings(cfg, mesh, rules))
+    def merged(base, adapters):
+        out = lora.merge(base, adapters, spec.scale)
+        return jax.tree.map(lambda p, a: p.astype(a.dtype), out, base_abstract)
+
+    return merged(base, adapters)
