@@ -533,8 +533,11 @@ def train(
         if tc.save_every_steps and (s + 1) % tc.save_every_steps == 0 and s + 1 < steps:
             save(s + 1, state)
     bar.close()
-    if mngr.latest_step() != steps:
+    if tc.keep_trainer_state and mngr.latest_step() != steps:
         save(steps, state)
+    # Without keep_trainer_state the final state is not saved only to be deleted after the
+    # export (3x the f32 model written, then removed): a run killed during the export
+    # redoes the steps after its last periodic checkpoint, with the same result.
     mngr.wait_until_finished()
     mngr.close()
     writer.close()

@@ -459,6 +459,20 @@ def test_trainer_state_is_deleted_after_the_export_unless_kept(task, tiny_model,
     assert not (tmp_path / "work" / "checkpoints").exists()
     assert delete_trainer_state(tmp_path / "work") is False  # nothing left to delete
 
+    # The final state is not saved only to be deleted: a run killed during its export has
+    # its periodic checkpoints, and its rerun redoes the steps after them, to the same model.
+    def killed_export(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "save_model", killed_export)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_model, data, tmp_path / "killed", tc, oc, progress=False)
+    assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["2"]
+    redone = train(tiny_model, data, tmp_path / "killed", tc, oc, progress=False)
+    _, p_redone = checkpoint.load_model(redone.model_dir)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p_kept, p_redone)
+
 
 def test_trainer_state_is_never_deleted_unless_it_is_ours_and_exported(tmp_path):
     work = tmp_path / "work"
