@@ -325,8 +325,9 @@ class Generator:
         Same results up to float summation order.
       batching: 'continuous' (default): `settings.batch_size` slots, each refilled with the
         next prompt as soon as its row ends, so no slot decodes past its row's end (see
-        `sampling.continuous`); 'static': each batch decodes until its longest row ends.
-        The same tokens either way wherever the logits agree to the last bit.
+        `sampling.continuous`); a call whose prompts fit in one batch has nothing to refill
+        from and runs as one static batch. 'static': each batch decodes until its longest
+        row ends. The same tokens either way wherever the logits agree to the last bit.
 
     Raises:
       ValueError: `kv_cache_dtype` is not one of KV_CACHE_DTYPES, or `batching` not one of
@@ -446,11 +447,14 @@ class Generator:
             bar.update(rows)
             bar.set_postfix(tok_s=f"{stats.tokens_per_second:.1f}", compile_s=f"{stats.compile_seconds:.1f}")
 
-        if ids and self.batching == "continuous":
+        # Prompts that fit in one batch leave no queue to refill slots from: the static program
+        # does the same slot-steps with one compile where slots take three (init, insert, decode).
+        slots = self.batching == "continuous" and len(ids) > settings.batch_size
+        if slots:
             self._run_slots(
                 ids, order, row_ids, settings, capacity, stop_arr, base_key, prefix, done, tick, stats
             )
-        for start in range(0, len(order) if self.batching == "static" else 0, settings.batch_size):
+        for start in range(0, 0 if slots else len(order), settings.batch_size):
             chunk = order[start : start + settings.batch_size]
             out, b = self._run_batch(
                 [ids[i][len(prefix) :] for i in chunk],

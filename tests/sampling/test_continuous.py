@@ -121,12 +121,14 @@ def test_edge_cases_one_token_budget_fewer_prompts_than_slots_and_stop_strings(t
     prompts = _prompts(5)
     for settings in (
         SamplingSettings(max_new_tokens=1, temperature=0.0, batch_size=4),  # every row ends at its prefill
-        SamplingSettings(max_new_tokens=9, temperature=0.0, batch_size=32),  # 5 prompts, 8 slots
+        SamplingSettings(max_new_tokens=9, temperature=0.0, batch_size=32),  # 5 prompts: one batch
     ):
-        ref, _ = _generate(cfg, params, tok, "static", prompts, settings, [-1])
+        ref, ref_stats = _generate(cfg, params, tok, "static", prompts, settings, [-1])
         got, stats = _generate(cfg, params, tok, "continuous", prompts, settings, [-1])
         _assert_same_rows(got, ref)
         assert all(len(c.token_ids) == settings.max_new_tokens for c in got)
+    # Nothing queued behind the batch: it runs as the static batch it equals.
+    assert (stats.decode_steps, stats.slot_steps) == (ref_stats.decode_steps, ref_stats.slot_steps)
     stop = ref[1].text[2:5]
     settings = SamplingSettings(max_new_tokens=9, temperature=0.0, batch_size=2, stop_strings=(stop,))
     ref, _ = _generate(cfg, params, tok, "static", prompts, settings, [-1])
