@@ -195,10 +195,11 @@ def _base_dir(run_dir):
     return summary["model"]
 
 
-def _has_step_2(checkpoints) -> bool:
-    """Whether step 2's save has begun (the folder is deleted after the export: may vanish)."""
+def _has_step_1(checkpoints) -> bool:
+    """Whether step 1's save has begun (the run's one periodic save: the last step's state is
+    never saved, and the folder is deleted after the export, so it may vanish)."""
     try:
-        return any(p.name.startswith("2") for p in checkpoints.iterdir())
+        return any(p.name.startswith("1") for p in checkpoints.iterdir())
     except FileNotFoundError:
         return False
 
@@ -215,7 +216,7 @@ def test_kill_and_resume_gives_the_same_run(reference_run, tmp_path, smollm2_dir
         ("synthesis", lambda: (it / "chunks" / "synthesize" / "00000.jsonl").exists()),
         ("assessment", lambda: (it / "chunks" / "assess" / "00000.jsonl").exists()),
         ("training", lambda: (it / "train" / "metrics.jsonl").exists()),
-        ("checkpoint save", lambda: _has_step_2(it / "train" / "checkpoints")),
+        ("checkpoint save", lambda: _has_step_1(it / "train" / "checkpoints")),
     ]
     killed = []
     for name, point in kill_points:
