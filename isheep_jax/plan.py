@@ -127,6 +127,11 @@ def param_bytes(cfg: ModelConfig, mesh, itemsize: int | None = None, rules=shard
       The bytes of every parameter's shard, summed.
     """
     abstract, names = abstract_params(cfg)
+    return _tree_shard_bytes(abstract, names, mesh, rules, itemsize)
+
+
+def _tree_shard_bytes(abstract, names, mesh, rules, itemsize: int | None = None) -> int:
+    """Per-device bytes of a tree of arrays with logical axis names (itemsize None: their own)."""
     leaves = jax.tree.leaves(
         jax.tree.map(
             lambda n, a: shard_bytes(a.shape, itemsize or a.dtype.itemsize, n, mesh, rules),
@@ -152,13 +157,7 @@ def lora_adapter_bytes(cfg: ModelConfig, spec: lora.LoraSpec, mesh, rules=shardi
       take the same).
     """
     shapes, names = lora.abstract_adapters(cfg, spec)
-    sizes = jax.tree.map(
-        lambda n, a: shard_bytes(a.shape, 4, n, mesh, rules),
-        names,
-        shapes,
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
-    return int(sum(jax.tree.leaves(sizes)))
+    return _tree_shard_bytes(shapes, names, mesh, rules, itemsize=4)
 
 
 def lora_merged_bytes(cfg: ModelConfig, spec: lora.LoraSpec, mesh, rules=sharding.DEFAULT_RULES) -> int:
