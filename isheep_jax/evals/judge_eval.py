@@ -28,7 +28,7 @@ import numpy as np
 from isheep_jax.evals import calibration, rating, stats
 from isheep_jax.evals.rating import AssessMode
 from isheep_jax.model.tokenizer import PromptStyle
-from isheep_jax.sampling.chunked import sample_in_chunks
+from isheep_jax.sampling.chunked import stream_in_chunks
 from isheep_jax.sampling.generator import SamplingSettings
 
 COMBINED = "mean"  # the criteria's mean: what the loop ranks pairs by by default
@@ -139,13 +139,11 @@ def rate_calibration(
         for ins, inp, ans in answers
         for kind in rating.KINDS
     ]
-    rows = sample_in_chunks(
+    rows = stream_in_chunks(
         chunk_dir,
         prompts,
         chunk_size,
-        lambda p, ids: rating.rate_rows(
-            gen_fn(), p, mode, settings, ids, style != "raw", f"calibration {mode}"
-        ),
+        rating.rate_stream(gen_fn, mode, settings, style != "raw", f"calibration {mode}"),
         f"calibration {mode}",
     )
     result: dict[str, Any] = {"mode": mode, "answers": len(answers)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from string import Template
 from typing import Literal
 
@@ -23,7 +23,8 @@ import numpy as np
 
 from isheep_jax.core import choices
 from isheep_jax.prompts.templates import load_template, render
-from isheep_jax.sampling.generator import Generator, SamplingSettings, completion_rows
+from isheep_jax.sampling.chunked import Stream, per_group
+from isheep_jax.sampling.generator import Generator, SamplingSettings, completion_rows, completion_stream
 
 Kind = Literal["quality", "following"]
 KINDS: tuple[Kind, ...] = ("quality", "following")
@@ -406,6 +407,29 @@ def rate_rows(
         return completion_rows(gen, prompts, row_ids, settings, chat, desc)
     probs = label_probabilities(gen, prompts, [str(k) for k in SCORES], settings.batch_size, chat, desc)
     return [{"score_probs": [round_sig(p) for p in row]} for row in probs]
+
+
+def rate_stream(
+    gen: Callable[[], Generator], mode: AssessMode, settings: SamplingSettings, chat: bool, desc: str
+) -> Stream:
+    """The judge as a `chunked.Stream`: text mode samples every missing chunk in one call
+    (slots stay busy across chunks); logits mode scores chunk by chunk (`rate_rows`).
+
+    Args:
+      gen: returns the judge's generator (called lazily: nothing loads when every chunk is on
+        disk).
+      mode: 'logits' or 'text' (`rate_rows`).
+      settings: the judge's sampling settings.
+      chat: the prompts were rendered with a chat template (no BOS added).
+      desc: the progress bar's description.
+
+    Returns:
+      `stream(prompts, row_ids, groups, on_row)`, reporting `rate_rows`' dicts.
+    """
+    choices.check("rate_stream", "mode", mode, AssessMode)
+    if mode == "logits":
+        return per_group(lambda p, ids: rate_rows(gen(), p, mode, settings, ids, chat, desc))
+    return completion_stream(gen, settings, chat, desc)
 
 
 def rating_fields(kind: Kind, row: dict, prefill: str = "") -> dict:

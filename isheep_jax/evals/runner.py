@@ -40,8 +40,8 @@ from isheep_jax.model import checkpoint
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer
 from isheep_jax.parallel import distributed
 from isheep_jax.prompts.templates import user_text
-from isheep_jax.sampling.chunked import sample_in_chunks
-from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
+from isheep_jax.sampling.chunked import sample_in_chunks, stream_in_chunks
+from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_stream
 from isheep_jax.training.train_step import per_segment_loss
 
 log = logging.getLogger(__name__)
@@ -170,13 +170,11 @@ def _sample(
     tok = Tokenizer(checkpoint.tokenizer_dir(spec.model_dir))
     prompts = [tok.render_prompt(t, spec.prompt_style) + prefill for t in user_texts]
     settings = dataclasses.replace(settings, seed=ec.seed)
-    return sample_in_chunks(
+    return stream_in_chunks(
         chunk_dir,
         prompts,
         ec.chunk_size,
-        lambda p, ids: completion_rows(
-            cache.get(spec.model_dir), p, ids, settings, spec.prompt_style != "raw", desc
-        ),
+        completion_stream(lambda: cache.get(spec.model_dir), settings, spec.prompt_style != "raw", desc),
         desc,
     )
 

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import gin
@@ -32,8 +33,8 @@ from isheep_jax.model.embedded import resolve_model
 from isheep_jax.model.tokenizer import PromptStyle, Tokenizer, TokenizerError
 from isheep_jax.parallel import sharding
 from isheep_jax.prompts.templates import load_template, user_text
-from isheep_jax.sampling.chunked import chunk_files, sample_in_chunks
-from isheep_jax.sampling.generator import GeneratorCache, SamplingSettings, completion_rows
+from isheep_jax.sampling.chunked import Stream, chunk_files, stream_in_chunks
+from isheep_jax.sampling.generator import Generator, GeneratorCache, SamplingSettings, completion_stream
 from isheep_jax.training.optim import OptimizerConfig
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,10 @@ class LoopConfig:
 
 
 def _completions(
-    gen, prompts, row_ids, settings: SamplingSettings, seed: int, chat: bool, desc: str
-) -> list[dict]:
-    return completion_rows(gen, prompts, row_ids, dataclasses.replace(settings, seed=seed), chat, desc)
+    gen: Callable[[], Generator], settings: SamplingSettings, seed: int, chat: bool, desc: str
+) -> Stream:
+    """A stage's `completion_stream` under its own seed."""
+    return completion_stream(gen, dataclasses.replace(settings, seed=seed), chat, desc)
 
 
 class Loop:
@@ -338,14 +340,12 @@ class Loop:
                 first.append(nxt)
         # Few-shot synthesis continues a raw numbered list whatever the model (a chat template
         # would make it answer); a user-turn prefix is rendered already, special tokens included.
-        outs = sample_in_chunks(
+        outs = stream_in_chunks(
             it.chunks("synthesize"),
             prompts,
             lc.chunk_size,
-            lambda p, ids: _completions(
-                self.models.get(model_dir),
-                p,
-                ids,
+            _completions(
+                lambda: self.models.get(model_dir),
                 lc.synth_sampling,
                 self._seed(i, _SYNTH),
                 lc.synthesis_mode == "template_prefix",
@@ -394,14 +394,12 @@ class Loop:
         style = self._style(model_dir)
         tok = self.models.get(model_dir).tokenizer if candidates else None
         prompts = [tok.render_prompt(user_text(c["instruction"], c["input"]), style) for c in candidates]
-        outs = sample_in_chunks(
+        outs = stream_in_chunks(
             it.chunks("respond"),
             prompts,
             lc.chunk_size,
-            lambda p, ids: _completions(
-                self.models.get(model_dir),
-                p,
-                ids,
+            _completions(
+                lambda: self.models.get(model_dir),
                 lc.respond_sampling,
                 self._seed(i, _RESPOND),
                 style != "raw",
@@ -450,12 +448,12 @@ class Loop:
             for kind in rating.KINDS
         ]
         settings = dataclasses.replace(lc.rate_sampling, seed=self._seed(i, _ASSESS))
-        outs = sample_in_chunks(
+        outs = stream_in_chunks(
             it.chunks("assess"),
             prompts,
             lc.chunk_size,
-            lambda p, ids: rating.rate_rows(
-                self.models.get(judge), p, lc.assess_mode, settings, ids, style != "raw", "assess"
+            rating.rate_stream(
+                lambda: self.models.get(judge), lc.assess_mode, settings, style != "raw", "assess"
             ),
             "assess",
         )

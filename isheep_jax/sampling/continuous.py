@@ -5,7 +5,8 @@ idle; with early EOS and a cap of 1000 tokens that is half or more of the decode
 Here each of the B slots holds one row with its own cache region, write slot, position and
 token count (`KVCache.index` per row). `decode_segment` runs decode steps until enough
 slots have finished; the host then reads the finished rows back and `insert` prefills new
-prompts into those slots, until the queue is empty.
+prompts into those slots, until the queue is empty. Then, as the last rows drain, `compact`
+moves them into half as many slots whenever half or fewer are live.
 
 A row's tokens do not depend on which slot it runs in or when: its random stream is keyed
 by its row id and the index of the token drawn (as in `decode_loop.decode`), its positions
@@ -14,8 +15,8 @@ tokens equal the static sampler's wherever the logits agree to the last bit (alw
 greedy decoding away from near-ties), and the log-probabilities agree to float round-off.
 
 Static: the model config, the slots B, the cache length S and the token capacity N (one
-compile of `decode_segment` per stage); `insert` compiles once per (rows, prompt length)
-bucket.
+compile of `decode_segment` per stage, and one per halving of B in the drain); `insert`
+compiles once per (rows, prompt length) bucket.
 """
 
 from __future__ import annotations
@@ -242,6 +243,38 @@ def insert(
         row_keys=state.row_keys.at[slot_ids].set(row_keys, mode="drop"),
         prompt_len=put(state.prompt_len, fresh.prompt_len),
         recent=put(state.recent, fresh.recent),
+    )
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def compact(state: Slots, keep: jax.Array) -> Slots:
+    """The slots `keep` of `state`, in that order, as a state of fewer slots.
+
+    Once the queue is empty no refill takes a finished row's place, so the slots of the
+    last rows' batch idle as those rows drain. Moving the live rows into a state of half
+    as many slots halves what each drain step computes; a row's tokens stay the same, as
+    in any other slot (module docstring).
+
+    Args:
+      state: the `Slots` of B slots (donated).
+      keep: [B'] int32 distinct slot indices, every live slot among them.
+
+    Returns:
+      `Slots` of B' slots: slot j is `state`'s slot keep[j].
+    """
+
+    def take(x: jax.Array) -> jax.Array:
+        return x[keep]
+
+    cache = state.cache
+    return state._replace(
+        cache=KVCache(
+            tuple(take(x) for x in cache.k),
+            tuple(take(x) for x in cache.v),
+            take(cache.valid),
+            take(cache.index),
+        ).constrained(),
+        **{f: take(getattr(state, f)) for f in Slots._fields if f != "cache"},
     )
 
 

@@ -300,7 +300,7 @@ class SamplerStats:
         return self.tokens / run if run > 0 else 0.0
 
 
-@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix", "batching"])
+@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix", "batching", "compact_drain"])
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
 
@@ -328,6 +328,10 @@ class Generator:
         `sampling.continuous`); a call whose prompts fit in one batch has nothing to refill
         from and runs as one static batch. 'static': each batch decodes until its longest
         row ends. The same tokens either way wherever the logits agree to the last bit.
+      compact_drain: continuous batching: once the queue is empty, whenever half or fewer
+        of the slots hold a live row, those rows move into half as many slots
+        (`continuous.compact`), so the drain does not decode idle slots. Costs a compile of
+        the decode segment per halving (cached like the others); same tokens.
 
     Raises:
       ValueError: `kv_cache_dtype` is not one of KV_CACHE_DTYPES, or `batching` not one of
@@ -344,12 +348,13 @@ class Generator:
         kv_cache_dtype: str = "",
         share_prefix: bool = True,
         batching: Batching = "continuous",
+        compact_drain: bool = True,
     ):
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
         self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
         choices.check("Generator", "batching", batching, Batching)
-        self.batching = batching
+        self.batching, self.compact_drain = batching, compact_drain
         self.last_stats = SamplerStats()  # of the last `generate` call
         kernels.load()  # the CPU decode kernel is built (or found) before anything is traced
         self.share_prefix = share_prefix
@@ -392,6 +397,8 @@ class Generator:
         row_ids: Sequence[int] | None = None,
         add_special_tokens: bool = True,
         progress: bool | str = True,
+        groups: Sequence[int] | None = None,
+        on_done: Callable[[int, Completion], None] | None = None,
     ) -> list[Completion]:
         """Samples a completion for every prompt; results come back in input order.
 
@@ -402,6 +409,13 @@ class Generator:
           add_special_tokens: whether to add the tokenizer's special tokens to string prompts.
             Chat prompts already rendered with their template should pass False.
           progress: show a progress bar (a string: with that description; False: none).
+          groups: one int per prompt: prompts of a lower group are started first (longest
+            prompt first within a group), so a caller that saves results group by group
+            (`sampling.chunked`) sees its groups finish nearly in order while the slots stay
+            full across their boundaries. Default: one group. Scheduling never changes a
+            row's tokens (see `batching`).
+          on_done: `on_done(i, completion)` is called as soon as prompt i's row has ended
+            (in the order rows end), before the call returns.
 
         Returns:
           One `Completion` per prompt, in input order.
@@ -415,6 +429,9 @@ class Generator:
         row_ids = list(range(len(ids))) if row_ids is None else list(row_ids)
         if len(row_ids) != len(ids):
             raise ValueError(f"{len(row_ids)} row_ids for {len(ids)} prompts")
+        groups = [0] * len(ids) if groups is None else list(groups)
+        if len(groups) != len(ids):
+            raise ValueError(f"{len(groups)} groups for {len(ids)} prompts")
         capacity = bucket(settings.max_new_tokens, CAPACITY_BUCKETS)
         too_long = [i for i, x in enumerate(ids) if len(x) + capacity > self.cfg.max_position_embeddings]
         if too_long:
@@ -426,7 +443,7 @@ class Generator:
         stop_arr = _stop_array(self.tokenizer, settings.stop_strings)
         # Decided for the whole call, not per batch, so results never depend on batching.
         prefix = ids[0][: shared_prefix_len(ids)] if self.share_prefix and ids else []
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        order = sorted(range(len(ids)), key=lambda i: (groups[i], -len(ids[i])))
         results: list[Completion | None] = [None] * len(ids)
         base_key = jax.random.key(settings.seed)
         bar = _progress_bar(len(ids), progress, "sampling")
@@ -435,6 +452,8 @@ class Generator:
         def done(i: int, c: Completion, steps: int, slot_steps: int) -> None:
             """Records prompt i's completion and the decode work that went into it."""
             results[i] = c
+            if on_done is not None:
+                on_done(i, c)
             stats.rows += 1
             stats.tokens += len(c.token_ids) + (c.finish_reason == "eos")
             stats.decode_steps += steps
@@ -505,8 +524,8 @@ class Generator:
 
         Args:
           ids: every prompt's tokens (the shared prefix included).
-          order: the queue, prompt indices longest first (refills of similar lengths share a
-            prompt bucket).
+          order: the queue of prompt indices, by group and longest first within a group
+            (refills of similar lengths share a prompt bucket).
           row_ids: each prompt's row id.
           settings: the sampling settings (`batch_size` is the number of slots).
           capacity: N, the token capacity.
@@ -536,7 +555,7 @@ class Generator:
         queue = collections.deque(order)
         occupant = [-1] * b  # the prompt each slot holds, -1: free
         min_free = max(1, b // REFILL_FRACTION)
-        pending_steps = 0  # decode steps not yet credited to a finished row
+        pending = [0, 0]  # decode steps and slot-steps not yet credited to a finished row
         while queue or any(o >= 0 for o in occupant):
             free = [s for s in range(b) if occupant[s] < 0]
             if queue and free:
@@ -564,6 +583,12 @@ class Generator:
                 for s, i in zip(slot_ids, take):
                     occupant[s] = i
             waiting = bool(queue)
+            if queue:  # stop to refill once enough slots are free
+                stop_at = min(min_free, len(queue))
+            elif self.compact_drain and b > 1:  # the drain: stop once half or fewer are live
+                stop_at = b - b // 2
+            else:  # run until no row is live
+                stop_at = b + 1
             with sharding.activation_sharding(self.mesh):
                 state, steps, busy = continuous.decode_segment(
                     cfg,
@@ -571,27 +596,34 @@ class Generator:
                     state,
                     *sampling_args,
                     jnp.int32(SEGMENT_STEPS),
-                    jnp.int32(min(min_free, len(queue)) if queue else b + 1),
+                    jnp.int32(stop_at),
                 )
             live, steps, busy = distributed.to_host((state.live, steps, busy))
-            pending_steps += int(steps)
+            pending[0] += int(steps)
+            pending[1] += b * int(steps)
             if waiting:
                 stats.queued_slot_steps += b * int(steps)
                 stats.queued_busy_steps += int(busy)
             ended = [s for s in range(b) if occupant[s] >= 0 and not live[s]]
-            if not ended:
-                continue
-            toks, lps, lens, fin = distributed.to_host(
-                (state.tokens, state.logprobs, state.lengths, state.finish)
-            )
-            for s in ended:
-                i, occupant[s] = occupant[s], -1
-                completion = self._completion(
-                    toks[s, : lens[s]], lps[s, : lens[s]], int(fin[s]), len(ids[i]), settings.stop_strings
+            if ended:
+                toks, lps, lens, fin = distributed.to_host(
+                    (state.tokens, state.logprobs, state.lengths, state.finish)
                 )
-                done(i, completion, pending_steps, b * pending_steps)
-                pending_steps = 0
-            tick(len(ended))
+                for s in ended:
+                    i, occupant[s] = occupant[s], -1
+                    completion = self._completion(
+                        toks[s, : lens[s]], lps[s, : lens[s]], int(fin[s]), len(ids[i]), settings.stop_strings
+                    )
+                    done(i, completion, *pending)
+                    pending = [0, 0]
+                tick(len(ended))
+            held = [s for s in range(b) if occupant[s] >= 0]
+            if not queue and self.compact_drain and held and len(held) <= b // 2:
+                spare = [s for s in range(b) if occupant[s] < 0]
+                keep = held + spare[: _pow2_at_least(len(held)) - len(held)]
+                with sharding.activation_sharding(self.mesh):
+                    state = continuous.compact(state, jnp.asarray(keep, jnp.int32))
+                occupant, b = [occupant[s] for s in keep], len(keep)
 
     def _run_batch(
         self,
@@ -814,6 +846,16 @@ class GeneratorCache:
         gc.collect()
 
 
+def completion_row(o: Completion) -> dict:
+    """The JSON-able result of one completion (what the run's chunk files store): "text",
+    "finish_reason" and "num_tokens" (generated tokens, EOS excluded), and "raw_text"
+    (special tokens kept) where it differs from "text"."""
+    row = {"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)}
+    if o.raw_text != o.text:
+        row["raw_text"] = o.raw_text
+    return row
+
+
 def completion_rows(
     gen: Generator,
     prompts: Sequence[str],
@@ -821,8 +863,10 @@ def completion_rows(
     settings: SamplingSettings,
     chat: bool,
     desc: str,
+    groups: Sequence[int] | None = None,
+    on_row: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
-    """JSON-able results of rendered prompts (what the run's chunk files store).
+    """JSON-able results (`completion_row`) of rendered prompts, in one `generate` call.
 
     Args:
       gen: the generator to sample with.
@@ -832,17 +876,42 @@ def completion_rows(
       chat: the prompts were rendered with a chat template, which already holds the special
         tokens the tokenizer would otherwise add (BOS).
       desc: the progress bar's description.
+      groups: the admission groups (`Generator.generate`); default one group.
+      on_row: `on_row(i, row)` as soon as prompt i's row has ended.
 
     Returns:
-      One dict per prompt, in input order: "text", "finish_reason" and "num_tokens"
-      (generated tokens, EOS excluded), and "raw_text" (special tokens kept) where it
-      differs from "text".
+      One dict per prompt, in input order.
     """
-    outs = gen.generate(prompts, settings, row_ids=row_ids, add_special_tokens=not chat, progress=desc)
-    rows = []
-    for o in outs:
-        row = {"text": o.text, "finish_reason": o.finish_reason, "num_tokens": len(o.token_ids)}
-        if o.raw_text != o.text:
-            row["raw_text"] = o.raw_text
-        rows.append(row)
-    return rows
+    outs = gen.generate(
+        prompts,
+        settings,
+        row_ids=row_ids,
+        add_special_tokens=not chat,
+        progress=desc,
+        groups=groups,
+        on_done=None if on_row is None else lambda i, c: on_row(i, completion_row(c)),
+    )
+    return [completion_row(o) for o in outs]
+
+
+def completion_stream(
+    gen: Callable[[], Generator], settings: SamplingSettings, chat: bool, desc: str
+) -> Callable[[Sequence[str], Sequence[int], Sequence[int], Callable[[int, dict], None]], None]:
+    """`completion_rows` as a `sampling.chunked` stream: `stream(prompts, row_ids, groups,
+    on_row)` samples them all in one call of `gen()`, called lazily (nothing loads when
+    every chunk is on disk).
+
+    Args:
+      gen: returns the generator to sample with.
+      settings: the sampling settings.
+      chat: the prompts were rendered with a chat template (no BOS added).
+      desc: the progress bar's description.
+
+    Returns:
+      The stream.
+    """
+
+    def stream(prompts, row_ids, groups, on_row) -> None:
+        completion_rows(gen(), prompts, row_ids, settings, chat, desc, groups, on_row)
+
+    return stream

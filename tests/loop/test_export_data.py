@@ -46,29 +46,33 @@ def _leaked_prompt() -> str:
     raise AssertionError("no usable IFEval prompt")
 
 
-def _fake_completions(gen, prompts, row_ids, settings, seed, chat, desc):
+def _fake_completions(gen, settings, seed, chat, desc):
+    """`runner._completions`' stream, with canned rows."""
     i = seed // 10  # runner._seed(i, stage) with LoopConfig.seed = 0
-    rows = []
-    for p, prompt in zip(row_ids, prompts):
-        if desc == "synthesize":
-            items = [TOPICS[(3 * i + p) % len(TOPICS)], "Say hi", "Draw a picture of a lighthouse in fog."]
-            items.append("Rewrite this sentence in a more formal tone.")  # the same every prompt: ROUGE
-            if i == 0 and p == 0:
-                items.append(_LEAK)
-            text = "".join(
-                f" {t}\n{n}. Input:\n<noinput>\n###\n{n + 1}. Instruction:" for n, t in enumerate(items, 6)
-            )
-            rows.append({"text": text + " Tell me about", "finish_reason": "length", "num_tokens": 9})
-        else:
-            cut = "haiku" in prompt  # a truncated answer: the response filter drops it
-            rows.append(
-                {
-                    "text": f"A direct answer, number {p}, in plain words with one concrete example.",
-                    "finish_reason": "length" if cut else "stop",
-                    "num_tokens": 12,
-                }
-            )
-    return rows
+
+    def stream(prompts, row_ids, groups, on_row):
+        for k, (p, prompt) in enumerate(zip(row_ids, prompts)):
+            on_row(k, _canned(desc, i, p, prompt))
+
+    return stream
+
+
+def _canned(desc, i, p, prompt):
+    if desc == "synthesize":
+        items = [TOPICS[(3 * i + p) % len(TOPICS)], "Say hi", "Draw a picture of a lighthouse in fog."]
+        items.append("Rewrite this sentence in a more formal tone.")  # the same every prompt: ROUGE
+        if i == 0 and p == 0:
+            items.append(_LEAK)
+        text = "".join(
+            f" {t}\n{n}. Input:\n<noinput>\n###\n{n + 1}. Instruction:" for n, t in enumerate(items, 6)
+        )
+        return {"text": text + " Tell me about", "finish_reason": "length", "num_tokens": 9}
+    cut = "haiku" in prompt  # a truncated answer: the response filter drops it
+    return {
+        "text": f"A direct answer, number {p}, in plain words with one concrete example.",
+        "finish_reason": "length" if cut else "stop",
+        "num_tokens": 12,
+    }
 
 
 def _fake_rate_rows(gen, prompts, mode, settings, row_ids, chat, desc):

@@ -3,7 +3,7 @@
 import pytest
 
 from isheep_jax.core import io_utils
-from isheep_jax.sampling.chunked import ChunkError, chunk_files, sample_in_chunks
+from isheep_jax.sampling.chunked import ChunkError, chunk_files, per_group, sample_in_chunks, stream_in_chunks
 
 
 def test_sample_in_chunks_reuses_finished_chunks(tmp_path):
@@ -37,3 +37,69 @@ def test_chunk_files_skip_a_temporary_copy_left_by_a_killed_write(tmp_path):
         (tmp_path / "chunks" / "00001.jsonl").read_text()
     )
     assert [p.name for p in chunk_files(d)] == ["00000.jsonl", "00001.jsonl"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_stream_in_chunks_writes_each_chunk_when_its_last_row_ends(tmp_path):
+    """One stream call for every missing chunk; rows end out of order; a chunk's file appears
+    with its last row, so a kill mid-stage keeps the chunks already complete."""
+    d = io_utils.as_path(tmp_path / "chunks")
+    prompts = [f"p{i}" for i in range(7)]
+    calls, written = [], []
+
+    def stream(kill_after=None):
+        def run(ps, ids, groups, on_row):
+            calls.append((list(ids), list(groups)))
+            # Rows end in an order unlike the input's: a long row of chunk 0 ends last.
+            ends = sorted(range(len(ps)), key=lambda k: (ids[k] == 1, -groups[k], k))
+            for n, k in enumerate(ends):
+                if n == kill_after:
+                    raise _Killed
+                on_row(k, {"text": ps[k].upper(), "row": ids[k]})
+                written.append(sorted(p.name for p in chunk_files(d)))
+
+        return run
+
+    with pytest.raises(_Killed):
+        stream_in_chunks(d, prompts, 3, stream(kill_after=4), "test")
+    assert calls == [([0, 1, 2, 3, 4, 5, 6], [0, 0, 0, 1, 1, 1, 2])]
+    # Chunk 2 (row 6) and chunk 1 (rows 3-5) ended first and are on disk; chunk 0 waits on row 1.
+    assert [p.name for p in chunk_files(d)] == ["00001.jsonl", "00002.jsonl"]
+    assert written[0] == ["00002.jsonl"] and written[3] == ["00001.jsonl", "00002.jsonl"]
+    calls.clear()
+    out = stream_in_chunks(d, prompts, 3, stream(), "test")
+    assert calls == [([0, 1, 2], [0, 0, 0])]  # only the unfinished chunk is sampled again
+    assert [r["row"] for r in out] == list(range(7)) and out[4]["text"] == "P4"
+    assert io_utils.read_jsonl(d / "00000.jsonl") == out[:3]
+
+
+def test_stream_in_chunks_refuses_a_stream_that_drops_or_repeats_rows(tmp_path):
+    d = io_utils.as_path(tmp_path / "chunks")
+
+    def drops(ps, ids, groups, on_row):
+        on_row(0, {"text": "a"})
+
+    with pytest.raises(RuntimeError, match=r"without rows of chunks \[1\]"):
+        stream_in_chunks(d, ["a", "b"], 1, drops, "test")
+    assert [p.name for p in chunk_files(d)] == ["00000.jsonl"]  # the finished chunk is kept
+
+    def repeats(ps, ids, groups, on_row):
+        on_row(0, {"text": "b"})
+        on_row(0, {"text": "b"})
+
+    with pytest.raises(RuntimeError, match="row 1 reported twice"):
+        stream_in_chunks(d, ["a", "b", "c"], 1, repeats, "test")
+
+
+def test_per_group_runs_a_batch_function_once_per_group_in_order():
+    seen, got = [], {}
+
+    def batch(ps, ids):
+        seen.append(list(ids))
+        return [{"row": i} for i in ids]
+
+    per_group(batch)(["a", "b", "c", "d"], [10, 11, 12, 13], [1, 0, 1, 0], got.__setitem__)
+    assert seen == [[11, 13], [10, 12]] and got == {k: {"row": 10 + k} for k in range(4)}

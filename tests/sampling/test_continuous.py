@@ -1,5 +1,7 @@
 """Continuous batching against the static sampler: the same rows, fewer idle slot-steps."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,6 @@ from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.model.transformer import decode_forward, init_cache, unstack_layers
 from isheep_jax.parallel import sharding
-from isheep_jax.sampling import continuous
 from isheep_jax.sampling.generator import Generator, SamplingSettings
 
 
@@ -40,8 +41,8 @@ def _fresh_compile_caches():
     jax.clear_caches()
 
 
-def _generate(cfg, params, tok, batching, prompts, settings, eos, mesh=None):
-    gen = Generator(cfg, params, tok, mesh=mesh, batching=batching)
+def _generate(cfg, params, tok, batching, prompts, settings, eos, mesh=None, compact_drain=True):
+    gen = Generator(cfg, params, tok, mesh=mesh, batching=batching, compact_drain=compact_drain)
     gen.eos_ids = np.asarray(eos, np.int32)  # rows end at different steps: slots get refilled
     return gen.generate(prompts, settings, progress=False), gen.last_stats
 
@@ -87,11 +88,16 @@ def test_continuous_gives_the_static_rows_with_fewer_slot_steps(tiny, shared):
         ref, static = _generate(cfg, params, tok, "static", prompts, settings, eos)
         got, cont = _generate(cfg, params, tok, "continuous", prompts, settings, eos)
         _assert_same_rows(got, ref)
+        kept, wide = _generate(cfg, params, tok, "continuous", prompts, settings, eos, compact_drain=False)
+        _assert_same_rows(kept, ref)
         lengths = [len(c.token_ids) for c in ref]
         assert min(lengths) < 12 and max(lengths) > 16, lengths  # the rows do end apart
-        assert cont.tokens == static.tokens and cont.rows == static.rows == len(prompts)
-        assert cont.slot_steps < static.slot_steps and cont.utilisation > static.utilisation
-        assert 0 < cont.utilisation <= 1 and cont.decode_steps * 4 == cont.slot_steps
+        assert cont.tokens == wide.tokens == static.tokens and cont.rows == static.rows == len(prompts)
+        assert wide.slot_steps < static.slot_steps and wide.utilisation > static.utilisation
+        assert 0 < wide.utilisation <= 1 and wide.decode_steps * 4 == wide.slot_steps
+        # The drain in fewer slots: the same decode steps, fewer of them idle.
+        assert cont.decode_steps == wide.decode_steps and cont.slot_steps < wide.slot_steps
+        assert wide.utilisation < cont.utilisation <= 1
         # Busy slot-steps are the decoded tokens: each row's first token comes from its prefill.
         assert 0 < cont.queued_busy_steps <= cont.queued_slot_steps < cont.slot_steps
         assert static.queued_slot_steps == 0 and static.utilisation_while_queued == 1.0
@@ -138,18 +144,54 @@ def test_edge_cases_one_token_budget_fewer_prompts_than_slots_and_stop_strings(t
     assert _generate(cfg, params, tok, "continuous", [], settings, [-1])[0] == []
 
 
-def test_the_decode_segment_compiles_once_per_stage_shape(tiny):
-    """More prompts, other lengths in the same bucket, another chunking: no new decode compile."""
+def test_groups_start_in_order_and_each_row_is_reported_as_it_ends(tiny):
+    """A stage's chunks as groups of one call: the same rows as without groups, every row
+    handed to `on_done` once, and group 0's rows start (and so end) before group 2's."""
     cfg, params, tok = tiny
+    prompts = _prompts()
+    settings = SamplingSettings(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=2, batch_size=4)
+    eos = _eos_ids(cfg, params, tok, prompts, settings)
+    ref, _ = _generate(cfg, params, tok, "static", prompts, settings, eos)
     gen = Generator(cfg, params, tok, batching="continuous")
+    gen.eos_ids = np.asarray(eos, np.int32)
+    groups = [k // 5 for k in range(len(prompts))]
+    reported = []
+    got = gen.generate(
+        prompts, settings, progress=False, groups=groups, on_done=lambda i, c: reported.append((i, c))
+    )
+    _assert_same_rows(got, ref)
+    assert sorted(i for i, _ in reported) == list(range(len(prompts)))
+    assert all(c is got[i] for i, c in reported)
+    ends = [groups[i] for i, _ in reported]
+    assert max(k for k, g in enumerate(ends) if g == 0) < min(k for k, g in enumerate(ends) if g == 2)
+    with pytest.raises(ValueError, match="2 groups for 14 prompts"):
+        gen.generate(prompts, settings, progress=False, groups=[0, 1])
+
+
+def _decode_compiles(records) -> int:
+    """How many XLA compilations of `decode_segment` the log records under `jax.log_compiles`."""
+    return sum("XLA compilation of jit(decode_segment)" in r.getMessage() for r in records)
+
+
+def test_the_decode_segment_compiles_once_per_stage_shape(tiny, caplog):
+    """More prompts, other lengths in the same bucket, another chunking: no new decode compile;
+    a compacted drain compiles once per halving of the slots, and only once."""
+    cfg, params, tok = tiny
+    gen = Generator(cfg, params, tok, batching="continuous", compact_drain=False)
     settings = SamplingSettings(max_new_tokens=10, temperature=1.0, seed=1, batch_size=4)
     gen.generate(_prompts(14), settings, progress=False)
-    before = continuous.decode_segment._cache_size()
-    gen.generate(_prompts(9), settings, progress=False)
-    gen.generate(_prompts(13)[3:], settings, row_ids=range(3, 13), progress=False)
-    assert continuous.decode_segment._cache_size() == before
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles():
+        gen.generate(_prompts(9), settings, progress=False)
+        gen.generate(_prompts(13)[3:], settings, row_ids=range(3, 13), progress=False)
+        assert _decode_compiles(caplog.records) == 0
+        # The 4 slots halve to 2 and 1 as the last rows drain: one program each, whatever the call.
+        gen.compact_drain = True
+        for n in (14, 9, 13):
+            gen.generate(_prompts(n), settings, progress=False)
+    assert _decode_compiles(caplog.records) <= 2
     stats = gen.last_stats
-    assert stats.rows == 10 and 10 <= stats.tokens <= 10 * 10 and 0 <= stats.compile_seconds <= stats.seconds
+    assert stats.rows == 13 and 13 <= stats.tokens <= 13 * 10 and 0 <= stats.compile_seconds <= stats.seconds
 
 
 def test_a_per_row_cache_index_equals_the_shared_one(tiny):
