@@ -300,7 +300,7 @@ class SamplerStats:
         return self.tokens / run if run > 0 else 0.0
 
 
-@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix", "batching", "compact_drain"])
+@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix", "batching", "drain_min_slots"])
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
 
@@ -328,10 +328,12 @@ class Generator:
         `sampling.continuous`); a call whose prompts fit in one batch has nothing to refill
         from and runs as one static batch. 'static': each batch decodes until its longest
         row ends. The same tokens either way wherever the logits agree to the last bit.
-      compact_drain: continuous batching: once the queue is empty, whenever half or fewer
-        of the slots hold a live row, those rows move into half as many slots
-        (`continuous.compact`), so the drain does not decode idle slots. Costs a compile of
-        the decode segment per halving (cached like the others); same tokens.
+      drain_min_slots: continuous batching: once the queue is empty, whenever half or fewer
+        of the slots hold a live row, those rows move into the fewest power-of-two slots
+        that hold them but no fewer than this (`continuous.compact`), so the drain does not
+        decode idle slots; same tokens. Each smaller slot count costs a compile of the decode
+        segment (cached like the others), which pays only where a stage has many slots: 8 by
+        default, so a call of 8 slots or fewer never compacts; 1 compacts down to one slot.
 
     Raises:
       ValueError: `kv_cache_dtype` is not one of KV_CACHE_DTYPES, or `batching` not one of
@@ -348,13 +350,15 @@ class Generator:
         kv_cache_dtype: str = "",
         share_prefix: bool = True,
         batching: Batching = "continuous",
-        compact_drain: bool = True,
+        drain_min_slots: int = 8,
     ):
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
         self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
         choices.check("Generator", "batching", batching, Batching)
-        self.batching, self.compact_drain = batching, compact_drain
+        if drain_min_slots < 1:
+            raise ValueError(f"Generator.drain_min_slots must be at least 1, got {drain_min_slots}")
+        self.batching, self.drain_min_slots = batching, drain_min_slots
         self.last_stats = SamplerStats()  # of the last `generate` call
         kernels.load()  # the CPU decode kernel is built (or found) before anything is traced
         self.share_prefix = share_prefix
@@ -585,7 +589,7 @@ class Generator:
             waiting = bool(queue)
             if queue:  # stop to refill once enough slots are free
                 stop_at = min(min_free, len(queue))
-            elif self.compact_drain and b > 1:  # the drain: stop once half or fewer are live
+            elif b // 2 >= self.drain_min_slots:  # the drain: stop once half or fewer are live
                 stop_at = b - b // 2
             else:  # run until no row is live
                 stop_at = b + 1
@@ -618,9 +622,10 @@ class Generator:
                     pending = [0, 0]
                 tick(len(ended))
             held = [s for s in range(b) if occupant[s] >= 0]
-            if not queue and self.compact_drain and held and len(held) <= b // 2:
+            fewer = max(_pow2_at_least(len(held)), self.drain_min_slots)
+            if not queue and held and fewer < b:
                 spare = [s for s in range(b) if occupant[s] < 0]
-                keep = held + spare[: _pow2_at_least(len(held)) - len(held)]
+                keep = held + spare[: fewer - len(held)]
                 with sharding.activation_sharding(self.mesh):
                     state = continuous.compact(state, jnp.asarray(keep, jnp.int32))
                 occupant, b = [occupant[s] for s in keep], len(keep)
