@@ -8,9 +8,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# `isheep` processes the tests start compile into a cache of this session's own, never the
-# user's (~/.cache/isheep_jax/xla).
-os.environ.setdefault("ISHEEP_XLA_CACHE", tempfile.mkdtemp(prefix="isheep-test-xla-"))
+# One on-disk XLA compilation cache of this session's own (never the user's ~/.cache/isheep_jax/xla)
+# for the tests and the `isheep` processes they start: a program another test, Generator,
+# Trainer or process already compiled (the same tiny model's sampler or train step) is loaded
+# instead of compiled again. Same executables, so the same numbers; most of the suite's time
+# on CPU is compilation.
+XLA_CACHE = os.environ.setdefault("ISHEEP_XLA_CACHE", tempfile.mkdtemp(prefix="isheep-test-xla-"))
 
 import pytest  # noqa: E402
 from helpers import make_tokenizer_folder  # noqa: E402
@@ -28,18 +31,20 @@ def _gin_cleared_after_each_test():
 
 
 @pytest.fixture(autouse=True)
-def _no_persistent_xla_cache_after_each_test():
-    """An `isheep` command run in-process turns JAX's persistent compilation cache on for the
-    whole process (`cli._enable_compilation_cache`); the tests after it compile as they
-    would on their own, without writing every program to disk."""
-    yield
+def _persistent_xla_cache(request):
+    """Every test compiles through XLA_CACHE, except those marked `fresh_compiles`: they count
+    compilations, read what the compiler reports of a program it just built, or compile for
+    another platform (ahead-of-time TPU programs must stay out of a CPU cache). Set before
+    each test: an `isheep` command run in-process changes the settings for the process."""
     import jax
+    from jax._src import compilation_cache
 
-    if jax.config.jax_compilation_cache_dir:
-        from jax._src import compilation_cache
-
-        jax.config.update("jax_compilation_cache_dir", None)
-        compilation_cache.reset_cache()
+    path = None if request.node.get_closest_marker("fresh_compiles") else XLA_CACHE
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        compilation_cache.reset_cache()  # JAX decides once per process whether to use it
+    yield
 
 
 @pytest.fixture(scope="session")

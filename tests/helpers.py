@@ -1,6 +1,7 @@
 """Builders shared by the tests: tiny tokenizers and Hugging Face models made offline, and the
 public data beside the checkout. Imported by name (`from helpers import make_hf_model`)."""
 
+import functools
 import json
 import os
 import pathlib
@@ -137,3 +138,29 @@ def assert_same_params(a: str, b: str) -> None:
     _, pa = checkpoint.load_model(a)
     _, pb = checkpoint.load_model(b)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
+
+
+def full_forward_logprobs(cfg, params, seqs: list[list[int]]) -> list:
+    """Each sequence's next-token log-probabilities from one full forward, as numpy [len, V].
+
+    The sequences run as one batch, right-padded to a multiple of 64 tokens: causal attention
+    keeps the padding out of every real position, and one compiled program serves every call
+    of a model config (a forward per sequence would compile once per length).
+    """
+    import numpy as np
+
+    width = -(-max(len(s) for s in seqs) // 64) * 64
+    tokens = np.zeros((len(seqs), width), np.int32)
+    for row, s in zip(tokens, seqs):
+        row[: len(s)] = s
+    logp = np.asarray(_log_softmax_forward()(cfg, params, tokens))
+    return [logp[k, : len(s)] for k, s in enumerate(seqs)]
+
+
+@functools.cache
+def _log_softmax_forward():
+    import jax
+
+    from isheep_jax.model import params as P
+
+    return jax.jit(lambda cfg, p, t: jax.nn.log_softmax(P.forward(cfg, p, t), axis=-1), static_argnums=0)

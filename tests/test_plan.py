@@ -14,6 +14,9 @@ from isheep_jax.training.optim import OptimizerConfig, make_optimizer
 from isheep_jax.training.sft_data import MODEL_KEYS
 from isheep_jax.training.train_step import compile_train_step, state_shardings
 
+# The plan is checked against what the compiler reports of programs it builds here.
+pytestmark = pytest.mark.fresh_compiles
+
 TINY = dict(
     vocab_size=1000,
     hidden_size=128,

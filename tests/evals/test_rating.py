@@ -1,14 +1,11 @@
 """The judge's scores read from its distribution: score tokens, probabilities, expected score."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_hf_model
+from helpers import full_forward_logprobs, make_hf_model
 
 from isheep_jax.evals import rating
 from isheep_jax.model import checkpoint
-from isheep_jax.model import params as P
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.sampling.generator import Generator, SamplingSettings
@@ -92,8 +89,8 @@ def test_label_probabilities_equal_a_full_forward(tmp_path, tiny_tokenizer_dir):
     st = rating.score_tokens(tok, prompts[0])
     for prompt, row in zip(prompts, got):
         ids = tok.encode(prompt)
-        for i, seq in enumerate(st.sequences):
-            logp = jax.nn.log_softmax(P.forward(cfg, params, jnp.asarray([ids + list(seq)]))[0], axis=-1)
+        logps = full_forward_logprobs(cfg, params, [ids + list(seq) for seq in st.sequences])
+        for i, (seq, logp) in enumerate(zip(st.sequences, logps)):
             want = np.prod([np.exp(float(logp[len(ids) - 1 + j, t])) for j, t in enumerate(seq)])
             if st.needs_end(i):
                 want *= 1 - sum(np.exp(float(logp[-1, t])) for t in st.continuations)

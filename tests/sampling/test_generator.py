@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from helpers import make_hf_model
+from helpers import full_forward_logprobs, make_hf_model
 
 from isheep_jax.core import hooks
 from isheep_jax.model import checkpoint
@@ -20,6 +20,11 @@ from isheep_jax.sampling import decode_loop, generator, token_choice
 from isheep_jax.sampling.generator import Generator, SamplingSettings
 
 GREEDY = SamplingSettings(max_new_tokens=12, temperature=0.0, batch_size=8)
+
+
+# The sampler's scheduling and sampling logic does not depend on the architecture: the tests
+# of it run on the llama model; those that check the model's numbers run on both.
+LLAMA_ONLY = pytest.mark.parametrize("tiny", ["llama"], indirect=True)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -72,6 +77,7 @@ def test_greedy_matches_transformers_generate(tiny):
         assert completion.finish_reason == "length"
 
 
+@LLAMA_ONLY
 def test_one_device_decoding_with_the_cpu_kernel(tiny, tmp_path, monkeypatch):
     """The tests' default mesh has 8 devices (XLA's decode attention); one device is where the
     CPU kernel runs: greedy tokens still equal transformers', log-probs equal XLA's path."""
@@ -122,12 +128,10 @@ def test_cached_decoding_equals_full_forward_at_every_step(tiny, prompts):
         SamplingSettings(max_new_tokens=10, temperature=1.0, top_p=1.0, seed=3, batch_size=8),
         progress=False,
     )
-    for prompt, c in zip(prompts, out):
+    logps = full_forward_logprobs(cfg, params, [p + c.token_ids for p, c in zip(prompts, out)])
+    for prompt, c, logp in zip(prompts, out, logps):
         assert c.prompt_tokens == len(prompt)
-        seq = jnp.asarray([prompt + c.token_ids])
-        logp = jax.nn.log_softmax(P.forward(cfg, params, seq)[0], axis=-1)
-        n = len(prompt)
-        want = [float(logp[n - 1 + i, t]) for i, t in enumerate(c.token_ids)]
+        want = logp[len(prompt) - 1 + np.arange(len(c.token_ids)), c.token_ids]
         np.testing.assert_allclose(c.logprobs[: len(want)], want, atol=2e-5)
 
 
@@ -142,9 +146,9 @@ def test_bf16_kv_cache_stays_close_to_the_full_forward(tiny):
         progress=False,
     )
     worst = 0.0
-    for prompt, c in zip(prompts, out):
-        logp = jax.nn.log_softmax(P.forward(cfg, params, jnp.asarray([prompt + c.token_ids]))[0], axis=-1)
-        want = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(c.token_ids)]
+    logps = full_forward_logprobs(cfg, params, [p + c.token_ids for p, c in zip(prompts, out)])
+    for prompt, c, logp in zip(prompts, out, logps):
+        want = logp[len(prompt) - 1 + np.arange(len(c.token_ids)), c.token_ids]
         np.testing.assert_allclose(c.logprobs[0], want[0], atol=2e-5)  # from the prefill: no cache read
         worst = max(worst, float(np.max(np.abs(np.asarray(c.logprobs) - want))))
     assert 1e-6 < worst < 2e-2, worst  # (above 0: the cache really is rounded)
@@ -207,6 +211,7 @@ def test_shared_prefix_len_rounds_down_and_leaves_every_prompt_a_token():
     assert generator.shared_prefix_len([]) == 0
 
 
+@LLAMA_ONLY
 def test_shared_prefix_gives_the_unshared_results(tiny):
     """Prefilling the common prefix once (27 tokens -> 24 shared, the rest per row) changes
     nothing but summation order: same greedy and seeded tokens, log-probs within round-off,
@@ -228,6 +233,7 @@ def test_shared_prefix_gives_the_unshared_results(tiny):
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
 @pytest.mark.parametrize("prompt_set", ["own", "shared_prefix"])
+@LLAMA_ONLY
 def test_meshes_give_the_same_tokens(tiny, mesh_shape, prompt_set):
     _, cfg, params, tok = tiny
     prompts = _mixed_prompts(8) if prompt_set == "own" else _prefixed_prompts(8)
@@ -242,6 +248,7 @@ def test_meshes_give_the_same_tokens(tiny, mesh_shape, prompt_set):
     assert [c.token_ids for c in got] == [c.token_ids for c in ref]
 
 
+@LLAMA_ONLY
 def test_eos_and_stop_strings_end_rows(tiny):
     _, cfg, params, tok = tiny
     prompts = _mixed_prompts(4)
@@ -271,6 +278,7 @@ def test_eos_and_stop_strings_end_rows(tiny):
     assert stop not in stopped[1].text
 
 
+@LLAMA_ONLY
 def test_tiny_top_p_equals_greedy_and_seeds_reproduce(tiny):
     _, cfg, params, tok = tiny
     prompts = _mixed_prompts(6)
@@ -292,6 +300,7 @@ def test_tiny_top_p_equals_greedy_and_seeds_reproduce(tiny):
     assert alone[0].token_ids == a[2].token_ids
 
 
+@LLAMA_ONLY
 def test_max_new_tokens_is_traced_and_respected(tiny):
     _, cfg, params, tok = tiny
     gen = Generator(cfg, params, tok)
@@ -428,6 +437,7 @@ class _CountingHooks(hooks.Hooks):
         self.batches += 1
 
 
+@LLAMA_ONLY
 def test_generator_runs_installed_hooks_after_every_batch(tiny):
     _, cfg, params, tok = tiny
     gen = Generator(cfg, params, tok)
@@ -440,6 +450,7 @@ def test_generator_runs_installed_hooks_after_every_batch(tiny):
     assert counted.batches == 3  # 5 prompts in batches of 2
 
 
+@LLAMA_ONLY
 def test_raw_text_keeps_the_special_tokens_that_text_drops(tiny):
     """A chat-turn marker the model writes mid-answer is invisible in `text`; the response
     filter reads `raw_text`, where it shows, and drops the pair as leakage."""

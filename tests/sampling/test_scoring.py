@@ -1,10 +1,9 @@
 """Prefill-only scoring (`Generator.score`) against a full forward of prompt + forced tokens."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_hf_model
+from helpers import full_forward_logprobs, make_hf_model
 
 from isheep_jax.model import checkpoint
 from isheep_jax.model import params as P
@@ -29,15 +28,17 @@ def _prompts(shared: int) -> list[list[int]]:
     return [head + rng.randint(5, 300, size=k).tolist() for k in (1, 30, 4, 17, 9, 2, 40)]
 
 
-def _full_forward_logprobs(cfg, params, prompt, forced, select):
-    seq = jnp.asarray([prompt + forced])
-    logp = jax.nn.log_softmax(P.forward(cfg, params, seq)[0], axis=-1)
-    n = len(prompt)
-    return np.asarray([[float(logp[n - 1 + j, t]) for t in select] for j in range(len(forced) + 1)])
+def _full_forward_logprobs(cfg, params, prompts, forced, select):
+    """[prompt, forced + 1, select]: each prompt's log-probs at its end and after each forced token."""
+    logps = full_forward_logprobs(cfg, params, [p + forced for p in prompts])
+    return [logp[len(p) - 1 : len(p) + len(forced)][:, select] for p, logp in zip(prompts, logps)]
 
 
-@pytest.mark.parametrize("shared", [0, 40], ids=["own", "shared_prefix"])
-@pytest.mark.parametrize("forced", [(), (7,), (7, 11)], ids=["none", "one", "two"])
+@pytest.mark.parametrize(
+    "shared, forced",
+    [(0, ()), (40, (7,)), (0, (7, 11)), (40, (7, 11))],
+    ids=["own", "shared-one", "own-two", "shared-two"],
+)
 def test_score_equals_the_full_forward(tiny, shared, forced):
     """Each prompt's selected log-probs at its end and after each forced token equal a full
     forward's, whatever the batching (3 per batch here), padding and shared prefix."""
@@ -45,10 +46,8 @@ def test_score_equals_the_full_forward(tiny, shared, forced):
     prompts, select = _prompts(shared), [3, 7, 11, 250]
     got = Generator(cfg, params, tok).score(prompts, select, forced, batch_size=3, progress=False)
     assert got.shape == (len(prompts), len(forced) + 1, len(select))
-    for prompt, row in zip(prompts, got):
-        np.testing.assert_allclose(
-            row, _full_forward_logprobs(cfg, params, prompt, list(forced), select), atol=2e-5
-        )
+    for row, want in zip(got, _full_forward_logprobs(cfg, params, prompts, list(forced), select)):
+        np.testing.assert_allclose(row, want, atol=2e-5)
 
 
 def test_score_on_a_mesh_equals_one_device(tiny):

@@ -143,6 +143,7 @@ def _vocab_arrays(hlo: str) -> list[int]:
 
 
 @pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.fresh_compiles  # reads the optimised HLO
 def test_compiled_step_never_holds_the_full_logits(tied):
     rows, length, chunk_tokens = 8, 256, 512  # chunks of 64 positions
     cfg = _cfg(tied)

@@ -274,6 +274,7 @@ def test_peft_export_loads_in_peft_and_gives_our_logits(tmp_path, arch, kw):
     assert os.path.exists(tmp_path / "peft" / "adapter_model.safetensors")
 
 
+@pytest.mark.fresh_compiles  # reads the compiler's memory figures
 def test_plan_counts_adapters_and_their_adam_state_only(tiny_model, capsys):
     """`isheep plan` with lora_rank > 0: params are the frozen base; adapters, their moments and
     the merged kernels are exact; the compiled step's arguments are params + adapters + moments."""
