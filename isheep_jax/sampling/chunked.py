@@ -9,7 +9,9 @@ kill loses only the chunks still in flight. Batch functions that return a chunk'
 once (prefill-only scoring) run chunk by chunk through `per_group`.
 
 Row ids are global prompt indices, so a row's random stream never depends on chunking or
-restarts: a chunk computed after a restart is identical to one computed before.
+restarts: a chunk computed after a restart draws the same random numbers as before, and
+gives the same rows wherever the model's logits agree to the last bit (the batch it shares
+with other rows changes only the summation order).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import glob
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Mapping
 
@@ -96,6 +97,12 @@ def retain_freed_memory() -> bool:
         return True
     if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
         return False
+    if _jax_started():
+        # Too late to help (the thread pools and their arenas exist), and one arena without
+        # mmap for a process that already holds gigabytes only makes every trim slower: e.g.
+        # `cli.main` called in a process that has been computing.
+        log.info("JAX already runs in this process: the host-memory settings are not applied")
+        return False
     # M_TRIM_THRESHOLD takes an int; -1 becomes SIZE_MAX inside glibc: never trim.
     ok = all(
         _libc().mallopt(param, value) == 1
@@ -106,6 +113,13 @@ def retain_freed_memory() -> bool:
         return False
     _applied = True
     return True
+
+
+def _jax_started() -> bool:
+    """Whether JAX has created its backends, and so its thread pools, in this process."""
+    bridge = sys.modules.get("jax._src.xla_bridge")  # JAX has no public name for this
+    started = getattr(bridge, "backends_are_initialized", None)
+    return bool(started and started())
 
 
 def release_free_memory() -> None:
@@ -293,8 +307,13 @@ def install_hooks() -> HostMemoryHooks | None:
     Returns:
       The installed hooks, or None where the retained heap is not in effect.
     """
+    global _hooks
     if not configure_from_env():
         return None
-    h = HostMemoryHooks()
-    hooks.install(h)
-    return h
+    if _hooks is None:  # once per process, however often the command runs in it
+        _hooks = HostMemoryHooks()
+        hooks.install(_hooks)
+    return _hooks
+
+
+_hooks: HostMemoryHooks | None = None

@@ -144,3 +144,39 @@ def test_release_if_memory_low_trims_only_when_low(monkeypatch):
     assert host_memory.release_if_memory_low() and calls == [1]
     monkeypatch.setattr(host_memory, "_applied", False)  # the system allocator: nothing retained to hand back
     assert not host_memory.release_if_memory_low() and calls == [1]
+
+
+_LATE = r"""
+import json
+import jax, jax.numpy as jnp
+from isheep_jax.backends.cpu import host_memory
+from isheep_jax.core import hooks
+jax.block_until_ready(jnp.ones(4) + 1)  # JAX has started: the settings would come too late
+late = host_memory.retain_freed_memory()
+print(json.dumps({"late": late, "hooks": host_memory.install_hooks() is None,
+                  "installed": len(hooks._installed)}))
+"""
+
+_TWICE = r"""
+import json
+from isheep_jax.backends.cpu import host_memory
+from isheep_jax.core import hooks
+first, second = host_memory.install_hooks(), host_memory.install_hooks()
+print(json.dumps({"same": first is second and first is not None, "installed": len(hooks._installed)}))
+"""
+
+
+@glibc_only
+def test_the_settings_are_applied_only_before_jax_starts_and_the_hooks_once():
+    """`isheep` run in a process that has been computing (e.g. `cli.main` in a notebook) leaves
+    its allocator alone; run twice in one process, it installs one set of hooks, not two."""
+    env = {**os.environ, "ISHEEP_HOST_MALLOC": "retain", "JAX_PLATFORMS": "cpu"}
+    runs = [
+        subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        for script in (_LATE, _TWICE)
+    ]
+    for out in runs:
+        assert out.returncode == 0, out.stderr[-3000:]
+    late, twice = (json.loads(out.stdout.strip().splitlines()[-1]) for out in runs)
+    assert late == {"late": False, "hooks": True, "installed": 0}
+    assert twice == {"same": True, "installed": 1}
