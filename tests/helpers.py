@@ -144,8 +144,8 @@ def full_forward_logprobs(cfg, params, seqs: list[list[int]]) -> list:
     """Each sequence's next-token log-probabilities from one full forward, as numpy [len, V].
 
     The sequences run as one batch, right-padded to a multiple of 64 tokens: causal attention
-    keeps the padding out of every real position, and one compiled program serves every call
-    of a model config (a forward per sequence would compile once per length).
+    keeps the padding out of every real position, and the call compiles one program for its
+    (model config, batch, width), where a forward per sequence would compile once per length.
     """
     import numpy as np
 

@@ -45,6 +45,7 @@ ENV = "ISHEEP_HOST_MALLOC"  # 'retain' | 'system' | unset (auto, see `wanted`)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 _applied = False
 _released = False  # release_if_memory_low has released at least once
+_hooks: HostMemoryHooks | None = None  # install_hooks's, once installed
 
 
 @functools.cache
@@ -314,6 +315,3 @@ def install_hooks() -> HostMemoryHooks | None:
         _hooks = HostMemoryHooks()
         hooks.install(_hooks)
     return _hooks
-
-
-_hooks: HostMemoryHooks | None = None
