@@ -18,8 +18,11 @@ outside compilation for both modes.
     python benchmarks/bench_workload.py             # the full workload (1000 new tokens)
     python benchmarks/bench_workload.py --quick     # a few minutes
     python benchmarks/bench_workload.py --skip_torch --slots 64 --prompts 256
+    python benchmarks/bench_workload.py --stages respond --samplers continuous --skip_torch \
+        --skip_rating --drain_min_slots 1   # the drain compacted down to one slot
 
-The last line is `continuous/static useful tok/s: X.XX` (synthesize and respond together).
+The last line is `continuous/static useful tok/s: X.XX` (synthesize and respond together;
+printed when both samplers ran).
 """
 
 from __future__ import annotations
@@ -44,21 +47,25 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=32, help="batch size: slots, or rows of a static batch")
     ap.add_argument("--skip_torch", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    for flag, names, what in (
+        (
+            "--stages",
+            ("synthesize", "respond"),
+            "the sampling stages to run (the rate stage rates the respond stage's answers, or seeds' own)",
+        ),
+        ("--samplers", ("continuous", "static"), "our samplers to run (the last line needs both)"),
+    ):
+        ap.add_argument(flag, nargs="+", choices=names, default=list(names), help=what)
     ap.add_argument(
-        "--stages",
-        nargs="+",
-        choices=["synthesize", "respond"],
-        default=["synthesize", "respond"],
-        help="the sampling stages to run (the rate stage rates the respond stage's answers, or seeds' own)",
+        "--drain_min_slots", type=int, default=8, help="continuous batching: `Generator.drain_min_slots`"
     )
+    ap.add_argument("--skip_rating", action="store_true", help="sampling stages only")
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.new_tokens, args.slots = 16, 256, 8
 
     import jax
 
-    from isheep_jax.core import compile_clock
-    from isheep_jax.evals import rating
     from isheep_jax.loop.seed_pool import load_seed_pool
     from isheep_jax.loop.synthesis import build_synthesis_prompt
     from isheep_jax.model import checkpoint
@@ -71,7 +78,10 @@ def main() -> None:
     model_dir = resolve_model("embedded:smollm2")
     cfg, params = checkpoint.load_model(model_dir)
     tok = Tokenizer(checkpoint.tokenizer_dir(model_dir))
-    gens = {b: Generator(cfg, params, tok, batching=b) for b in ("continuous", "static")}
+    gens = {
+        b: Generator(cfg, params, tok, batching=b, drain_min_slots=args.drain_min_slots)
+        for b in args.samplers
+    }
     del params
     seeds = load_seed_pool()
     rng = random.Random(args.seed)
@@ -84,7 +94,8 @@ def main() -> None:
     )
     print(
         f"# SmolLM2-135M-Instruct f32, {args.prompts} prompts a stage, {args.new_tokens} new tokens, "
-        f"{args.slots} slots, T=1 top-p 0.95, own EOS; {platform.processor() or platform.machine()}, "
+        f"{args.slots} slots (drain down to {args.drain_min_slots}), T=1 top-p 0.95, own EOS; "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})",
         flush=True,
     )
@@ -106,12 +117,14 @@ def main() -> None:
             print(
                 f"{stage} {name}: {rows[-1][2]:.1f} useful tok/s, utilisation {s.utilisation:.1%}", flush=True
             )
-        same = sum(
-            a.token_ids == b.token_ids for a, b in zip(outputs[stage, "continuous"], outputs[stage, "static"])
-        )
-        # Rows padded to other prompt lengths round differently; a sampled row can then part
-        # ways at a near-tie of the nucleus draw, and stays apart from there on.
-        print(f"{stage}: rows identical in continuous and static: {same}/{len(prompts)}", flush=True)
+        if len(gens) == 2:
+            same = sum(
+                a.token_ids == b.token_ids
+                for a, b in zip(outputs[stage, "continuous"], outputs[stage, "static"])
+            )
+            # Rows padded to other prompt lengths round differently; a sampled row can then part
+            # ways at a near-tie of the nucleus draw, and stays apart from there on.
+            print(f"{stage}: rows identical in continuous and static: {same}/{len(prompts)}", flush=True)
 
     if not args.skip_torch:
         import torch
@@ -123,7 +136,7 @@ def main() -> None:
             os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
         ).eval()
         hf_tok = AutoTokenizer.from_pretrained(checkpoint.tokenizer_dir(model_dir), padding_side="left")
-        eos = sorted(set(gens["static"].eos_ids.tolist()) - {-1})
+        eos = sorted(set(next(iter(gens.values())).eos_ids.tolist()) - {-1})
         for stage, prompts in (("synthesize", synth), ("respond", respond)):
             if stage not in args.stages:
                 continue
@@ -149,7 +162,18 @@ def main() -> None:
             rows.append((stage, "transformers", useful / wall, float("nan"), float("nan"), 0.0, wall))
             print(f"{stage} transformers: {useful / wall:.1f} useful tok/s", flush=True)
 
-    answered = outputs.get(("respond", "continuous"))
+    rate_rows = [] if args.skip_rating else _rate(args, tok, gens, seeds, outputs)
+    _print_tables(rows, rate_rows, useful_rate)
+
+
+def _rate(args, tok, gens, seeds, outputs) -> list[tuple]:
+    """Both rating prompts of each respond-stage pair, read by prefill and decoded: (mode,
+    pairs/s outside compilation, compile s, wall s) per mode."""
+    from isheep_jax.core import compile_clock
+    from isheep_jax.evals import rating
+    from isheep_jax.sampling.generator import SamplingSettings
+
+    answered = outputs.get(("respond", "continuous")) or outputs.get(("respond", "static"))
     answers = [c.text for c in answered] if answered else [t.output for t in seeds[: args.prompts]]
     pairs = [(t.instruction, t.input, a) for t, a in zip(seeds, answers, strict=False)]
     prompts = [
@@ -157,7 +181,7 @@ def main() -> None:
         for q, x, r in pairs
         for kind in rating.KINDS
     ]
-    judge = gens["continuous"]
+    judge = next(iter(gens.values()))
     rate_rows = []
     for mode in ("logits", "text"):
         t0, c0 = time.perf_counter(), compile_clock.seconds()
@@ -173,7 +197,11 @@ def main() -> None:
         wall, comp = time.perf_counter() - t0, compile_clock.seconds() - c0
         rate_rows.append((mode, len(pairs) / (wall - comp), comp, wall))
         print(f"rate {mode}: {rate_rows[-1][1]:.2f} pairs/s", flush=True)
+    return rate_rows
 
+
+def _print_tables(rows, rate_rows, useful_rate) -> None:
+    """The Markdown tables and the ratio lines."""
     print(
         "\n| stage | sampler | useful tok/s | slot utilisation | while prompts waited | compile s | wall s |"
     )
@@ -181,15 +209,17 @@ def main() -> None:
     for stage, name, rate, util, queued, comp, wall in rows:
         u, q = ("" if x != x else f"{x:.1%}" for x in (util, queued))  # NaN: not measured
         print(f"| {stage} | {name} | {rate:.1f} | {u} | {q} | {comp:.1f} | {wall:.1f} |")
-    print("\n| rating | pairs/s outside compilation | compile s | wall s |")
-    print("|---|---:|---:|---:|")
-    for mode, rate, comp, wall in rate_rows:
-        label = "prefill-only (logits)" if mode == "logits" else "decoded (text, 32 tokens)"
-        print(f"| {label} | {rate:.2f} | {comp:.1f} | {wall:.1f} |")
-    print(f"prefill-only/decoded pairs/s: {rate_rows[0][1] / rate_rows[1][1]:.2f}")
-    cont = useful_rate["continuous"][0] / useful_rate["continuous"][1]
-    stat = useful_rate["static"][0] / useful_rate["static"][1]
-    print(f"continuous/static useful tok/s: {cont / stat:.2f}")
+    if rate_rows:
+        print("\n| rating | pairs/s outside compilation | compile s | wall s |")
+        print("|---|---:|---:|---:|")
+        for mode, rate, comp, wall in rate_rows:
+            label = "prefill-only (logits)" if mode == "logits" else "decoded (text, 32 tokens)"
+            print(f"| {label} | {rate:.2f} | {comp:.1f} | {wall:.1f} |")
+        print(f"prefill-only/decoded pairs/s: {rate_rows[0][1] / rate_rows[1][1]:.2f}")
+    if all(useful_rate[name][1] for name in ("continuous", "static")):
+        cont = useful_rate["continuous"][0] / useful_rate["continuous"][1]
+        stat = useful_rate["static"][0] / useful_rate["static"][1]
+        print(f"continuous/static useful tok/s: {cont / stat:.2f}")
 
 
 if __name__ == "__main__":

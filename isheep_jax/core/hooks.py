@@ -1,7 +1,8 @@
 """Side work attached to long loops from outside them (the shape of levanter's trainer hooks).
 
 The trainer calls `before_train_step` / `after_train_step` around every step, the generator
-calls `after_sampling_batch` after every batch, and the loop calls `between_stages` when one
+calls `after_sampling_batch` after every batch, and the loop, the evaluation (between its
+suites) and the generator cache (after it drops a model) call `between_stages` when one
 stage's allocations give way to another's. The loops know nothing of what runs there: the
 command line (and the benchmarks) install, for example, the CPU host-memory hooks
 (`backends.cpu.host_memory.HostMemoryHooks`). With nothing installed every call is a no-op.
@@ -26,7 +27,8 @@ class Hooks:
         """After a sampling batch's tokens are on the host."""
 
     def between_stages(self) -> None:
-        """Between two stages of the loop (sampling, training, evaluation)."""
+        """Between two stages of the loop (sampling, training, evaluation), two suites of an
+        evaluation, or after a model was dropped."""
 
 
 _installed: list[Hooks] = []

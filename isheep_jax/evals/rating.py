@@ -314,7 +314,7 @@ def label_probabilities(
       gen: the model's generator.
       prompts: rendered prompts that end with the same text (prefill included).
       labels: the answers to read.
-      batch_size: prompts per prefill.
+      batch_size: the most prompts per prefill (`Generator.score`).
       chat: the prompts were rendered with a chat template (no BOS added).
       desc: the progress bar's description.
       continues: see `choice_tokens`.

@@ -300,7 +300,9 @@ class SamplerStats:
         return self.tokens / run if run > 0 else 0.0
 
 
-@gin.configurable(allowlist=["kv_cache_dtype", "share_prefix", "batching", "drain_min_slots"])
+@gin.configurable(
+    allowlist=["kv_cache_dtype", "share_prefix", "batching", "drain_min_slots", "score_batch_tokens"]
+)
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
 
@@ -334,6 +336,11 @@ class Generator:
         decode idle slots; same tokens. Each smaller slot count costs a compile of the decode
         segment (cached like the others), which pays only where a stage has many slots: 8 by
         default, so a call of 8 slots or fewer never compacts; 1 compacts down to one slot.
+      score_batch_tokens: `score` puts at most this many padded prompt tokens (rows times
+        the batch's prompt bucket) into one prefill, and never pads a row up to a longer
+        bucket than its own: a prefill's activations and attention scores ([rows, heads,
+        P, P]) stay bounded whatever `batch_size` asks for. The default, 8192, holds a
+        judge's 32 rows of 256 tokens, or 8 of 1024. Same results for any value.
 
     Raises:
       ValueError: `kv_cache_dtype` is not one of KV_CACHE_DTYPES, or `batching` not one of
@@ -351,6 +358,7 @@ class Generator:
         share_prefix: bool = True,
         batching: Batching = "continuous",
         drain_min_slots: int = 8,
+        score_batch_tokens: int = 8192,
     ):
         # Decoding runs the layers unrolled on per-layer arrays (see model.unstack_layers); the
         # caller may drop the stacked params afterwards to free their memory.
@@ -358,7 +366,10 @@ class Generator:
         choices.check("Generator", "batching", batching, Batching)
         if drain_min_slots < 1:
             raise ValueError(f"Generator.drain_min_slots must be at least 1, got {drain_min_slots}")
+        if score_batch_tokens < 1:
+            raise ValueError(f"Generator.score_batch_tokens must be at least 1, got {score_batch_tokens}")
         self.batching, self.drain_min_slots = batching, drain_min_slots
+        self.score_batch_tokens = score_batch_tokens
         self.last_stats = SamplerStats()  # of the last `generate` call
         kernels.load()  # the CPU decode kernel is built (or found) before anything is traced
         self.share_prefix = share_prefix
@@ -723,7 +734,8 @@ class Generator:
 
         Each prompt is followed by the `forced` tokens (teacher forcing), so a score that
         takes several tokens ("1", "0" for "10") is read from one prefill. Prompts are sorted
-        by length and batched like `generate`'s, and their shared prefix is prefilled once
+        by length and batched within their prompt bucket, at most `batch_size` rows and
+        `score_batch_tokens` padded tokens a batch; their shared prefix is prefilled once
         per batch.
 
         Args:
@@ -765,8 +777,7 @@ class Generator:
         select_arr = jnp.asarray(select, jnp.int32)
         prefix_arr = jnp.asarray(prefix, jnp.int32) if prefix else None
         scored, t0 = 0, time.perf_counter()
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in self._score_batches([len(x) for x in ids], order, batch_size):
             b = min(_pow2_at_least(len(chunk)), _pow2_at_least(batch_size))
             tokens, mask, packed_len = self._pad_batch([ids[i][len(prefix) :] for i in chunk], b, prefix)
             with sharding.activation_sharding(self.mesh):
@@ -789,6 +800,37 @@ class Generator:
             bar.set_postfix(prompt_tok_s=f"{scored / (time.perf_counter() - t0):.0f}")
         bar.close()
         return out
+
+    def _score_batches(
+        self, lengths: Sequence[int], order: Sequence[int], batch_size: int
+    ) -> list[list[int]]:
+        """Splits prompts sorted longest first into `score`'s prefill batches.
+
+        A batch takes the next rows while they fall in its first row's prompt bucket (what
+        `_pad_batch` pads the batch to), up to `batch_size` rows and `score_batch_tokens`
+        padded tokens, rows padded up to a power of two (at least one row).
+
+        Args:
+          lengths: each prompt's tokens (shared prefix and forced tokens included), indexed
+            like the prompts.
+          order: the prompts' indices, longest first.
+          batch_size: the most rows per batch.
+
+        Returns:
+          The batches, as lists of prompt indices.
+        """
+        batches: list[list[int]] = []
+        p = 0  # the last batch's padded length
+        for i in order:
+            n = bucket(lengths[i], PROMPT_BUCKETS)
+            rows = len(batches[-1]) if batches else 0
+            fits = rows < batch_size and _pow2_at_least(rows + 1) * p <= self.score_batch_tokens
+            if batches and n == p and fits:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+                p = n
+        return batches
 
     def _completion(
         self, toks: np.ndarray, lps: np.ndarray, finish: int, prompt_tokens: int, stop_strings: Sequence[str]
@@ -846,9 +888,11 @@ class GeneratorCache:
         return self.gen
 
     def release(self) -> None:
-        """Drops the held Generator and collects garbage so its memory is freed now."""
+        """Drops the held Generator and frees its memory now: garbage collected, and the pages
+        handed back where the host heap retains them (`core.hooks.between_stages`)."""
         self.dir, self.gen = None, None
         gc.collect()
+        hooks.between_stages()
 
 
 def completion_row(o: Completion) -> dict:

@@ -38,6 +38,39 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
+def token_nll(cfg: ModelConfig, params: Params, batch: Batch, chunk_tokens: int = 0) -> jax.Array:
+    """-log p(target) at every position of batch arrays [rows, length].
+
+    Args:
+      cfg: the model config.
+      params: the model parameters.
+      batch: `sft_data.MODEL_KEYS` -> int32 [rows, length] arrays.
+      chunk_tokens: 0: from the forward's full [rows, length, vocab] f32 logits; > 0: from
+        the logits of about that many tokens at a time (`chunked_loss`; the same values and
+        gradients to float round-off).
+
+    Returns:
+      nll [rows, length] float32 (unweighted: padding and prompt positions included).
+    """
+    tokens, targets = batch["decoder_input_tokens"], batch["decoder_target_tokens"]
+    if chunk_tokens:
+        hidden = chunked_loss.final_hidden(
+            cfg, params, tokens, batch["decoder_segment_ids"], batch["decoder_positions"]
+        )
+        weight, tied = chunked_loss.head_weight(cfg, params)
+        chunk_len = chunked_loss.chunk_length(tokens.shape[0], tokens.shape[1], chunk_tokens)
+        return chunked_loss.token_nll(hidden, weight, targets, tied, cfg.dtype, chunk_len)
+    logits = forward(
+        cfg,
+        params,
+        tokens,
+        segment_ids=batch["decoder_segment_ids"],
+        positions=batch["decoder_positions"],
+    )
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    return logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
 def loss_sums(
     cfg: ModelConfig, params: Params, batch: Batch, chunk_tokens: int = 0
 ) -> tuple[jax.Array, jax.Array]:
@@ -47,38 +80,18 @@ def loss_sums(
       cfg: the model config.
       params: the model parameters.
       batch: one micro-batch: `sft_data.MODEL_KEYS` -> int32 [rows, length] arrays.
-      chunk_tokens: 0: the forward's full [rows, length, vocab] f32 logits; > 0: the
-        logits of about that many tokens at a time (`chunked_loss`; the same loss and
-        gradients to float round-off).
+      chunk_tokens: see `token_nll`.
 
     Returns:
       Two float32 scalars: the NLL summed over tokens, weighted by `decoder_loss_weights`,
       and the sum of those weights (the number of target tokens).
     """
-    tokens, targets = batch["decoder_input_tokens"], batch["decoder_target_tokens"]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    if chunk_tokens:
-        hidden = chunked_loss.final_hidden(
-            cfg, params, tokens, batch["decoder_segment_ids"], batch["decoder_positions"]
-        )
-        weight, tied = chunked_loss.head_weight(cfg, params)
-        chunk_len = chunked_loss.chunk_length(tokens.shape[0], tokens.shape[1], chunk_tokens)
-        nll = chunked_loss.token_nll(hidden, weight, targets, tied, cfg.dtype, chunk_len)
-        return jnp.sum(nll * weights), jnp.sum(weights)
-    logits = forward(
-        cfg,
-        params,
-        tokens,
-        segment_ids=batch["decoder_segment_ids"],
-        positions=batch["decoder_positions"],
-    )
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum((logz - target_logit) * weights), jnp.sum(weights)
+    return jnp.sum(token_nll(cfg, params, batch, chunk_tokens) * weights), jnp.sum(weights)
 
 
 def per_segment_loss(
-    cfg: ModelConfig, params: Params, batch: Batch, max_segments: int
+    cfg: ModelConfig, params: Params, batch: Batch, max_segments: int, chunk_tokens: int = 0
 ) -> tuple[jax.Array, jax.Array]:
     """Per-example (loss sum, count) [rows, max_segments] indexed by segment id - 1 (packing checks).
 
@@ -89,22 +102,13 @@ def per_segment_loss(
         0 marks padding.
       max_segments: the number of segment slots per row; segments with a larger id are not
         counted.
+      chunk_tokens: see `token_nll`.
 
     Returns:
       (loss sums, target-token counts), both float32 [rows, max_segments]; entry [r, s]
       belongs to segment id s + 1 of row r and is 0 where the row has no such segment.
     """
-    logits = forward(
-        cfg,
-        params,
-        batch["decoder_input_tokens"],
-        segment_ids=batch["decoder_segment_ids"],
-        positions=batch["decoder_positions"],
-    )
-    nll = (
-        jax.nn.logsumexp(logits, -1)
-        - jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
-    )
+    nll = token_nll(cfg, params, batch, chunk_tokens)
     w = batch["decoder_loss_weights"].astype(jnp.float32)
     onehot = jax.nn.one_hot(batch["decoder_segment_ids"] - 1, max_segments)  # pads (id 0) -> all zeros
     return jnp.einsum("bt,bts->bs", nll * w, onehot), jnp.einsum("bt,bts->bs", w, onehot)

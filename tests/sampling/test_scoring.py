@@ -10,7 +10,7 @@ from isheep_jax.model import params as P
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.parallel import sharding
-from isheep_jax.sampling.generator import Generator
+from isheep_jax.sampling.generator import PROMPT_BUCKETS, Generator, bucket
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,28 @@ def test_score_equals_the_full_forward(tiny, shared, forced):
     assert got.shape == (len(prompts), len(forced) + 1, len(select))
     for row, want in zip(got, _full_forward_logprobs(cfg, params, prompts, list(forced), select)):
         np.testing.assert_allclose(row, want, atol=2e-5)
+
+
+def test_score_keeps_each_prefill_within_its_bucket_and_token_budget(tiny):
+    """With a budget of 128 padded tokens, the prompts (41 to 80 tokens: buckets 64 and 128)
+    go one per prefill at 128 and at most two at 64, never padded up to another bucket, and the
+    log-probs equal one batch of all seven's."""
+    cfg, params, tok = tiny
+    prompts, select = _prompts(40), [3, 7, 11]
+    small = Generator(cfg, params, tok, score_batch_tokens=128)
+    lengths = [len(p) + 1 for p in prompts]  # one forced token
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    batches = small._score_batches(lengths, order, batch_size=32)
+    assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
+    for b in batches:
+        buckets = {bucket(lengths[i], PROMPT_BUCKETS) for i in b}
+        assert len(buckets) == 1 and 1 << (len(b) - 1).bit_length() <= max(1, 128 // buckets.pop())
+    assert [len(b) for b in batches] == [1, 1, 2, 2, 1]
+    got = small.score(prompts, select, (7,), batch_size=32, progress=False)
+    want = Generator(cfg, params, tok).score(prompts, select, (7,), batch_size=32, progress=False)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    with pytest.raises(ValueError, match="score_batch_tokens"):
+        Generator(cfg, params, tok, score_batch_tokens=0)
 
 
 def test_score_on_a_mesh_equals_one_device(tiny):

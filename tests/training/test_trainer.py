@@ -197,6 +197,18 @@ def test_packed_loss_equals_unpacked_per_example(task, tiny_model):
     np.testing.assert_allclose(per_p, per_u, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_tokens", [7, 64])  # chunks that divide the rows' positions and not
+def test_chunked_per_segment_loss_equals_the_full_logits(task, tiny_model, chunk_tokens):
+    """The held-out loss's chunked cross-entropy: the same per-example sums to f32 round-off."""
+    cfg, params = checkpoint.load_model(tiny_model)
+    packed = sft_data.load_examples(task, 48, 32, pack=True)
+    full = per_segment_loss(cfg, params, packed.arrays, 4)
+    chunked = per_segment_loss(cfg, params, packed.arrays, 4, chunk_tokens=chunk_tokens)
+    for got, want in zip(chunked, full):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert np.asarray(full[1]).sum() > 0  # target tokens were counted
+
+
 def test_weight_decay_mask_by_name(tiny_model):
     _, params = checkpoint.load_model(tiny_model)
     mask = decay_mask(params)
