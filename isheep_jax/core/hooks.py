@@ -1,9 +1,10 @@
 """Side work attached to long loops from outside them (the shape of levanter's trainer hooks).
 
 The trainer calls `before_train_step` / `after_train_step` around every step, the generator
-calls `after_sampling_batch` after every batch, and the loop, the evaluation (between its
-suites) and the generator cache (after it drops a model) call `between_stages` when one
-stage's allocations give way to another's. The loops know nothing of what runs there: the
+calls `after_sampling_batch` after every batch, the loop calls `between_stages` when one
+stage's programs and allocations give way to another's, and the evaluation (after each
+suite) and the generator cache (after it drops a model) call `after_release` when large
+buffers were just let go. The loops know nothing of what runs there: the
 command line (and the benchmarks) install, for example, the CPU host-memory hooks
 (`backends.cpu.host_memory.HostMemoryHooks`). With nothing installed every call is a no-op.
 """
@@ -27,8 +28,11 @@ class Hooks:
         """After a sampling batch's tokens are on the host."""
 
     def between_stages(self) -> None:
-        """Between two stages of the loop (sampling, training, evaluation), two suites of an
-        evaluation, or after a model was dropped."""
+        """Between two stages of the loop (sampling, training, evaluation): the next stage
+        compiles other programs and allocates differently."""
+
+    def after_release(self) -> None:
+        """After large buffers were let go within a stage (an evaluation suite, a model)."""
 
 
 _installed: list[Hooks] = []
@@ -94,3 +98,9 @@ def between_stages() -> None:
     """Calls `Hooks.between_stages` of every installed hooks object, in the order installed."""
     for h in _installed:
         h.between_stages()
+
+
+def after_release() -> None:
+    """Calls `Hooks.after_release` of every installed hooks object, in the order installed."""
+    for h in _installed:
+        h.after_release()

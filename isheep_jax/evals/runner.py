@@ -606,17 +606,18 @@ def evaluate(
         "sampling": dataclasses.asdict(ec.sampling),
     }
     # Each suite allocates differently (prompt lengths, slots, prefill shapes): the pages a
-    # retained CPU heap keeps from one would otherwise add to the next one's peak.
+    # retained CPU heap keeps from one would otherwise add to the next one's peak. (Their
+    # programs stay compiled: the suites share the generator's.)
     if "heldout_loss" in ec.suites:
         cache.release()  # the loss needs the stacked params; keep one copy of the model in memory
         results["heldout_loss"] = heldout_loss(spec, ec, mesh or cache.mesh)
-        hooks.between_stages()
+        hooks.after_release()
     if "ifeval" in ec.suites:
         results["ifeval"] = run_ifeval(cache, spec, out, ec)
-        hooks.between_stages()
+        hooks.after_release()
     if "judge_calibration" in ec.suites:
         results["judge_calibration"] = run_judge_calibration(cache, spec, out, ec)
-        hooks.between_stages()
+        hooks.after_release()
     if "winrate" in ec.suites:
         answers = winrate_answers(cache, spec, out, ec)
         if reference is None or reference[0].model_dir == spec.model_dir:

@@ -246,7 +246,9 @@ def insert(
     )
 
 
-@functools.partial(jax.jit, donate_argnames=("state",))
+# Not donated: no output has an input's shape, so XLA could reuse none of its buffers (JAX
+# warns on every call); the old state is freed once the caller drops it.
+@jax.jit
 def compact(state: Slots, keep: jax.Array) -> Slots:
     """The slots `keep` of `state`, in that order, as a state of fewer slots.
 
@@ -256,7 +258,7 @@ def compact(state: Slots, keep: jax.Array) -> Slots:
     in any other slot (module docstring).
 
     Args:
-      state: the `Slots` of B slots (donated).
+      state: the `Slots` of B slots.
       keep: [B'] int32 distinct slot indices, every live slot among them.
 
     Returns:

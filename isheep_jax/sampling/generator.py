@@ -889,10 +889,10 @@ class GeneratorCache:
 
     def release(self) -> None:
         """Drops the held Generator and frees its memory now: garbage collected, and the pages
-        handed back where the host heap retains them (`core.hooks.between_stages`)."""
+        handed back where the host heap retains them (`core.hooks.after_release`)."""
         self.dir, self.gen = None, None
         gc.collect()
-        hooks.between_stages()
+        hooks.after_release()
 
 
 def completion_row(o: Completion) -> dict:

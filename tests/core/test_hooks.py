@@ -22,6 +22,7 @@ def test_installed_hooks_run_in_order_and_only_while_installed():
         hooks.after_train_step()  # neither overrides it: the base class does nothing
         hooks.after_sampling_batch()
         hooks.between_stages()
+        hooks.after_release()
     hooks.before_train_step()  # uninstalled: nobody hears it
     assert log == [
         ("a", "before_train_step"),

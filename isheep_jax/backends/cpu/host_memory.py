@@ -13,9 +13,10 @@ handled for training: restored arrays that the runtime cannot donate
 (`training.train_step.owned_state`), and a step that asks for its block before XLA has freed
 the last one, shortly after the outputs are readable (`wait_until_freed`). Long loops also
 hand the free pages back once the host runs short (`release_if_memory_low`), and between
-phases that allocate differently (`release_free_memory`). `HostMemoryHooks` attaches all of
-this to the trainer, the generator and the loop (`core.hooks`); the `isheep` command and the
-benchmarks install it. Measurements: benchmarks/HISTORY.md.
+phases that allocate differently (`release_free_memory`), after dropping the compiled
+programs that the last phase's executables hold in host memory (`drop_compiled_programs`).
+`HostMemoryHooks` attaches all of this to the trainer, the generator and the loop
+(`core.hooks`); the `isheep` command and the benchmarks install it. Measurements: benchmarks/HISTORY.md.
 
 The settings take effect only if set before JAX starts its thread pools (before the first
 computation), and only for glibc. They are applied for CPU runs only (`wanted`): on an
@@ -131,6 +132,19 @@ def release_free_memory() -> None:
     if _applied:
         gc.collect()  # drop unreferenced arrays first, so their buffers are free to hand back
         _libc().malloc_trim(0)
+
+
+def drop_compiled_programs() -> None:
+    """Clears JAX's in-memory caches of compiled programs (`jax.clear_caches`), if JAX is loaded.
+
+    An XLA:CPU executable keeps its code and constants in host memory: tens of MB for each
+    sampling program of the demo's 135M model, whose stages had compiled 1.6 GB of them by
+    iteration 1's training (benchmarks/HISTORY.md). A later stage that needs a program again
+    reads it from the persistent compilation cache (`isheep` enables one) or compiles it.
+    """
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.clear_caches()
 
 
 def memory_low(meminfo: Mapping[str, int], fraction: float = 0.25, floor: int = 2 << 30) -> bool:
@@ -296,7 +310,13 @@ class HostMemoryHooks(hooks.Hooks):
         release_if_memory_low()  # batches of other shapes fragment a retained heap
 
     def between_stages(self) -> None:
-        """Releases free pages: the next stage allocates differently."""
+        """Drops the compiled programs and releases free pages: the next stage compiles and
+        allocates differently."""
+        drop_compiled_programs()
+        release_free_memory()
+
+    def after_release(self) -> None:
+        """Releases free pages: the buffers just let go would otherwise stay in the process."""
         release_free_memory()
 
 

@@ -180,3 +180,22 @@ def test_the_settings_are_applied_only_before_jax_starts_and_the_hooks_once():
     late, twice = (json.loads(out.stdout.strip().splitlines()[-1]) for out in runs)
     assert late == {"late": False, "hooks": True, "installed": 0}
     assert twice == {"same": True, "installed": 1}
+
+
+def test_between_stages_drops_the_compiled_programs(monkeypatch):
+    """A stage's executables (tens of MB each on XLA:CPU) are not kept into the next stage;
+    the program compiles again (or loads from the persistent cache) and computes the same."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: jnp.tanh(x) * 2)
+    x = jnp.arange(8.0)
+    want = f(x)
+    assert f._cache_size() == 1
+    trims = []
+    monkeypatch.setattr(host_memory, "release_free_memory", lambda: trims.append(1))
+    host_memory.HostMemoryHooks().between_stages()
+    assert f._cache_size() == 0 and trims == [1]
+    assert (f(x) == want).all() and f._cache_size() == 1
+    host_memory.HostMemoryHooks().after_release()  # within a stage: the programs stay
+    assert f._cache_size() == 1 and trims == [1, 1]
