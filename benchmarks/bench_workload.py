@@ -6,7 +6,8 @@ one iteration on the shipped seed pool.
 - synthesize: few-shot instruction-synthesis prompts (plain text), `--new_tokens` each;
 - respond: chat-templated seed instructions, `--new_tokens` each;
 - rate: both rating prompts of every (instruction, response) pair of the respond stage,
-  read from one prefill (logits mode) vs decoded and parsed (text mode, 32 tokens).
+  read from one prefill (logits mode; the pair's two prompts as one prompt tree, and each
+  prompt on its own row) vs decoded and parsed (text mode, 32 tokens).
 
 For each sampling stage and sampler it prints useful tokens/s (tokens before EOS, per
 second outside compilation), slot utilisation (slot-steps that decoded a live row; for
@@ -183,7 +184,8 @@ def _rate(args, tok, gens, seeds, outputs) -> list[tuple]:
     ]
     judge = next(iter(gens.values()))
     rate_rows = []
-    for mode in ("logits", "text"):
+    for mode, trees in (("logits", True), ("logits", False), ("text", True)):
+        judge.prompt_trees = trees
         t0, c0 = time.perf_counter(), compile_clock.seconds()
         rating.rate_rows(
             judge,
@@ -195,8 +197,11 @@ def _rate(args, tok, gens, seeds, outputs) -> list[tuple]:
             f"rate {mode}",
         )
         wall, comp = time.perf_counter() - t0, compile_clock.seconds() - c0
-        rate_rows.append((mode, len(pairs) / (wall - comp), comp, wall))
-        print(f"rate {mode}: {rate_rows[-1][1]:.2f} pairs/s", flush=True)
+        label = "decoded (text, 32 tokens)" if mode == "text" else "prefill-only (logits)"
+        label += ", one row per prompt" if mode == "logits" and not trees else ""
+        rate_rows.append((label, len(pairs) / (wall - comp), comp, wall))
+        print(f"rate {label}: {rate_rows[-1][1]:.2f} pairs/s", flush=True)
+    judge.prompt_trees = True
     return rate_rows
 
 
@@ -212,10 +217,10 @@ def _print_tables(rows, rate_rows, useful_rate) -> None:
     if rate_rows:
         print("\n| rating | pairs/s outside compilation | compile s | wall s |")
         print("|---|---:|---:|---:|")
-        for mode, rate, comp, wall in rate_rows:
-            label = "prefill-only (logits)" if mode == "logits" else "decoded (text, 32 tokens)"
+        for label, rate, comp, wall in rate_rows:
             print(f"| {label} | {rate:.2f} | {comp:.1f} | {wall:.1f} |")
-        print(f"prefill-only/decoded pairs/s: {rate_rows[0][1] / rate_rows[1][1]:.2f}")
+        print(f"prompt trees/one row per prompt pairs/s: {rate_rows[0][1] / rate_rows[1][1]:.2f}")
+        print(f"prefill-only/decoded pairs/s: {rate_rows[0][1] / rate_rows[2][1]:.2f}")
     if all(useful_rate[name][1] for name in ("continuous", "static")):
         cont = useful_rate["continuous"][0] / useful_rate["continuous"][1]
         stat = useful_rate["static"][0] / useful_rate["static"][1]

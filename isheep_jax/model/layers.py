@@ -98,13 +98,17 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return (x32 * jnp.cos(emb) + rotated * jnp.sin(emb)).astype(x.dtype)
 
 
-def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
-    """Attention mask: causal, within one segment, never a padding key (segment 0).
+def segment_causal_mask(segment_ids: jax.Array, parent_ids: jax.Array | None = None) -> jax.Array:
+    """Attention mask: causal, within one segment (or into its parent), never a padding key.
 
-    A padding query sees no key at all (its row is fully masked; see `MASK_VALUE`).
+    A padding query sees no key at all (its row is fully masked; see `MASK_VALUE`). With
+    `parent_ids`, a row holds prompt trees: a segment that names a parent also sees that
+    parent's tokens before it (a prefix its sibling segments share), never its siblings'.
 
     Args:
       segment_ids: [batch, T] int; 0 marks padding.
+      parent_ids: [batch, T] int, the segment each token's segment continues (0: none), or
+        None: no segment has a parent.
 
     Returns:
       mask [batch, 1, T, T] bool, True where query t may attend to key s.
@@ -112,6 +116,8 @@ def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
     t = segment_ids.shape[1]
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if parent_ids is not None:
+        same = same | (parent_ids[:, :, None] == segment_ids[:, None, :])
     valid_key = (segment_ids != 0)[:, None, :]
     return (causal[None] & same & valid_key)[:, None]
 

@@ -603,6 +603,7 @@ def decode_forward(
     fresh_cache: bool = False,
     packing: Packing | None = None,
     prefix: PrefixCache | None = None,
+    parent_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Cached forward of T new tokens (prefill or one decode step) on unstacked params.
 
@@ -623,19 +624,22 @@ def decode_forward(
         needs logits_index); results equal the padded computation's on every real token.
       prefix: a prefix every row attends to before its tokens (a fresh cache's prefill; the
         positions count it).
+      parent_ids: [B, T] int, the segment each token's segment continues (a fresh cache's
+        prefill of prompt trees, `layers.segment_causal_mask`; the positions count the
+        parent's tokens), or None.
 
     Returns:
       (logits [B, T, V] float32, or [B, 1, V] / [B, K, V] float32 with `logits_index`; the updated
       `KVCache`, its index advanced past the tokens).
 
     Raises:
-      ValueError: `packing` without `fresh_cache` and `logits_index`, `prefix` without
-        `fresh_cache`, or a per-row cache index with T > 1.
+      ValueError: `packing` without `fresh_cache` and `logits_index`, `prefix` or
+        `parent_ids` without `fresh_cache`, or a per-row cache index with T > 1.
     """
     if packing is not None and (not fresh_cache or logits_index is None):
         raise ValueError("packing is for a fresh cache's prefill with logits_index")
-    if prefix is not None and not fresh_cache:
-        raise ValueError("a shared prefix is for a fresh cache's prefill")
+    if (prefix is not None or parent_ids is not None) and not fresh_cache:
+        raise ValueError("a shared prefix or parent segments are for a fresh cache's prefill")
     x = embed_tokens(
         cfg, params["embed"]["embedding"], tokens if packing is None else pack_tokens(tokens, packing)
     )
@@ -647,7 +651,7 @@ def decode_forward(
             axis=1,
         )
         index = jnp.int32(c)
-        mask = layers.segment_causal_mask(segment_ids)
+        mask = layers.segment_causal_mask(segment_ids, parent_ids)
         if c:  # every row sees the whole prefix
             mask = jnp.concatenate([jnp.ones((b, 1, t, c), bool), mask], axis=-1)
     elif cache.index.ndim:  # each row writes its one new token at its own slot

@@ -14,7 +14,8 @@ top-p, seeds, EOS ids and stop sequences, so a long job compiles once per shape 
 The loop exits as soon as every row is done.
 
 `prompt_logprobs` is the same prefill without the decode loop: the log-probabilities of
-chosen tokens at a prompt's last positions, what a judge's score is read from.
+chosen tokens at chosen positions, what a judge's score is read from; its rows may hold
+prompt trees (`sampling.prompt_tree`), a prefix shared by a few prompts computed once.
 """
 
 from __future__ import annotations
@@ -159,41 +160,61 @@ def _prefill(cfg, params, prompt, prompt_mask, capacity, cache_dtype, packed_len
     return prefill(cfg, params, prompt, prompt_mask, capacity, cache_dtype, packed_len, shared, logits_index)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_positions", "packed_len"))
+@functools.partial(jax.jit, static_argnames=("cfg", "packed_len"))
 def prompt_logprobs(
     cfg: ModelConfig,
     params: Any,
-    prompt: jax.Array,
-    prompt_mask: jax.Array,
+    tokens: jax.Array,
+    segment_ids: jax.Array,
+    parent_ids: jax.Array,
+    positions: jax.Array,
+    logits_index: jax.Array,
     select: jax.Array,
-    num_positions: int,
     packed_len: int | None = None,
     prefix: jax.Array | None = None,
 ) -> jax.Array:
-    """Next-token log-probabilities of chosen tokens at the last prompt positions: a prefill, no decoding.
+    """Next-token log-probabilities of chosen tokens at chosen prompt positions: a prefill, no decoding.
 
     What a judge's score is read from: the distribution at the answer position (and, for
     scores that take several tokens, after each forced token), without sampling a reply.
-    Only the last `num_positions` positions reach the vocabulary projection, and only the
+    A row holds one prompt or a prompt tree (`sampling.prompt_tree`): a trunk that several
+    prompts share, then each prompt's own tokens, attending to the trunk and themselves
+    only. Only the `logits_index` positions reach the vocabulary projection, and only the
     `select` columns leave the device.
 
     Args:
       cfg: the model config (static).
       params: unstacked parameters (`model.unstack_layers`).
-      prompt: [B, P] int32 token ids, left-padded (so every row ends at P - 1).
-      prompt_mask: [B, P] bool, False on padding.
-      select: [K] int32 token ids whose log-probabilities are returned.
-      num_positions: M, how many of the last positions (static).
+      tokens: [B, P] int32 token ids, left-padded.
+      segment_ids: [B, P] int32, 0 on padding (`prompt_tree.TreeBatch`).
+      parent_ids: [B, P] int32, the segment each token's segment continues (0: none).
+      positions: [B, P] int32 positions after the shared prefix (which the function adds).
+      logits_index: [B, K] int32 positions of each row whose log-probabilities are returned.
+      select: [S] int32 token ids whose log-probabilities are returned.
       packed_len: see `decode` (static).
-      prefix: [C] int32 tokens every row's prompt starts with, prefilled once; None: none.
+      prefix: [C] int32 tokens every row's prompts start with, prefilled once; None: none.
 
     Returns:
-      [B, M, K] f32: entry [b, j, k] is log p(select[k] | row b's tokens up to position
-      P - M + j), under the raw model distribution.
+      [B, K, S] f32: entry [b, k, s] is log p(select[s] | the tokens row b's position
+      logits_index[b, k] sees, itself included), under the raw model distribution.
     """
-    b, p = prompt.shape
-    index = jnp.broadcast_to(jnp.arange(p - num_positions, p), (b, num_positions))
-    logits, _, _ = _prefill(cfg, params, prompt, prompt_mask, 0, None, packed_len, prefix, index)
+    b, p = tokens.shape
+    shared = None if prefix is None or not prefix.shape[0] else shared_prefix_cache(cfg, params, prefix)
+    c = 0 if shared is None else shared.k[0].shape[2]
+    packing = None if packed_len is None else make_packing(segment_ids != 0, packed_len)
+    logits, _ = decode_forward(
+        cfg,
+        params,
+        tokens,
+        positions + c,
+        segment_ids,
+        init_cache(cfg, b, c + p).constrained(),
+        logits_index=logits_index,
+        fresh_cache=True,
+        packing=packing,
+        prefix=shared,
+        parent_ids=parent_ids,
+    )
     return jnp.take(jax.nn.log_softmax(logits, axis=-1), select, axis=-1)
 
 

@@ -36,7 +36,7 @@ from isheep_jax.model.params import Params
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.model.transformer import unstack_layers
 from isheep_jax.parallel import distributed, sharding
-from isheep_jax.sampling import continuous, decode_loop
+from isheep_jax.sampling import continuous, decode_loop, prompt_tree
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 # A shared prefix is rounded down to one of these (shorter ones are not worth a separate
@@ -301,7 +301,14 @@ class SamplerStats:
 
 
 @gin.configurable(
-    allowlist=["kv_cache_dtype", "share_prefix", "batching", "drain_min_slots", "score_batch_tokens"]
+    allowlist=[
+        "kv_cache_dtype",
+        "share_prefix",
+        "prompt_trees",
+        "batching",
+        "drain_min_slots",
+        "score_batch_tokens",
+    ]
 )
 class Generator:
     """Holds a model + tokenizer on a mesh and samples batches of prompts.
@@ -325,6 +332,10 @@ class Generator:
         `shared_prefix_len`) is prefilled once per batch instead of once per row. The
         caches have the shapes they would have without it, so decoding costs the same.
         Same results up to float summation order.
+      prompt_trees: `score` (with `share_prefix`) prefills prompts that share a further
+        prefix among themselves, such as the two rating prompts of one pair, as one tree:
+        their common part once, then each prompt's own tokens (`sampling.prompt_tree`).
+        Same results up to float summation order; False scores each prompt on its own row.
       batching: 'continuous' (default): `settings.batch_size` slots, each refilled with the
         next prompt as soon as its row ends, so no slot decodes past its row's end (see
         `sampling.continuous`); a call whose prompts fit in one batch has nothing to refill
@@ -356,6 +367,7 @@ class Generator:
         extra_eos_ids: Sequence[int] = (),
         kv_cache_dtype: str = "",
         share_prefix: bool = True,
+        prompt_trees: bool = True,
         batching: Batching = "continuous",
         drain_min_slots: int = 8,
         score_batch_tokens: int = 8192,
@@ -372,7 +384,7 @@ class Generator:
         self.score_batch_tokens = score_batch_tokens
         self.last_stats = SamplerStats()  # of the last `generate` call
         kernels.load()  # the CPU decode kernel is built (or found) before anything is traced
-        self.share_prefix = share_prefix
+        self.share_prefix, self.prompt_trees = share_prefix, prompt_trees
         self.cfg, self.tokenizer = cfg, tokenizer
         self.params = jax.jit(functools.partial(unstack_layers, head_dtype=cfg.dtype))(params)
         self.mesh = mesh or sharding.make_mesh()
@@ -733,16 +745,18 @@ class Generator:
         """Log-probabilities of chosen next tokens after every prompt: prefill only, no decoding.
 
         Each prompt is followed by the `forced` tokens (teacher forcing), so a score that
-        takes several tokens ("1", "0" for "10") is read from one prefill. Prompts are sorted
-        by length and batched within their prompt bucket, at most `batch_size` rows and
-        `score_batch_tokens` padded tokens a batch; their shared prefix is prefilled once
-        per batch.
+        takes several tokens ("1", "0" for "10") is read from one prefill. With
+        `share_prefix`, what all prompts share is prefilled once, and with `prompt_trees`
+        prompts that share a further prefix among themselves (a pair's two rating prompts)
+        are prefilled as one tree: their common part once, then each prompt's own tokens. Rows
+        are sorted by length and batched within their prompt bucket, at most `batch_size`
+        rows and `score_batch_tokens` padded tokens a batch.
 
         Args:
           prompts: each a string or a sequence of token ids.
           select: [K] token ids whose log-probabilities are returned.
           forced: [F] token ids appended to every prompt.
-          batch_size: prompts per prefill (rows are padded up to a power of two).
+          batch_size: rows (prompts or trees) per prefill, padded up to a power of two.
           add_special_tokens: whether to add the tokenizer's special tokens to string prompts.
           progress: show a progress bar (a string: with that description; False: none).
 
@@ -765,41 +779,70 @@ class Generator:
                 f"prompts {too_long[:5]} plus {len(forced)} forced tokens exceed "
                 f"max_position_embeddings={self.cfg.max_position_embeddings}"
             )
-        out = np.zeros((len(ids), len(forced) + 1, len(select)), np.float32)
+        own = len(forced) + 1  # the positions read from each prompt
+        out = np.zeros((len(ids), own, len(select)), np.float32)
         if not ids:
             return out
         prefix = ids[0][: shared_prefix_len(ids)] if self.share_prefix and ids else []
         # The forced tokens are part of every row's own tokens: the prefix must leave them out.
-        prefix = prefix[: max(min(len(x) for x in ids) - len(forced) - 1, 0)]
+        prefix = prefix[: max(min(len(x) for x in ids) - own, 0)]
         prefix = prefix[: round_down_prefix(len(prefix))]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        rest = [x[len(prefix) :] for x in ids]
+        if self.share_prefix and self.prompt_trees:
+            groups = prompt_tree.group_prompts(rest, own, max_row=PROMPT_BUCKETS[-1] - len(prefix))
+        else:
+            groups = [prompt_tree.PromptGroup((i,), 0) for i in range(len(ids))]
+        row_lens = [len(prefix) + g.row_len([len(x) for x in rest]) for g in groups]
+        order = sorted(range(len(groups)), key=lambda g: -row_lens[g])
         bar = _progress_bar(len(ids), progress, "scoring")
         select_arr = jnp.asarray(select, jnp.int32)
         prefix_arr = jnp.asarray(prefix, jnp.int32) if prefix else None
         scored, t0 = 0, time.perf_counter()
-        for chunk in self._score_batches([len(x) for x in ids], order, batch_size):
+        for chunk in self._score_batches(row_lens, order, batch_size):
             b = min(_pow2_at_least(len(chunk)), _pow2_at_least(batch_size))
-            tokens, mask, packed_len = self._pad_batch([ids[i][len(prefix) :] for i in chunk], b, prefix)
+            batch, packed_len = self._tree_batch([groups[g] for g in chunk], rest, b, len(prefix), own)
             with sharding.activation_sharding(self.mesh):
                 lp = decode_loop.prompt_logprobs(
-                    self.cfg,
-                    self.params,
-                    tokens,
-                    mask,
-                    select_arr,
-                    len(forced) + 1,
-                    packed_len=packed_len,
-                    prefix=prefix_arr,
+                    self.cfg, self.params, *batch, select_arr, packed_len=packed_len, prefix=prefix_arr
                 )
             lp = np.asarray(distributed.to_host(lp))
-            for r, i in enumerate(chunk):
-                out[i] = lp[r]
-                scored += len(ids[i])
+            for r, g in enumerate(chunk):
+                for j, i in enumerate(groups[g].members):
+                    out[i] = lp[r, j * own : (j + 1) * own]
+                    scored += len(ids[i])
             hooks.after_sampling_batch()
-            bar.update(len(chunk))
+            bar.update(sum(len(groups[g].members) for g in chunk))
             bar.set_postfix(prompt_tok_s=f"{scored / (time.perf_counter() - t0):.0f}")
         bar.close()
         return out
+
+    def _tree_batch(
+        self, groups: list[prompt_tree.PromptGroup], rest: list[list[int]], b: int, prefix_len: int, own: int
+    ) -> tuple[tuple[jax.Array, ...], int | None]:
+        """A batch of prompt trees (`prompt_tree.layout`) on the mesh, for `prompt_logprobs`.
+
+        Args:
+          groups: the batch's trees (at most b).
+          rest: every prompt's tokens after the shared prefix.
+          b: the padded batch size.
+          prefix_len: the shared prefix's tokens.
+          own: the positions read from each prompt.
+
+        Returns:
+          (tokens, segment_ids, parent_ids, positions, logits_index, all sharded over the
+          batch; the packed prefill length or None), the width rounded so that the prefix
+          plus it is a PROMPT_BUCKETS length.
+        """
+        lengths = [len(x) for x in rest]
+        p = bucket(prefix_len + max(g.row_len(lengths) for g in groups), PROMPT_BUCKETS) - prefix_len
+        tree = prompt_tree.layout(groups, rest, b, p, own, self.pad_id)
+        batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
+        # Packing gathers tokens across rows, so only where rows are not split over devices.
+        split = batch_sharding.shard_shape((b, p))[0] != b
+        packed_len = None if split else packed_prefill_len(tree.segment_ids != 0)
+        index_sharding = sharding.logical_to_sharding(("batch", None), tree.logits_index.shape, self.mesh)
+        arrays = tuple(distributed.put_global(a, batch_sharding) for a in tree[:4])
+        return arrays + (distributed.put_global(tree.logits_index, index_sharding),), packed_len
 
     def _score_batches(
         self, lengths: Sequence[int], order: Sequence[int], batch_size: int

@@ -10,6 +10,7 @@ from isheep_jax.model import params as P
 from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.parallel import sharding
+from isheep_jax.sampling import prompt_tree
 from isheep_jax.sampling.generator import PROMPT_BUCKETS, Generator, bucket
 
 
@@ -50,6 +51,38 @@ def test_score_equals_the_full_forward(tiny, shared, forced):
         np.testing.assert_allclose(row, want, atol=2e-5)
 
 
+def _tree_prompts() -> list[list[int]]:
+    """Rating-like prompts: a shared head, then per answer two prompts that differ only in
+    their last tokens (a tree each), one answer rated once, and two identical prompts."""
+    rng = np.random.RandomState(1)
+    head = rng.randint(5, 300, size=20).tolist()
+    rubrics = [rng.randint(300, 400, size=k).tolist() for k in (6, 11)]
+    prompts = []
+    for n in (35, 50, 41):
+        answer = rng.randint(5, 300, size=n).tolist()
+        prompts += [head + answer + r for r in rubrics]
+    lone = head + rng.randint(5, 300, size=45).tolist()
+    return prompts + [lone, head + rubrics[0], lone]
+
+
+@pytest.mark.parametrize("forced", [(), (7, 11)], ids=["none", "two"])
+def test_score_of_prompt_trees_equals_the_full_forward(tiny, forced):
+    """Prompts sharing a long prefix are scored as trees (fewer tokens computed), and every
+    prompt's log-probs still equal its own full forward's and the untreed scoring's."""
+    cfg, params, tok = tiny
+    prompts, select = _tree_prompts(), [3, 7, 11, 250]
+    own = len(forced) + 1
+    groups = prompt_tree.group_prompts([p + list(forced) for p in prompts], own, max_row=4096)
+    trees = [g for g in groups if len(g.members) > 1]
+    assert len(trees) == 4 and all(g.trunk >= prompt_tree.MIN_TRUNK for g in trees)
+    got = Generator(cfg, params, tok).score(prompts, select, forced, batch_size=2, progress=False)
+    for row, want in zip(got, _full_forward_logprobs(cfg, params, prompts, list(forced), select)):
+        np.testing.assert_allclose(row, want, atol=2e-5)
+    for kwargs in ({"prompt_trees": False}, {"share_prefix": False}):
+        alone = Generator(cfg, params, tok, **kwargs).score(prompts, select, forced, progress=False)
+        np.testing.assert_allclose(got, alone, atol=2e-5)
+
+
 def test_score_keeps_each_prefill_within_its_bucket_and_token_budget(tiny):
     """With a budget of 128 padded tokens, the prompts (41 to 80 tokens: buckets 64 and 128)
     go one per prefill at 128 and at most two at 64, never padded up to another bucket, and the
@@ -74,7 +107,7 @@ def test_score_keeps_each_prefill_within_its_bucket_and_token_budget(tiny):
 
 def test_score_on_a_mesh_equals_one_device(tiny):
     cfg, params, tok = tiny
-    prompts, select = _prompts(40), [3, 7, 11]
+    prompts, select = _prompts(40) + _tree_prompts(), [3, 7, 11]
     one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     ref = Generator(cfg, jax.device_put(params, sharding.replicated(one)), tok, mesh=one).score(
         prompts, select, (7,), progress=False
