@@ -43,7 +43,7 @@ from isheep_jax.model.config import ModelConfig
 from isheep_jax.model.convert import peft
 from isheep_jax.model.params import abstract_params, param_shardings
 from isheep_jax.parallel import distributed, sharding
-from isheep_jax.training import lora
+from isheep_jax.training import lora, step_packing
 from isheep_jax.training.metrics import MetricsWriter, read_metrics
 from isheep_jax.training.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from isheep_jax.training.sft_data import MODEL_KEYS, SFTArrays
@@ -77,6 +77,11 @@ class TrainConfig:
         (`sft_data.load_examples`).
       max_response_len: token budget of a response including EOS; likewise.
       pack: pack several pairs per row.
+      repack_steps: each step's pairs move into the fewest rows that hold them
+        (`step_packing`: a power of two times the micro-batches' and batch shards' need,
+        at most batch_size), so a step computes no empty rows. The same pairs, loss and
+        gradients to float round-off; each row count compiles once. False: every step
+        computes batch_size rows.
       num_epochs: passes over the data (fractions allowed); <= 0 leaves the length to
         `max_steps`.
       max_steps: > 0 caps the number of steps.
@@ -117,6 +122,7 @@ class TrainConfig:
     max_prompt_len: int = 256
     max_response_len: int = 256
     pack: bool = False
+    repack_steps: bool = True
     num_epochs: float = 2.0
     max_steps: int = 0  # > 0 caps the number of steps
     compute_dtype: str = ""  # '' keeps the model config's dtype
@@ -247,25 +253,38 @@ def batch_rows(num_rows: int, batch_size: int, step: int, seed: int, num_epochs:
     return out
 
 
-def make_batch(data: SFTArrays, rows: np.ndarray, micro_batches: int) -> dict[str, np.ndarray]:
+def make_batch(
+    data: SFTArrays, rows: np.ndarray, micro_batches: int, options: Sequence[int] = ()
+) -> dict[str, np.ndarray]:
     """Arrays [micro, rows / micro, length]; -1 rows become all-padding (no loss, no attention).
 
     Args:
       data: the training arrays.
       rows: row indices from `batch_rows`, [batch_size].
       micro_batches: how many micro-batches the rows split into.
+      options: row counts the step's pairs may be re-packed into (`step_packing.repack`;
+        each divisible by micro_batches); empty: batch_size rows as they are.
 
     Returns:
-      `MODEL_KEYS` -> int32 [micro_batches, batch_size / micro_batches, length] arrays.
+      `MODEL_KEYS` -> int32 [micro_batches, R / micro_batches, length] arrays, R =
+      batch_size or the re-packed row count.
     """
     safe = np.maximum(rows, 0)
     batch = {k: data.arrays[k][safe] for k in MODEL_KEYS}
     for k in MODEL_KEYS:
         batch[k][rows < 0] = 0
+    if options:
+        batch = step_packing.repack(batch, options)
     return {k: v.reshape(micro_batches, -1, v.shape[-1]) for k, v in batch.items()}
 
 
-_NOT_FINGERPRINTED = ("scan_layers", "attention_impl", "loss_chunk_tokens", "keep_trainer_state")
+_NOT_FINGERPRINTED = (
+    "scan_layers",
+    "attention_impl",
+    "loss_chunk_tokens",
+    "keep_trainer_state",
+    "repack_steps",
+)
 _LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
@@ -467,17 +486,25 @@ def train(
 
     writer.truncate_after(start)  # rows of steps after the restored one (or all) will be redone
     batch_shape = (tc.micro_batches, tc.batch_size // tc.micro_batches, data.length)
-    if spec is None:
-        step_fn = compile_train_step(cfg, optimizer, mesh, batch_shape, rules, tc.loss_chunk_tokens)
-    else:
-        lora_step = lora.compile_train_step(
-            cfg, spec, optimizer, mesh, batch_shape, rules, tc.loss_chunk_tokens
-        )
+    steps_by_shape: dict[tuple[int, ...], Any] = {}  # a step of each row count, compiled on first use
 
-        def step_fn(st: TrainState, b: dict[str, Any]) -> tuple[TrainState, dict[str, Any]]:
-            return lora_step(st, base, b)
+    def step_fn(st: TrainState, b: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, Any]]:
+        shape = b["decoder_input_tokens"].shape
+        if shape not in steps_by_shape:
+            if spec is None:
+                fn = compile_train_step(cfg, optimizer, mesh, shape, rules, tc.loss_chunk_tokens)
+            else:
+                fn = lora.compile_train_step(cfg, spec, optimizer, mesh, shape, rules, tc.loss_chunk_tokens)
+            steps_by_shape[shape] = (fn, batch_sharding(mesh, shape, rules))
+        fn, b_shard = steps_by_shape[shape]
+        on_mesh = {k: distributed.put_global(v, b_shard) for k, v in b.items()}
+        return fn(st, on_mesh) if spec is None else fn(st, base, on_mesh)
 
-    b_shard = batch_sharding(mesh, batch_shape, rules)
+    full_rows = batch_shape[1]
+    data_parallel = full_rows // batch_sharding(mesh, batch_shape, rules).shard_shape(batch_shape)[1]
+    options = (
+        step_packing.row_options(tc.batch_size, tc.micro_batches, data_parallel) if tc.repack_steps else []
+    )
     meta = {"fingerprint": fingerprint, "seed": tc.seed, "total_steps": steps, "num_rows": data.num_rows}
 
     def save(s: int, st: TrainState) -> None:
@@ -501,9 +528,9 @@ def train(
     t_last = time.perf_counter()
     for s in range(start, steps):
         rows = batch_rows(data.num_rows, tc.batch_size, s, tc.seed, tc.num_epochs)
-        batch = make_batch(data, rows, tc.micro_batches)
+        batch = make_batch(data, rows, tc.micro_batches, options)
         hooks.before_train_step()
-        state, m = step_fn(state, {k: distributed.put_global(v, b_shard) for k, v in batch.items()})
+        state, m = step_fn(state, batch)
         loss = float(m["loss"])  # one scalar per step: the NaN guard and the log need it anyway
         now = time.perf_counter()
         if not math.isfinite(loss):

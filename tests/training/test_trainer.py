@@ -440,6 +440,28 @@ def test_resume_equals_uninterrupted(task, tiny_model, tmp_path):
     assert resumed.final_loss == res.final_loss
 
 
+def test_repacked_steps_train_the_same_model(task, tiny_model, tmp_path):
+    """Each step's pairs re-packed into fewer rows: the same losses and parameters to float
+    round-off as every step computing batch_size rows, in fewer row-steps."""
+    data = sft_data.load_examples(task, 48, 64)  # rows of 112 tokens; the pairs have 34 to 49
+    oc = OptimizerConfig(learning_rate=1e-3, warmup_steps=1)
+    tc = TrainConfig(batch_size=4, num_epochs=1.5, seed=3)  # steps of 4 pairs, then 2 (6 of 4 pairs)
+    rows = [make_batch(data, batch_rows(data.num_rows, 4, s, 3, 1.5), 1, [1, 2, 4]) for s in range(2)]
+    assert [r["decoder_segment_ids"].shape[1] for r in rows] == [2, 1]
+    packed = train(tiny_model, data, tmp_path / "packed", tc, oc, progress=False)
+    fixed = train(
+        tiny_model, data, tmp_path / "fixed", dataclasses.replace(tc, repack_steps=False), oc, progress=False
+    )
+    got, want = read_metrics(packed.metrics_path), read_metrics(fixed.metrics_path)
+    assert [r["tokens"] for r in got] == [r["tokens"] for r in want]
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+    _, p_packed = checkpoint.load_model(packed.model_dir)
+    _, p_fixed = checkpoint.load_model(fixed.model_dir)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), p_packed, p_fixed
+    )
+
+
 def test_trainer_state_is_deleted_after_the_export_unless_kept(task, tiny_model, tmp_path):
     import shutil
 
