@@ -143,21 +143,23 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
 def causal_blocks(t: int) -> int:
     """Query blocks for causal self-attention over T tokens (see `attention`).
 
-    Once T is a multiple of 128 and at least 256: the most blocks of at least 128 queries
-    that divide T, at most 8.
+    From T = 256 on: one block per 128 queries, at most 8 (past that the per-block overhead
+    eats the saving); `causal_block_bounds` cuts T into that many nearly equal blocks, so T
+    need not be a multiple of anything (a prompt bucket less a shared prefix is not).
 
     Args:
       t: the number of queries T.
 
     Returns:
-      The number of blocks n, dividing T (1: no split).
+      The number of blocks n (1: no split).
     """
-    if t < 256 or t % 128:
-        return 1
-    n = t // 128
-    while n > 8 or t % n:  # at most 8 blocks: past that the per-block overhead eats the saving
-        n -= 1
-    return n
+    return 1 if t < 256 else min(t // 128, 8)
+
+
+def causal_block_bounds(t: int) -> list[tuple[int, int]]:
+    """The (start, end) of each of `causal_blocks(t)` query blocks: nearly equal, covering T."""
+    n = causal_blocks(t)
+    return [(i * t // n, (i + 1) * t // n) for i in range(n)]
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False) -> jax.Array:
@@ -196,7 +198,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal:
                 q, k, v, mask, cpu=kernels.decode_attention, default=_decode_attention
             )
         return _decode_attention(q, k, v, mask)
-    n = causal_blocks(t) if causal else 1
     before = k.shape[2] - t  # keys every query sees (causal)
     if causal and before < 0:
         raise ValueError(f"causal attention needs at least as many keys as queries, got {k.shape[2]} and {t}")
@@ -204,18 +205,17 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal:
     # become extra query rows: one [G * T, D] x [D, S] product per (batch, kv head).
     q = (q * np.asarray(1 / np.sqrt(d), q.dtype)).reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4)
     bias = jnp.where(mask, jnp.float32(0), jnp.float32(MASK_VALUE))  # [B, 1, T, S]
-    size = t // n
     outs = []
-    for i in range(n):
-        rows, keys = slice(i * size, (i + 1) * size), before + (i + 1) * size if causal else k.shape[2]
-        qi = q[:, :, :, rows].reshape(b, kvh, g * size, d)
-        bi = jnp.broadcast_to(bias[:, :, None, rows, :keys], (b, 1, g, size, keys)).reshape(
+    for lo, hi in causal_block_bounds(t) if causal else [(0, t)]:
+        size, keys = hi - lo, before + hi if causal else k.shape[2]
+        qi = q[:, :, :, lo:hi].reshape(b, kvh, g * size, d)
+        bi = jnp.broadcast_to(bias[:, :, None, lo:hi, :keys], (b, 1, g, size, keys)).reshape(
             b, 1, g * size, keys
         )
         scores = jnp.einsum("bkqd,bksd->bkqs", qi, k[:, :, :keys], preferred_element_type=jnp.float32) + bi
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         outs.append(jnp.einsum("bkqs,bksd->bkqd", probs, v[:, :, :keys]).reshape(b, kvh, g, size, d))
-    out = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 

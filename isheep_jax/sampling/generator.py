@@ -39,6 +39,10 @@ from isheep_jax.parallel import distributed, sharding
 from isheep_jax.sampling import continuous, decode_loop, prompt_tree
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+# `score`'s rows, half a step finer: a prefill computes attention over its whole padded
+# width ([rows, heads, P, P]), and a prompt tree's row is longer than a prompt, so a power of
+# two would often pad it to nearly twice its tokens. Scoring keeps no cache to grow.
+SCORE_BUCKETS = tuple(sorted({*PROMPT_BUCKETS, *(3 * b // 2 for b in PROMPT_BUCKETS[2:-1])}))
 # A shared prefix is rounded down to one of these (shorter ones are not worth a separate
 # prefill): the prompts of a stage share a template, and a job compiles once per length.
 PREFIX_BUCKETS = (
@@ -160,19 +164,19 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def packed_prefill_len(mask: np.ndarray) -> int | None:
+def packed_prefill_len(mask: np.ndarray, parts: int = 4) -> int | None:
     """Tokens a packed prefill computes for a prompt mask (`decode`'s `packed_len`).
 
     Args:
       mask: [B, P] bool prompt mask, True on real tokens.
+      parts: the real tokens are rounded up to a multiple of B * P / parts: at most
+        parts - 1 extra compiles per shape bucket.
 
     Returns:
-      The real tokens rounded up to a multiple of a quarter of B * P (at most 3 extra
-      compiles per shape bucket); None when that is all of them (the padded prefill, no
-      gathers).
+      The rounded count; None when that is all of them (the padded prefill, no gathers).
     """
-    quarter = max(mask.size // 4, 1)
-    n = -(-int(mask.sum()) // quarter) * quarter
+    unit = max(mask.size // parts, 1)
+    n = -(-int(mask.sum()) // unit) * unit
     return None if n >= mask.size else n
 
 
@@ -348,7 +352,7 @@ class Generator:
         segment (cached like the others), which pays only where a stage has many slots: 8 by
         default, so a call of 8 slots or fewer never compacts; 1 compacts down to one slot.
       score_batch_tokens: `score` puts at most this many padded prompt tokens (rows times
-        the batch's prompt bucket) into one prefill, and never pads a row up to a longer
+        the batch's SCORE_BUCKETS length) into one prefill, and never pads a row up to a longer
         bucket than its own: a prefill's activations and attention scores ([rows, heads,
         P, P]) stay bounded whatever `batch_size` asks for. The default, 8192, holds a
         judge's 32 rows of 256 tokens, or 8 of 1024. Same results for any value.
@@ -749,7 +753,7 @@ class Generator:
         `share_prefix`, what all prompts share is prefilled once, and with `prompt_trees`
         prompts that share a further prefix among themselves (a pair's two rating prompts)
         are prefilled as one tree: their common part once, then each prompt's own tokens. Rows
-        are sorted by length and batched within their prompt bucket, at most `batch_size`
+        are sorted by length and batched within their SCORE_BUCKETS length, at most `batch_size`
         rows and `score_batch_tokens` padded tokens a batch.
 
         Args:
@@ -789,7 +793,7 @@ class Generator:
         prefix = prefix[: round_down_prefix(len(prefix))]
         rest = [x[len(prefix) :] for x in ids]
         if self.share_prefix and self.prompt_trees:
-            groups = prompt_tree.group_prompts(rest, own, max_row=PROMPT_BUCKETS[-1] - len(prefix))
+            groups = prompt_tree.group_prompts(rest, own, max_row=SCORE_BUCKETS[-1] - len(prefix))
         else:
             groups = [prompt_tree.PromptGroup((i,), 0) for i in range(len(ids))]
         row_lens = [len(prefix) + g.row_len([len(x) for x in rest]) for g in groups]
@@ -831,15 +835,17 @@ class Generator:
         Returns:
           (tokens, segment_ids, parent_ids, positions, logits_index, all sharded over the
           batch; the packed prefill length or None), the width rounded so that the prefix
-          plus it is a PROMPT_BUCKETS length.
+          plus it is a SCORE_BUCKETS length.
         """
         lengths = [len(x) for x in rest]
-        p = bucket(prefix_len + max(g.row_len(lengths) for g in groups), PROMPT_BUCKETS) - prefix_len
+        p = bucket(prefix_len + max(g.row_len(lengths) for g in groups), SCORE_BUCKETS) - prefix_len
         tree = prompt_tree.layout(groups, rest, b, p, own, self.pad_id)
         batch_sharding = sharding.logical_to_sharding(("batch", "length"), (b, p), self.mesh)
         # Packing gathers tokens across rows, so only where rows are not split over devices.
         split = batch_sharding.shard_shape((b, p))[0] != b
-        packed_len = None if split else packed_prefill_len(tree.segment_ids != 0)
+        # Eighths, not quarters: a prompt tree's batch has fewer real tokens than its members'
+        # would in the same shape, and scoring has no decode steps to amortise the rounding.
+        packed_len = None if split else packed_prefill_len(tree.segment_ids != 0, parts=8)
         index_sharding = sharding.logical_to_sharding(("batch", None), tree.logits_index.shape, self.mesh)
         arrays = tuple(distributed.put_global(a, batch_sharding) for a in tree[:4])
         return arrays + (distributed.put_global(tree.logits_index, index_sharding),), packed_len
@@ -847,25 +853,25 @@ class Generator:
     def _score_batches(
         self, lengths: Sequence[int], order: Sequence[int], batch_size: int
     ) -> list[list[int]]:
-        """Splits prompts sorted longest first into `score`'s prefill batches.
+        """Splits rows sorted longest first into `score`'s prefill batches.
 
-        A batch takes the next rows while they fall in its first row's prompt bucket (what
-        `_pad_batch` pads the batch to), up to `batch_size` rows and `score_batch_tokens`
-        padded tokens, rows padded up to a power of two (at least one row).
+        A batch takes the next rows while they fall in its first row's SCORE_BUCKETS length
+        (what `_tree_batch` pads the batch to), up to `batch_size` rows and
+        `score_batch_tokens` padded tokens, rows padded up to a power of two (at least one row).
 
         Args:
-          lengths: each prompt's tokens (shared prefix and forced tokens included), indexed
-            like the prompts.
-          order: the prompts' indices, longest first.
+          lengths: each row's tokens (a prompt or a prompt tree; shared prefix and forced
+            tokens included), indexed like the rows.
+          order: the rows' indices, longest first.
           batch_size: the most rows per batch.
 
         Returns:
-          The batches, as lists of prompt indices.
+          The batches, as lists of row indices.
         """
         batches: list[list[int]] = []
         p = 0  # the last batch's padded length
         for i in order:
-            n = bucket(lengths[i], PROMPT_BUCKETS)
+            n = bucket(lengths[i], SCORE_BUCKETS)
             rows = len(batches[-1]) if batches else 0
             fits = rows < batch_size and _pow2_at_least(rows + 1) * p <= self.score_batch_tokens
             if batches and n == p and fits:

@@ -11,7 +11,7 @@ from isheep_jax.model.convert import hf
 from isheep_jax.model.tokenizer import Tokenizer
 from isheep_jax.parallel import sharding
 from isheep_jax.sampling import prompt_tree
-from isheep_jax.sampling.generator import PROMPT_BUCKETS, Generator, bucket
+from isheep_jax.sampling.generator import SCORE_BUCKETS, Generator, bucket
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def test_score_of_prompt_trees_equals_the_full_forward(tiny, forced):
 
 
 def test_score_keeps_each_prefill_within_its_bucket_and_token_budget(tiny):
-    """With a budget of 128 padded tokens, the prompts (41 to 80 tokens: buckets 64 and 128)
-    go one per prefill at 128 and at most two at 64, never padded up to another bucket, and the
+    """With a budget of 128 padded tokens, the prompts (41 to 80 tokens: SCORE_BUCKETS 64 and 96)
+    go one per prefill at 96 and at most two at 64, never padded up to another bucket, and the
     log-probs equal one batch of all seven's."""
     cfg, params, tok = tiny
     prompts, select = _prompts(40), [3, 7, 11]
@@ -95,7 +95,7 @@ def test_score_keeps_each_prefill_within_its_bucket_and_token_budget(tiny):
     batches = small._score_batches(lengths, order, batch_size=32)
     assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
     for b in batches:
-        buckets = {bucket(lengths[i], PROMPT_BUCKETS) for i in b}
+        buckets = {bucket(lengths[i], SCORE_BUCKETS) for i in b}
         assert len(buckets) == 1 and 1 << (len(b) - 1).bit_length() <= max(1, 128 // buckets.pop())
     assert [len(b) for b in batches] == [1, 1, 2, 2, 1]
     got = small.score(prompts, select, (7,), batch_size=32, progress=False)

@@ -341,22 +341,24 @@ def test_library_attention_equals_ours_on_packed_rows():
     assert abstract_params(gpu_cfg) == abstract_params(small.replace(dtype="bfloat16"))
 
 
-@pytest.mark.parametrize("t", [384, 512])
+@pytest.mark.parametrize("t", [384, 400, 512])
 def test_block_causal_attention_equals_full_attention(t):
     """causal=True cuts the queries into blocks that score only the keys up to their own end;
     on packed rows with padding it gives the full masked attention and its gradients."""
     from isheep_jax.model import layers
 
-    assert [layers.causal_blocks(n) for n in (8, 255, 256, 320, 384, 512, 2048, 4096)] == [
+    assert [layers.causal_blocks(n) for n in (8, 255, 256, 320, 384, 400, 512, 2048, 4096)] == [
         1,
         1,
         2,
-        1,
+        2,
+        3,
         3,
         4,
         8,
         8,
     ]
+    assert layers.causal_block_bounds(400) == [(0, 133), (133, 266), (266, 400)]
     b, h, kvh, d = 2, 4, 2, 8
     kq, kk, kv = jax.random.split(jax.random.key(1), 3)
     q = jax.random.normal(kq, (b, t, h, d))
